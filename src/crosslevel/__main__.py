@@ -1,0 +1,7 @@
+"""``python -m crosslevel`` is the ``crosslevel`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

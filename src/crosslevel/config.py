@@ -1,0 +1,238 @@
+"""One typed training config, presets (TOML files in ``presets/``) and ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import CrossLevelError
+
+DEFAULT_PRESET = "digits-cld"
+
+
+@dataclass
+class Config:
+    """Everything a training run needs; every field can be set with ``key=value``."""
+
+    # --- data ---
+    dataset: str = "digits"  # digits | cifar10 | cifar100 | folder
+    data: str | None = None  # path of the data set (not needed for digits)
+    train_subset: int = 0  # >0: train on a seeded, class-stratified subset of this many images
+    test_subset: int = 0  # >0: evaluate on a seeded, class-stratified subset of the test split
+    augment: str = "auto"  # view recipe: auto | cifar | digits | none
+    image_size: int = 0  # 0: the data set's own size
+    workers: int = 2  # data-loader worker processes
+    # --- model ---
+    backbone: str = "resnet18_cifar"  # resnet18_cifar | resnet18 | resnet50 | smallcnn
+    width: int = 64  # channels of the first stage (64 = the standard ResNet-18)
+    feature_dim: int = 128  # output size of both heads
+    normlinear: bool = False  # cosine-layer heads instead of Linear
+    mlp: bool = False  # shared Linear(d, d)+ReLU trunk before the heads
+    # --- instance branch (NPID) ---
+    instance: str = "npid"
+    temperature: float = 0.1  # T_I
+    bank_momentum: float = 0.5  # row <- normalise(m·row + (1-m)·f)
+    # --- cross-level term ---
+    cld_weight: float = 1.0  # λ; 0 = plain NPID
+    cld_temperature: float = 0.2  # T_G
+    num_groups: int = 128  # k of the batch k-means
+    kmeans_iters: int = 5
+    # --- optimisation ---
+    epochs: int = 200
+    batch_size: int = 256  # per device
+    base_lr: float = 0.03  # lr = base_lr · global batch / 128
+    weight_decay: float = 7e-4
+    momentum: float = 0.9
+    warmup_epochs: int = 5
+    # --- evaluation ---
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    eval_every: int = 0  # kNN every N epochs (0: only at the end)
+    # --- run ---
+    seed: int = 0
+    out: str = "runs"  # parent folder of run directories
+    name: str = ""  # run directory name ('' : <preset>-<time>)
+    preset: str = ""
+    accelerator: str = "auto"
+    devices: str = "1"  # number, list "0,1" or "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    logger: str = "csv"  # csv | tensorboard | both
+    progress: bool = True
+    limit_train_batches: float = 1.0  # <1: fraction, >1: count of batches per epoch (tests)
+    resume: str | None = None  # checkpoint to continue from
+    description: str = ""
+
+
+
+def peak_lr(cfg: Config, world_size: int) -> float:
+    """The official linear scaling rule: ``base_lr · (batch per device · devices) / 128``."""
+    return cfg.base_lr * cfg.batch_size * world_size / 128
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": ("digits", "cifar10", "cifar100", "folder"),
+    "augment": ("auto", "cifar", "digits", "none"),
+    "backbone": ("resnet18_cifar", "resnet18", "resnet50", "smallcnn"),
+    "instance": ("npid",),
+    "logger": ("csv", "tensorboard", "both"),
+}
+
+
+def _field_type(name: str) -> type:
+    hint = typing.get_type_hints(Config)[name]
+    if isinstance(hint, types.UnionType):  # "str | None"
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def coerce(name: str, raw: Any) -> Any:
+    """Convert ``raw`` (a CLI string or a TOML value) to the type of config field ``name``."""
+    if name not in FIELDS:
+        close = difflib.get_close_matches(name, FIELDS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise CrossLevelError(f"unknown config key '{name}'{hint}; `crosslevel train --help-keys` lists them")
+    kind = _field_type(name)
+    optional = type(None) in typing.get_args(typing.get_type_hints(Config)[name])
+    if optional and (raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", ""))):
+        return None
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            return int(str(raw).strip()) if isinstance(raw, str) else int(raw)
+        if kind is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        return str(raw)
+    except ValueError:
+        raise CrossLevelError(f"config key '{name}' expects a {kind.__name__}, got {raw!r}") from None
+
+
+def preset_names() -> list[str]:
+    """All shipped preset names, sorted."""
+    folder = resources.files("crosslevel") / "presets"
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def _preset_table(name: str) -> dict[str, Any]:
+    path = resources.files("crosslevel") / "presets" / f"{name}.toml"
+    if not path.is_file():
+        close = difflib.get_close_matches(name, preset_names(), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise CrossLevelError(f"unknown preset '{name}'{hint}; available: {', '.join(preset_names())}")
+    table = tomllib.loads(path.read_text())
+    parent = table.pop("extends", None)
+    return {**_preset_table(parent), **table} if parent else table
+
+
+def load_preset(name: str = DEFAULT_PRESET) -> Config:
+    """The config of preset ``name`` (a file ``presets/<name>.toml``, which may ``extends`` another)."""
+    values = {key: coerce(key, value) for key, value in _preset_table(name).items()}
+    return Config(**{**values, "preset": name})
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Return ``cfg`` with ``key=value`` strings applied and validated; a bad key or value raises."""
+    changes = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CrossLevelError(f"override '{item}' is not of the form key=value")
+        changes[key.strip()] = coerce(key.strip(), value)
+    return validate(dataclasses.replace(cfg, **changes))
+
+
+def validate(cfg: Config) -> Config:
+    """Check values and combinations that would fail later; return ``cfg`` unchanged."""
+    for key, allowed in CHOICES.items():
+        if getattr(cfg, key) not in allowed:
+            raise CrossLevelError(f"config key '{key}' must be one of {', '.join(allowed)}; got '{getattr(cfg, key)}'")
+    positive = ("epochs", "batch_size", "feature_dim", "width", "kmeans_iters", "knn_k", "num_groups", "num_nodes")
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise CrossLevelError(f"config key '{key}' must be >= 1, got {getattr(cfg, key)}")
+    for key in ("temperature", "cld_temperature", "knn_temperature", "base_lr"):
+        if getattr(cfg, key) <= 0:
+            raise CrossLevelError(f"config key '{key}' must be > 0, got {getattr(cfg, key)}")
+    if not 0.0 <= cfg.bank_momentum < 1.0:
+        raise CrossLevelError(f"bank_momentum must be in [0, 1), got {cfg.bank_momentum}")
+    if cfg.cld_weight < 0:
+        raise CrossLevelError(f"cld_weight (λ) must be >= 0, got {cfg.cld_weight}")
+    if cfg.cld_weight > 0 and cfg.num_groups >= cfg.batch_size:
+        raise CrossLevelError(
+            f"num_groups (k={cfg.num_groups}) must be smaller than the per-device batch "
+            f"(batch_size={cfg.batch_size}): with k >= batch every image is its own group and CLD "
+            "degenerates to in-batch instance discrimination"
+        )
+    if cfg.dataset != "digits" and not cfg.data:
+        raise CrossLevelError(f"dataset '{cfg.dataset}' needs a path: add --data PATH (or data=PATH)")
+    if cfg.eval_every < 0 or cfg.train_subset < 0 or cfg.test_subset < 0 or cfg.warmup_epochs < 0:
+        raise CrossLevelError("eval_every, train_subset, test_subset and warmup_epochs must be >= 0")
+    return cfg
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the resolved config as JSON."""
+    path.write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+
+
+def load_config(path: Path) -> Config:
+    """Read a config written by :func:`save_config`; unknown keys are an error."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CrossLevelError(f"cannot read config {path}: {err}") from None
+    return Config(**{key: coerce(key, value) for key, value in values.items()})
+
+
+def describe_keys() -> str:
+    """One line per config key with its type and default, for ``--help-keys``."""
+    defaults = Config()
+    lines = []
+    for name in FIELDS:
+        kind = _field_type(name).__name__
+        choices = f" one of {'|'.join(CHOICES[name])}" if name in CHOICES else ""
+        lines.append(f"  {name:<22} {kind:<6} default {getattr(defaults, name)!r}{choices}")
+    return "\n".join(lines)
+
+
+def preset_summary() -> list[tuple[str, str]]:
+    """``(name, one-line description)`` of every preset."""
+    return [(name, str(_preset_table(name).get("description", ""))) for name in preset_names()]
+
+
+__all__ = [
+    "Config",
+    "DEFAULT_PRESET",
+    "apply_overrides",
+    "coerce",
+    "describe_keys",
+    "load_config",
+    "load_preset",
+    "peak_lr",
+    "preset_names",
+    "preset_summary",
+    "save_config",
+    "validate",
+]

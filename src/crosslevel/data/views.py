@@ -1,0 +1,86 @@
+"""Augmentation recipes (torchvision v2 on uint8 tensors) and the datasets that apply them."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from .sources import ImageSet
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _finish(mean: tuple[float, ...], std: tuple[float, ...]) -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+
+
+def view_transform(recipe: str, size: int, channels: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Transform:
+    """The random view of one image: uint8 C×H×W in, normalised float C×size×size out.
+
+    Recipes:
+        ``cifar``: RandomResizedCrop(size, scale 0.2–1), ColorJitter(0.4, 0.4, 0.4, 0.4),
+        RandomGrayscale(0.2), horizontal flip (DESIGN.md §2, the official NPID/CLD recipe).
+        ``digits``: small random crops and rotations, no flip and no colour (digits are grey
+        and not mirror-symmetric).
+        ``none``: no augmentation.
+        ``auto``: ``cifar`` for colour images, ``digits`` for grey ones.
+    """
+    if recipe == "auto":
+        recipe = "cifar" if channels == 3 else "digits"
+    if recipe == "cifar":
+        steps: list[v2.Transform] = [
+            v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
+            v2.ColorJitter(0.4, 0.4, 0.4, 0.4),
+            v2.RandomGrayscale(0.2),
+            v2.RandomHorizontalFlip(),
+        ]
+        if channels != 3:
+            raise ValueError("the 'cifar' recipe needs colour images; use augment=digits for grey ones")
+    elif recipe == "digits":
+        steps = [
+            v2.RandomAffine(degrees=12, translate=(0.12, 0.12), scale=(0.8, 1.1), shear=8),
+            v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(0.8, 1.25), antialias=True),
+        ]
+    elif recipe == "none":
+        steps = [v2.Resize(size, antialias=True)]
+    else:
+        raise ValueError(f"unknown augmentation recipe {recipe!r}")
+    return v2.Compose(steps + _finish(mean, std))
+
+
+def eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Transform:
+    """The deterministic test transform: resize to ``size`` (a no-op at the native size), normalise."""
+    return v2.Compose([v2.Resize(size, antialias=True), *_finish(mean, std)])
+
+
+class MultiViewDataset(Dataset):
+    """Yields ``(views, index)``: ``num_views`` random views of image ``index`` (for training)."""
+
+    def __init__(self, images: ImageSet, transform: Transform, num_views: int = 2) -> None:
+        self.images = images
+        self.transform = transform
+        self.num_views = num_views
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[tuple[torch.Tensor, ...], int]:
+        image = self.images.image(index)
+        return tuple(self.transform(image) for _ in range(self.num_views)), index
+
+
+class LabelledDataset(Dataset):
+    """Yields ``(image, label)`` with a fixed transform (for evaluation)."""
+
+    def __init__(self, images: ImageSet, transform: Transform) -> None:
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.images.image(index)), int(self.images.labels[index])

@@ -1,0 +1,81 @@
+"""Weighted kNN classification (the NPID protocol, DESIGN.md §4)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+
+def knn_scores(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    k: int = 200,
+    temperature: float = 0.1,
+    num_classes: int | None = None,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """Class scores of weighted kNN: Σ over the k most similar training features of exp(cos/T).
+
+    Args:
+        train_features: N×D support features (normalised here, so cosine = dot product).
+        train_labels: N long class labels in [0, C).
+        test_features: M×D query features.
+        k: neighbours (clipped to N).
+        temperature: σ of exp(cos/σ).
+        num_classes: C (default: max label + 1).
+        chunk_size: queries per block, so at most chunk_size×N similarities exist at once.
+
+    Returns:
+        M×C float32 scores; rank them for top-1 / top-5.
+    """
+    train = F.normalize(train_features.float(), dim=1)
+    test = F.normalize(test_features.float(), dim=1)
+    labels = train_labels.long().to(train.device)
+    classes = int(num_classes) if num_classes is not None else int(labels.max()) + 1
+    k = min(k, len(train))
+    scores = torch.zeros(len(test), classes, dtype=torch.float32, device=test.device)
+    for start in range(0, len(test), chunk_size):
+        sims, neighbours = (test[start : start + chunk_size] @ train.t()).topk(k, dim=1)
+        weights = (sims / temperature).exp()
+        scores[start : start + chunk_size].scatter_add_(1, labels[neighbours], weights)
+    return scores
+
+
+def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
+    """Percentage of rows whose label is among the ``k`` highest scores, for each k."""
+    ranked = scores.argsort(dim=1, descending=True)
+    hits = ranked == labels.to(scores.device)[:, None]
+    return {k: 100.0 * hits[:, : min(k, scores.shape[1])].any(dim=1).float().mean().item() for k in ks}
+
+
+@torch.no_grad()
+def extract_features(
+    embed: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, device: torch.device, desc: str = "features"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``embed`` over ``loader`` of (images, labels); return (N×D features, N labels) on ``device``."""
+    features, labels = [], []
+    for images, targets in tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=1.0):
+        features.append(embed(images.to(device, non_blocking=True)))
+        labels.append(targets.to(device))
+    return torch.cat(features), torch.cat(labels)
+
+
+def knn_accuracy(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int = 200,
+    temperature: float = 0.1,
+    num_classes: int | None = None,
+) -> dict[str, float]:
+    """``{"top1": %, "top5": %}`` of weighted kNN."""
+    classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
+    scores = knn_scores(train_features, train_labels, test_features, k, temperature, classes)
+    accuracy = topk_accuracy(scores, test_labels)
+    return {"top1": accuracy[1], "top5": accuracy[5]}

@@ -1,0 +1,46 @@
+"""The instance head f_I and group head f_G: Linear (or cosine NormLinear) → L2 normalisation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class NormLinear(nn.Module):
+    """Cosine layer: input and each weight column L2-normalised, no bias (``normlinear``)."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_dim, out_dim).uniform_(-1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=1) @ F.normalize(self.weight, dim=0)
+
+
+class ProjectionHead(nn.Module):
+    """B×in_dim → B×out_dim unit vectors: ``normalize(Linear(x))`` or ``normalize(NormLinear(x))``."""
+
+    def __init__(self, in_dim: int, out_dim: int = 128, normlinear: bool = False) -> None:
+        super().__init__()
+        self.proj = NormLinear(in_dim, out_dim) if normlinear else nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(x), dim=1)
+
+
+class TwoHeads(nn.Module):
+    """f_I and f_G on a shared pooled feature f, with an optional shared MLP trunk.
+
+    ``forward(f)`` returns ``(instance, group)``, each B×out_dim and L2-normalised.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = 128, normlinear: bool = False, mlp: bool = False) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True)) if mlp else nn.Identity()
+        self.instance = ProjectionHead(in_dim, out_dim, normlinear)
+        self.group = ProjectionHead(in_dim, out_dim, normlinear)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.trunk(features)
+        return self.instance(hidden), self.group(hidden)
