@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import time
@@ -22,6 +23,7 @@ from .methods import ContrastiveModule
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.csv"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 
@@ -109,16 +111,31 @@ class KNNMonitor(Callback):
 
 def _loggers(cfg: Config, run_dir: Path) -> list[Logger]:
     loggers: list[Logger] = []
-    if cfg.logger in ("csv", "both"):
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="", version=""))
+    if cfg.logger in ("csv", "both"):  # one version folder per attempt, so a resume never deletes a log
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs"))
     if cfg.logger in ("tensorboard", "both"):
         try:
             from lightning.pytorch.loggers import TensorBoardLogger
 
-            loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
+            loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard"))
         except ModuleNotFoundError as err:  # pragma: no cover - depends on the environment
             raise CrossLevelError(f"logger=tensorboard needs: pip install 'crosslevel[tensorboard]' ({err})") from None
     return loggers
+
+
+def merge_metrics(run_dir: Path) -> Path | None:
+    """Join the CSV logs of every attempt (``logs/version_*/metrics.csv``) into ``run_dir/metrics.csv``."""
+    parts = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    rows = [row for part in parts for row in csv.DictReader(open(part, newline=""))]
+    if not rows:
+        return None
+    keys = sorted({key for row in rows for key in row})
+    target = run_dir / METRICS_FILE
+    with open(target, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    return target
 
 
 def resolve_resume(cfg: Config, overrides: list[str]) -> tuple[Config, Path]:
@@ -153,12 +170,15 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
     save_config(cfg, run_dir / CONFIG_FILE)
     module = ContrastiveModule(cfg, len(data.train), data.train.channels)
     monitor = KNNMonitor(data, cfg)
+    loader = data.train_loader(cfg)
+    limit = cfg.limit_train_batches
+    steps_per_epoch = min(len(loader), int(limit) if limit > 1 else max(1, int(len(loader) * limit)))
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, save_last=True, save_top_k=0, every_n_epochs=1),
         monitor,
     ]
     if cfg.progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(20, len(data.train) // cfg.batch_size // 4))))
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(20, steps_per_epoch // 4))))
     trainer = pl.Trainer(
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
@@ -171,13 +191,13 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
         default_root_dir=str(run_dir),
         enable_progress_bar=cfg.progress,
         enable_model_summary=False,
-        limit_train_batches=int(cfg.limit_train_batches) if cfg.limit_train_batches > 1 else cfg.limit_train_batches,
-        log_every_n_steps=max(1, min(50, len(data.train) // cfg.batch_size)),
+        limit_train_batches=int(limit) if limit > 1 else limit,
+        log_every_n_steps=max(1, min(50, steps_per_epoch)),
         num_sanity_val_steps=0,
         deterministic=False,
     )
     started = time.time()
-    trainer.fit(module, train_dataloaders=data.train_loader(cfg), ckpt_path=cfg.resume)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=cfg.resume)
     summary = {
         "epochs": trainer.current_epoch,
         "train_seconds": round(time.time() - started, 1),
@@ -186,6 +206,7 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
     }
     if trainer.is_global_zero:
         (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        merge_metrics(run_dir)
     return run_dir, monitor.last
 
 

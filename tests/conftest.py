@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny data written in the standard formats, small configs, the shared data path."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+@pytest.fixture
+def shared_cifar10() -> Path:
+    """The shared CIFAR-10 image folder, or a skip that says why."""
+    if not (SHARED_CIFAR10 / "train").is_dir():
+        pytest.skip(f"shared CIFAR-10 folder not found at {SHARED_CIFAR10} (only present in the project workspace)")
+    return SHARED_CIFAR10
+
+
+def write_cifar10(root: Path, per_batch: int = 6, seed: int = 0) -> Path:
+    """Tiny ``cifar-10-batches-py`` folder in the standard pickle format; returns its parent."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        batch = {
+            "data": rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, size=per_batch).tolist(),
+            "batch_label": name,
+        }
+        with open(folder / name, "wb") as handle:
+            pickle.dump(batch, handle)
+    with open(folder / "batches.meta", "wb") as handle:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, handle)
+    return root
+
+
+def write_cifar100(root: Path, size: int = 8, seed: int = 0) -> Path:
+    """Tiny ``cifar-100-python`` folder in the standard pickle format; returns its parent."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for name in ("train", "test"):
+        split = {
+            "data": rng.integers(0, 256, size=(size, 3072), dtype=np.uint8),
+            "fine_labels": rng.integers(0, 100, size=size).tolist(),
+            "coarse_labels": rng.integers(0, 20, size=size).tolist(),
+        }
+        with open(folder / name, "wb") as handle:
+            pickle.dump(split, handle)
+    with open(folder / "meta", "wb") as handle:
+        pickle.dump({"fine_label_names": [f"fine{i}" for i in range(100)]}, handle)
+    return root
+
+
+def write_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: int = 16, seed: int = 0) -> Path:
+    """Tiny ``train/`` + ``test/`` image folder of random PNGs; returns ``root``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split in ("train", "test"):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    return root

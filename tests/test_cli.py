@@ -1,0 +1,87 @@
+"""End to end through the CLI on the built-in digits: run dir, config, checkpoint, metrics, kNN, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from crosslevel.cli import main
+
+FAST = ["batch_size=64", "width=8", "feature_dim=16", "limit_train_batches=3", "progress=false"]
+
+
+def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_eval_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run_cli(capsys, "train", *FAST, "epochs=1", f"out={tmp_path}", "name=run")
+    assert code == 0
+    run = tmp_path / "run"
+    assert "kNN top-1:" in out and "top-5:" in out
+    config = json.loads((run / "config.json").read_text())
+    assert config["preset"] == "digits-cld" and config["epochs"] == 1 and config["width"] == 8
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert (run / "logs" / "version_0" / "metrics.csv").is_file()
+    assert any(r.get("knn_top1") for r in rows) and any(r.get("loss_cld") for r in rows)
+    summary = json.loads((run / "summary.json").read_text())
+    assert 0 <= summary["knn"]["top1"] <= 100 and summary["epochs"] == 1
+
+    code, out, _ = run_cli(capsys, "eval", "knn", str(run))
+    assert code == 0 and f"{summary['knn']['top1']:.2f}%" in out
+    assert json.loads((run / "knn_f_I.json").read_text())["top1"] == pytest.approx(summary["knn"]["top1"])
+
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 3
+    code, out, _ = run_cli(capsys, "train", f"resume={run}", "epochs=2")
+    assert code == 0, out
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert resumed["epoch"] == 2 and resumed["global_step"] == 6
+    assert not torch.equal(resumed["state_dict"]["bank.memory"], checkpoint["state_dict"]["bank.memory"])
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2
+    merged = list(csv.DictReader(open(run / "metrics.csv")))
+    assert {r["epoch"] for r in merged if r.get("loss_epoch")} == {"0", "1"}  # the first attempt's log is kept
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--config", "nope"], "unknown preset 'nope'"),
+        (["train", "colour=red"], "unknown config key 'colour'"),
+        (["train", "epochs=ten"], "'epochs' expects a int"),
+        (["train", "num_groups=128"], "must be smaller than the per-device batch"),
+        (["train", "--config", "cifar10-cld", "--data", "/no/such/path"], "data path does not exist: /no/such/path"),
+        (["train", "--config", "cifar10-cld"], "needs a path"),
+        (["train", "resume=/no/run"], "no checkpoint to resume from"),
+        (["eval", "knn", "/no/run"], "is not a run directory"),
+    ],
+)
+def test_bad_input_is_one_clear_message(capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert err.count("\n") == 1
+
+
+def test_presets_and_help_keys(capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run_cli(capsys, "presets")
+    assert code == 0 and "cifar10-cld" in out and "digits-npid" in out
+    code, out, _ = run_cli(capsys, "train", "--help-keys")
+    assert code == 0 and "num_groups" in out and "cld_weight" in out
+
+
+def test_console_entry_point_exit_code() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "crosslevel", "train", "epochs=x"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "crosslevel: error: config key 'epochs' expects a int, got 'x'" in result.stderr

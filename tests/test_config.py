@@ -1,0 +1,81 @@
+"""Presets carry the official settings; overrides are typed and validated."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from crosslevel.config import Config, apply_overrides, load_config, load_preset, peak_lr, preset_names, save_config
+from crosslevel.errors import CrossLevelError
+
+REQUIRED = {"digits-cld", "digits-npid", "cifar10-npid", "cifar10-cld", "cifar100-npid", "cifar100-cld"}
+
+
+def test_required_presets_exist() -> None:
+    assert REQUIRED <= set(preset_names())
+
+
+@pytest.mark.parametrize("name,groups", [("cifar10-cld", 128), ("cifar100-cld", 200)])
+def test_official_cifar_settings(name: str, groups: int) -> None:
+    cfg = load_preset(name)
+    assert (cfg.batch_size, cfg.base_lr, cfg.weight_decay, cfg.momentum) == (256, 0.03, 7e-4, 0.9)
+    assert (cfg.warmup_epochs, cfg.epochs, cfg.num_groups, cfg.kmeans_iters) == (5, 200, groups, 5)
+    assert (cfg.cld_weight, cfg.temperature, cfg.cld_temperature) == (1.0, 0.1, 0.2)
+    assert (cfg.backbone, cfg.feature_dim, cfg.knn_k, cfg.knn_temperature) == ("resnet18_cifar", 128, 200, 0.1)
+    assert peak_lr(cfg, world_size=1) == pytest.approx(0.06)
+
+
+@pytest.mark.parametrize("name", ["digits-npid", "cifar10-npid", "cifar100-npid"])
+def test_npid_presets_are_cld_without_the_term(name: str) -> None:
+    npid = load_preset(name)
+    cld = load_preset(name.replace("npid", "cld"))
+    assert npid.cld_weight == 0.0
+    assert dataclasses.replace(npid, cld_weight=cld.cld_weight, preset=cld.preset, description=cld.description) == cld
+
+
+def test_overrides_are_typed() -> None:
+    cfg = apply_overrides(load_preset("digits-cld"), ["epochs=3", "base_lr=0.1", "normlinear=true", "name=x"])
+    assert (cfg.epochs, cfg.base_lr, cfg.normlinear, cfg.name) == (3, 0.1, True, "x")
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("epohcs=3", "unknown config key 'epohcs' (did you mean 'epochs'?)"),
+        ("epochs=three", "'epochs' expects a int"),
+        ("epochs=2.5", "'epochs' expects a int"),
+        ("normlinear=maybe", "'normlinear' expects a bool"),
+        ("epochs", "not of the form key=value"),
+        ("backbone=vgg", "'backbone' must be one of"),
+        ("epochs=0", "'epochs' must be >= 1"),
+        ("num_groups=128", "num_groups (k=128) must be smaller than the per-device batch"),
+        ("bank_momentum=1.5", "bank_momentum"),
+    ],
+)
+def test_bad_overrides_are_clear_errors(override: str, message: str) -> None:
+    with pytest.raises(CrossLevelError) as err:
+        apply_overrides(load_preset("digits-cld"), [override])
+    assert message in str(err.value)
+
+
+def test_npid_allows_any_k() -> None:
+    cfg = apply_overrides(load_preset("digits-npid"), ["num_groups=500"])
+    assert cfg.num_groups == 500
+
+
+def test_unknown_preset_names_the_closest() -> None:
+    with pytest.raises(CrossLevelError, match="unknown preset 'cifar10-clx'.*cifar10-cld"):
+        load_preset("cifar10-clx")
+
+
+def test_cifar_preset_needs_a_path() -> None:
+    with pytest.raises(CrossLevelError, match="needs a path"):
+        apply_overrides(load_preset("cifar10-cld"), [])
+
+
+def test_config_round_trip(tmp_path) -> None:
+    cfg = apply_overrides(load_preset("cifar10-cld"), ["data=/x", "resume=none"])
+    save_config(cfg, tmp_path / "config.json")
+    assert load_config(tmp_path / "config.json") == cfg
+    assert Config().resume is None

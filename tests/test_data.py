@@ -1,0 +1,107 @@
+"""Data sources in every supported format, on tiny generated files and on the shared CIFAR-10."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_cifar10, write_cifar100, write_image_folder
+from crosslevel.data import LabelledDataset, MultiViewDataset, eval_transform, load_split, view_transform
+from crosslevel.errors import CrossLevelError
+
+
+def test_digits_split_is_fixed_and_stratified() -> None:
+    train, test = load_split("digits", None, "train"), load_split("digits", None, "test")
+    assert len(train) + len(test) == 1797 and len(test) == 450
+    assert train.images.dtype == np.uint8 and train.images.shape[1:] == (8, 8, 1)
+    assert train.images.max() == 255 and set(np.unique(test.labels)) == set(range(10))
+    assert np.array_equal(load_split("digits", None, "test").images, test.images)
+
+
+def test_cifar10_pickles(tmp_path) -> None:
+    root = write_cifar10(tmp_path, per_batch=6)
+    train = load_split("cifar10", str(root), "train")
+    test = load_split("cifar10", str(root / "cifar-10-batches-py"), "test")
+    assert train.images.shape == (30, 32, 32, 3) and test.images.shape == (6, 32, 32, 3)
+    assert train.classes[3] == "class3" and train.labels.dtype == np.int64
+    # pixel layout: the first 1024 bytes are the red plane in row-major order
+    import pickle
+
+    with open(root / "cifar-10-batches-py" / "data_batch_1", "rb") as handle:
+        raw = pickle.load(handle)["data"][0]
+    assert np.array_equal(train.images[0, :, :, 0].ravel(), raw[:1024])
+    assert np.array_equal(train.images[0, :, :, 2].ravel(), raw[2048:])
+
+
+def test_cifar100_pickles(tmp_path) -> None:
+    root = write_cifar100(tmp_path)
+    train = load_split("cifar100", str(root), "train")
+    assert train.images.shape == (8, 32, 32, 3) and len(train.classes) == 100
+
+
+def test_cifar_missing_batch_is_a_clear_error(tmp_path) -> None:
+    root = write_cifar10(tmp_path)
+    (root / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(CrossLevelError, match="CIFAR file missing: .*data_batch_3"):
+        load_split("cifar10", str(root), "train")
+
+
+def test_image_folder(tmp_path) -> None:
+    root = write_image_folder(tmp_path, classes=3, per_class=4, size=16)
+    train = load_split("folder", str(root), "train")
+    assert train.images.shape == (12, 16, 16, 3) and train.classes == ("class0", "class1", "class2")
+    assert train.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+
+
+@pytest.mark.parametrize(
+    "dataset,path,message",
+    [
+        ("cifar10", "/no/such/dir", "data path does not exist"),
+        ("folder", "/no/such/dir", "data path does not exist"),
+    ],
+)
+def test_missing_paths(dataset: str, path: str, message: str) -> None:
+    with pytest.raises(CrossLevelError, match=message):
+        load_split(dataset, path, "train")
+
+
+def test_empty_folder(tmp_path) -> None:
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    with pytest.raises(CrossLevelError, match="no images found"):
+        load_split("folder", str(tmp_path), "train")
+
+
+def test_subset_is_stratified_and_seeded() -> None:
+    train = load_split("digits", None, "train")
+    a, b = train.subset(200, seed=1), train.subset(200, seed=1)
+    assert len(a) == 200 and np.array_equal(a.images, b.images)
+    counts = np.bincount(a.labels, minlength=10)
+    assert counts.min() >= 18 and counts.max() <= 22
+
+
+def test_views_and_datasets() -> None:
+    train = load_split("digits", None, "train")
+    views = MultiViewDataset(train, view_transform("auto", 8, 1, train.mean, train.std))
+    (v1, v2), index = views[5]
+    assert index == 5 and v1.shape == (1, 8, 8) and v1.dtype == torch.float32
+    assert not torch.equal(v1, v2)
+    labelled = LabelledDataset(train, eval_transform(8, train.mean, train.std))
+    image, label = labelled[5]
+    assert label == int(train.labels[5])
+    assert torch.equal(image, labelled[5][0])
+
+
+def test_cifar_recipe_on_colour_images(tmp_path) -> None:
+    train = load_split("cifar10", str(write_cifar10(tmp_path)), "train")
+    transform = view_transform("cifar", 32, 3, train.mean, train.std)
+    out = transform(train.image(0))
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+
+
+@pytest.mark.shared_data
+def test_shared_cifar10_folder(shared_cifar10) -> None:
+    test = load_split("folder", str(shared_cifar10), "test")
+    assert test.images.shape == (10000, 32, 32, 3)
+    assert test.classes[0] == "airplane" and test.classes[-1] == "truck"
+    assert np.bincount(test.labels).tolist() == [1000] * 10

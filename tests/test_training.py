@@ -1,0 +1,84 @@
+"""Every method runs a couple of steps on tiny data; the bank changes; the schedule is right."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from crosslevel.config import apply_overrides, load_preset
+from crosslevel.methods import ContrastiveModule
+from crosslevel.methods.module import warmup_cosine
+from crosslevel.models import build_backbone
+from crosslevel.training import load_data
+
+TINY = ["batch_size=32", "num_groups=4", "epochs=1", "limit_train_batches=2", "progress=false", "width=8", "feature_dim=16"]
+
+
+@pytest.mark.parametrize("preset", ["digits-npid", "digits-cld"])
+def test_two_steps_change_weights_and_bank(preset: str) -> None:
+    cfg = apply_overrides(load_preset(preset), TINY)
+    data = load_data(cfg)
+    module = ContrastiveModule(cfg, len(data.train), data.train.channels)
+    bank_before = module.bank.memory.clone()
+    weights_before = [p.detach().clone() for p in module.parameters()]
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+    )
+    trainer.fit(module, data.train_loader(cfg))
+    losses = trainer.logged_metrics
+    assert torch.isfinite(losses["loss_epoch"]) and losses["loss_epoch"] > 0
+    assert ("loss_cld" in losses) == (cfg.cld_weight > 0)
+    changed_rows = (module.bank.memory != bank_before).any(dim=1)
+    assert changed_rows.sum() == 2 * 32  # two batches of 32 distinct images
+    torch.testing.assert_close(module.bank.memory[changed_rows].norm(dim=1), torch.ones(64))
+    assert any(not torch.equal(a, b) for a, b in zip(weights_before, module.parameters()))
+
+
+def test_warmup_then_cosine() -> None:
+    total, warmup = 100, 10
+    factors = [warmup_cosine(s, total, warmup) for s in range(total)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0)
+    assert factors[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+
+
+@pytest.mark.parametrize(
+    "name,channels,width,dim", [("resnet18_cifar", 3, 8, 64), ("resnet18", 3, 64, 512), ("smallcnn", 1, 4, 16)]
+)
+def test_backbones(name: str, channels: int, width: int, dim: int) -> None:
+    net = build_backbone(name, channels, width)
+    assert net.out_dim == dim
+    out = net(torch.randn(2, channels, 32, 32))
+    assert out.shape == (2, dim)
+
+
+def test_resnet18_cifar_stem_is_torchvision() -> None:
+    import torchvision
+
+    net = build_backbone("resnet18_cifar", 3, 64).net
+    assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
+    assert isinstance(net.maxpool, torch.nn.Identity)
+    reference = torchvision.models.resnet18()
+    reference.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    reference.maxpool = torch.nn.Identity()
+    reference.fc = torch.nn.Identity()
+    reference.load_state_dict(net.state_dict())
+
+
+def test_resnet50_width() -> None:
+    assert build_backbone("resnet50", 3, 64).out_dim == 2048
+
+
+def test_heads_are_unit_norm_and_normlinear() -> None:
+    from crosslevel.models import TwoHeads
+
+    for normlinear, mlp in [(False, False), (True, True)]:
+        heads = TwoHeads(32, 8, normlinear=normlinear, mlp=mlp)
+        instance, group = heads(torch.randn(5, 32))
+        torch.testing.assert_close(instance.norm(dim=1), torch.ones(5))
+        torch.testing.assert_close(group.norm(dim=1), torch.ones(5))
