@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 from .config import DEFAULT_PRESET, Config, apply_overrides, describe_keys, load_preset, preset_summary
-from .errors import CrossLevelError
+from .errors import CrossLevelError, TrainingInterrupted
 
 
 def _train(args: argparse.Namespace) -> int:
+    from lightning.pytorch.utilities import rank_zero_only
+
     from .training import resolve_resume, train
 
     if args.help_keys:
@@ -22,6 +24,8 @@ def _train(args: argparse.Namespace) -> int:
     if cfg.resume:
         cfg, _ = resolve_resume(cfg, overrides)
     run_dir, knn = train(cfg)
+    if rank_zero_only.rank != 0:  # under torchrun / SLURM every rank runs this command; one reports
+        return 0
     print(f"run directory: {run_dir}")
     if knn is not None:
         print(f"kNN top-1: {knn['top1']:.2f}%  top-5: {knn['top5']:.2f}%  (k={cfg.knn_k}, σ={cfg.knn_temperature}, f_I)")
@@ -77,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except CrossLevelError as err:
         print(f"crosslevel: error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stop:
+        print(f"crosslevel: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("crosslevel: interrupted", file=sys.stderr)
         return 130

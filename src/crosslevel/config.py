@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -30,6 +31,7 @@ class Config:
     augment: str = "auto"  # view recipe: auto | cifar | digits | none
     image_size: int = 0  # 0: the data set's own size
     workers: int = 2  # data-loader worker processes
+    bad_images: str = "error"  # an unreadable image in a folder: error (stop) | skip (warn, count in summary.json)
     # --- model ---
     backbone: str = "resnet18_cifar"  # resnet18_cifar | resnet18 | resnet50 | smallcnn
     width: int = 64  # channels of the first stage (64 = the standard ResNet-18)
@@ -65,11 +67,13 @@ class Config:
     devices: str = "1"  # number, list "0,1" or "auto"
     num_nodes: int = 1
     strategy: str = "auto"
+    sync_bn: bool = False  # SyncBatchNorm across devices (BN statistics of the global batch)
     precision: str = "32-true"
     logger: str = "csv"  # csv | tensorboard | both
     progress: bool = True
     limit_train_batches: float = 1.0  # <1: fraction, >1: count of batches per epoch (tests)
     resume: str | None = None  # checkpoint to continue from
+    skip_nonfinite: bool = False  # a NaN/inf loss skips the step (no update, bank untouched) instead of stopping
     description: str = ""
 
 
@@ -86,6 +90,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "backbone": ("resnet18_cifar", "resnet18", "resnet50", "smallcnn"),
     "instance": ("npid",),
     "logger": ("csv", "tensorboard", "both"),
+    "bad_images": ("error", "skip"),
 }
 
 
@@ -121,12 +126,13 @@ def coerce(name: str, raw: Any) -> Any:
                 raise ValueError
             return int(str(raw).strip()) if isinstance(raw, str) else int(raw)
         if kind is float:
-            if isinstance(raw, bool):
+            if isinstance(raw, bool) or not math.isfinite(float(raw)):  # nan / inf would poison training silently
                 raise ValueError
             return float(raw)
         return str(raw)
     except ValueError:
-        raise CrossLevelError(f"config key '{name}' expects a {kind.__name__}, got {raw!r}") from None
+        finite = " finite" if kind is float else ""
+        raise CrossLevelError(f"config key '{name}' expects a{finite} {kind.__name__}, got {raw!r}") from None
 
 
 def preset_names() -> list[str]:
@@ -158,7 +164,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise CrossLevelError(f"override '{item}' is not of the form key=value")
+            raise CrossLevelError(f"override {item!r} is not of the form key=value")
         changes[key.strip()] = coerce(key.strip(), value)
     return validate(dataclasses.replace(cfg, **changes))
 

@@ -3,3 +3,14 @@
 
 class CrossLevelError(Exception):
     """A user-facing error: the CLI prints its message and exits non-zero, no traceback."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after writing a resumable checkpoint; the CLI exits with ``exit_code``."""
+
+    def __init__(self, signal_name: str, exit_code: int, checkpoint: object, run_dir: object) -> None:
+        self.signal_name, self.exit_code, self.checkpoint, self.run_dir = signal_name, exit_code, checkpoint, run_dir
+        super().__init__(
+            f"stopped by {signal_name}; resumable checkpoint: {checkpoint}\n"
+            f"continue with: crosslevel train resume={run_dir}"
+        )

@@ -5,18 +5,23 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
+from .checkpointing import AtomicCheckpointIO, GracefulStop, ResumeState, check_compatible, read_checkpoint
 from .config import Config, apply_overrides, load_config, save_config
 from .data import ImageSet, LabelledDataset, MultiViewDataset, eval_transform, load_split, view_transform
+from .data.sampling import ResumableSampler
 from .errors import CrossLevelError
 from .evaluation import extract_features, knn_accuracy
 from .methods import ContrastiveModule
@@ -26,6 +31,7 @@ SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.csv"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
+RUN_NAME_ENV = "CROSSLEVEL_RUN_NAME"  # passes a generated run name to the processes Lightning launches
 
 
 @dataclass
@@ -40,7 +46,8 @@ class Data:
         return self.train.size
 
     def train_loader(self, cfg: Config) -> DataLoader:
-        """Shuffled batches of (views, indices); the last partial batch is dropped (k-means needs k < B)."""
+        """Batches of (views, indices) in the :class:`ResumableSampler` order (seeded per epoch, one
+        share per device); the last partial batch is dropped (k-means needs k < B)."""
         if len(self.train) < cfg.batch_size:
             raise CrossLevelError(
                 f"the training set has {len(self.train)} images, fewer than batch_size={cfg.batch_size}"
@@ -50,7 +57,7 @@ class Data:
         return DataLoader(
             MultiViewDataset(self.train, transform),
             batch_size=cfg.batch_size,
-            shuffle=True,
+            sampler=ResumableSampler(len(self.train), cfg.seed),
             drop_last=True,
             num_workers=cfg.workers,
             persistent_workers=cfg.workers > 0,
@@ -65,9 +72,9 @@ class Data:
 
 def load_data(cfg: Config) -> Data:
     """Load (and subset) the training split and, when it exists and is labelled, the test split."""
-    train = load_split(cfg.dataset, cfg.data, "train", cfg.image_size).subset(cfg.train_subset, cfg.seed)
+    train = load_split(cfg.dataset, cfg.data, "train", cfg.image_size, cfg.bad_images).subset(cfg.train_subset, cfg.seed)
     try:
-        test: ImageSet | None = load_split(cfg.dataset, cfg.data, "test", cfg.image_size)
+        test: ImageSet | None = load_split(cfg.dataset, cfg.data, "test", cfg.image_size, cfg.bad_images)
     except CrossLevelError as err:
         if "test" not in str(err):
             raise
@@ -105,8 +112,10 @@ class KNNMonitor(Callback):
         periodic = self.cfg.eval_every > 0 and epoch % self.cfg.eval_every == 0
         if self.data.test is None or not (final or periodic):
             return
-        self.last = evaluate_knn(pl_module, self.data, self.cfg)  # type: ignore[arg-type]
-        pl_module.log_dict({"knn_top1": self.last["top1"], "knn_top5": self.last["top5"]}, on_epoch=True)
+        # Under DDP rank 0 evaluates (the model is the same on every rank) and shares the result.
+        result = evaluate_knn(pl_module, self.data, self.cfg) if trainer.is_global_zero else None  # type: ignore[arg-type]
+        self.last = trainer.strategy.broadcast(result, src=0)
+        pl_module.log_dict({"knn_top1": self.last["top1"], "knn_top5": self.last["top5"]}, on_epoch=True, sync_dist=True)
 
 
 def _loggers(cfg: Config, run_dir: Path) -> list[Logger]:
@@ -155,26 +164,45 @@ def resolve_resume(cfg: Config, overrides: list[str]) -> tuple[Config, Path]:
 
 
 def run_dir_of(cfg: Config) -> Path:
-    name = cfg.name or f"{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """``out/name``; without a name ``<preset>-<time>``, or ``<preset>-job<id>`` when a multi-process
+    launcher (torchrun, SLURM) started every rank, so that all ranks agree."""
+    name = cfg.name or os.environ.get(RUN_NAME_ENV, "")
+    if not name:
+        job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID")
+        several = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) > 1
+        stamp = f"job{job}" if several and job and job != "none" else time.strftime("%Y%m%d-%H%M%S")
+        name = f"{cfg.preset or 'run'}-{stamp}"
     return Path(cfg.out).expanduser() / name
 
 
 def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
-    """Train as ``cfg`` says; return (run directory, final kNN ``{"top1", "top5"}`` or None)."""
+    """Train as ``cfg`` says; return (run directory, final kNN ``{"top1", "top5"}`` or None).
+
+    Raises :class:`TrainingInterrupted` after SIGINT/SIGTERM (a resumable checkpoint is written first).
+    """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = load_data(cfg)
     if cfg.cld_weight > 0 and cfg.num_groups >= cfg.batch_size:  # re-checked: the batch may come from a resumed run
         raise CrossLevelError(f"num_groups={cfg.num_groups} must be smaller than batch_size={cfg.batch_size}")
     run_dir = run_dir_of(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / CONFIG_FILE)
+    checkpoint = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if rank_zero_only.rank == 0 and cfg.resume is None and (run_dir / CONFIG_FILE).exists():
+        raise CrossLevelError(f"run directory {run_dir} already exists: resume={run_dir}, or choose another name=")
     module = ContrastiveModule(cfg, len(data.train), data.train.channels)
-    monitor = KNNMonitor(data, cfg)
+    if cfg.resume is not None:
+        check_compatible(read_checkpoint(Path(cfg.resume)), Path(cfg.resume), cfg, len(data.train), data.train.channels)
     loader = data.train_loader(cfg)
     limit = cfg.limit_train_batches
     steps_per_epoch = min(len(loader), int(limit) if limit > 1 else max(1, int(len(loader) * limit)))
+    monitor = KNNMonitor(data, cfg)
+    stop = GracefulStop(checkpoint)
     callbacks: list[Callback] = [
-        ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, save_last=True, save_top_k=0, every_n_epochs=1),
+        ModelCheckpoint(  # one file, checkpoints/last.ckpt, replaced (atomically) after every epoch
+            dirpath=run_dir / CHECKPOINT_DIR, filename=checkpoint.stem, save_top_k=1, every_n_epochs=1,
+            enable_version_counter=False,
+        ),
+        ResumeState(loader.sampler, cfg.batch_size),  # type: ignore[arg-type]
+        stop,
         monitor,
     ]
     if cfg.progress:
@@ -185,6 +213,9 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
         devices=cfg.devices if cfg.devices == "auto" or "," in cfg.devices else int(cfg.devices),
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
+        sync_batchnorm=cfg.sync_bn,
+        use_distributed_sampler=False,  # ResumableSampler shards the data itself
+        plugins=[AtomicCheckpointIO()],
         precision=cfg.precision,
         logger=_loggers(cfg, run_dir),
         callbacks=callbacks,
@@ -196,18 +227,38 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
         num_sanity_val_steps=0,
         deterministic=False,
     )
+    if cfg.sync_bn and isinstance(trainer.accelerator, CPUAccelerator):
+        raise CrossLevelError("sync_bn=true needs GPUs: PyTorch's SyncBatchNorm does not run on the CPU")
+    if len(data.train) // trainer.world_size < cfg.batch_size:
+        raise CrossLevelError(
+            f"{len(data.train)} training images over {trainer.world_size} devices is less than one batch "
+            f"(batch_size={cfg.batch_size} per device)"
+        )
+    if rank_zero_only.rank == 0:  # written once every check has passed
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / CONFIG_FILE)
     started = time.time()
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=cfg.resume)
+    os.environ[RUN_NAME_ENV] = run_dir.name  # inherited by the rank processes Lightning starts
+    try:
+        with stop.handling_signals(run_dir):
+            trainer.fit(module, train_dataloaders=loader, ckpt_path=cfg.resume)
+    finally:
+        os.environ.pop(RUN_NAME_ENV, None)
+    knn = monitor.last
+    if knn is None and "knn_top1" in trainer.callback_metrics:  # ddp_spawn: the monitor ran in the rank processes
+        knn = {key: float(trainer.callback_metrics[f"knn_{key}"]) for key in ("top1", "top5")}
     summary = {
         "epochs": trainer.current_epoch,
         "train_seconds": round(time.time() - started, 1),
         "train_images": len(data.train),
-        "knn": monitor.last,
+        "skipped_images": len(data.train.skipped) + (len(data.test.skipped) if data.test is not None else 0),
+        "skipped_steps": module.skipped_steps,
+        "knn": knn,
     }
     if trainer.is_global_zero:
         (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         merge_metrics(run_dir)
-    return run_dir, monitor.last
+    return run_dir, knn
 
 
 def load_run(run_dir: Path) -> tuple[Config, ContrastiveModule, Data]:
@@ -221,6 +272,7 @@ def load_run(run_dir: Path) -> tuple[Config, ContrastiveModule, Data]:
     cfg = load_config(run_dir / CONFIG_FILE)
     data = load_data(cfg)
     module = ContrastiveModule(cfg, len(data.train), data.train.channels)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(state)
+    saved = read_checkpoint(checkpoint)
+    check_compatible(saved, checkpoint, cfg, len(data.train), data.train.channels)
+    module.load_state_dict(saved["state_dict"])
     return cfg, module.eval(), data

@@ -7,9 +7,11 @@ class, optionally under ``train/`` and ``test/``).
 
 from __future__ import annotations
 
+import os
 import pickle
+import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +30,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Decoded images: ``images`` uint8 N×H×W×C, ``labels`` int64 N (-1 = unlabelled)."""
+    """Decoded images: ``images`` uint8 N×H×W×C, ``labels`` int64 N (-1 = unlabelled);
+    ``skipped``: files left out because they could not be decoded (``bad_images=skip``)."""
 
     images: np.ndarray
     labels: np.ndarray
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    skipped: tuple[str, ...] = field(default=())
 
     def __len__(self) -> int:
         return len(self.images)
@@ -134,21 +138,56 @@ def load_cifar_split(path: Path, split: str, num_classes: int) -> ImageSet:
     return ImageSet(images, labels, classes, CIFAR_MEAN, CIFAR_STD)
 
 
-def _decode(path: Path, size: int | None) -> np.ndarray:
-    with Image.open(path) as image:
-        rgb = image.convert("RGB")
-        if size is not None and rgb.size != (size, size):
-            rgb = rgb.resize((size, size), Image.BICUBIC)
-        return np.asarray(rgb, dtype=np.uint8)
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB: 16/32-bit and float grey rescaled to 0–255 (not clipped),
+    transparency (RGBA, LA, palette with a transparent colour) composited over black, palette,
+    grey, CMYK, ... converted by PIL."""
+    if image.mode.startswith("I") or image.mode == "F":  # I;16 (16-bit PNG/TIFF), I (32-bit), F (float)
+        pixels = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or pixels.max(initial=0) > 255:
+            pixels = pixels / 257.0  # 65535 → 255
+        grey = Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), mode="L")
+        return grey.convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float64)
+        rgb = rgba[..., :3] * (rgba[..., 3:] / 255.0)
+        return Image.fromarray(np.round(rgb).astype(np.uint8), mode="RGB")
+    return image.convert("RGB")
 
 
-def load_folder_split(path: Path, split: str, image_size: int = 0) -> ImageSet:
+def _decode(path: Path, size: int | None) -> np.ndarray | None:
+    """The image at ``path`` as uint8 H×W×3 (resized to size×size when given), or None if unreadable."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            rgb = to_rgb(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    if size is not None and rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.BICUBIC)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _first_size(paths: list[Path]) -> int | None:
+    """The side of the first readable image when it is square, else None (no resizing)."""
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                return image.size[0] if image.size[0] == image.size[1] else None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            continue
+    return None
+
+
+def load_folder_split(path: Path, split: str, image_size: int = 0, bad_images: str = "error") -> ImageSet:
     """An image folder (class sub-folders; ``train/`` and ``test/`` when present), decoded once.
 
     Normalisation uses the ImageNet statistics, so that both splits agree without reading
     each other.
-    Images are decoded to RGB uint8; all must share one size unless ``image_size`` > 0, which
-    resizes every image to a square of that side.
+    Images are decoded to RGB uint8 (see :func:`to_rgb`); all must share one size unless
+    ``image_size`` > 0, which resizes every image to a square of that side. A file that cannot be
+    decoded stops the load (``bad_images="error"``) or is left out with a warning and listed in
+    ``ImageSet.skipped`` (``bad_images="skip"``).
     """
     if not path.exists():
         raise CrossLevelError(f"data path does not exist: {path}")
@@ -159,6 +198,8 @@ def load_folder_split(path: Path, split: str, image_size: int = 0) -> ImageSet:
         raise CrossLevelError(f"no 'test' folder in {path}: kNN evaluation needs a labelled test split")
     if not root.is_dir():
         raise CrossLevelError(f"no '{split}' folder in {path}")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise CrossLevelError(f"data folder is not readable: {root} (permission denied)")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
     if class_dirs:
         entries = [(f, c) for c, d in enumerate(class_dirs) for f in sorted(d.rglob("*"))]
@@ -169,33 +210,39 @@ def load_folder_split(path: Path, split: str, image_size: int = 0) -> ImageSet:
     entries = [(f, c) for f, c in entries if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
     if not entries:
         raise CrossLevelError(f"no images found in {root} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    size = image_size or None
-    if size is None:
-        with Image.open(entries[0][0]) as first:
-            size = first.size[0] if first.size[0] == first.size[1] else None
-    try:
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            arrays = list(
-                tqdm(
-                    pool.map(lambda entry: _decode(entry[0], size), entries),
-                    total=len(entries),
-                    desc=f"decoding {root.name}",
-                    unit="img",
-                    leave=False,
-                    mininterval=1.0,
-                )
+    size = image_size or _first_size([f for f, _ in entries])
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        arrays = list(
+            tqdm(
+                pool.map(lambda entry: _decode(entry[0], size), entries),
+                total=len(entries),
+                desc=f"decoding {root.name}",
+                unit="img",
+                leave=False,
+                mininterval=1.0,
             )
-    except (UnidentifiedImageError, OSError) as err:
-        raise CrossLevelError(f"cannot decode an image in {root}: {err}") from None
+        )
+    bad = [str(f) for (f, _), a in zip(entries, arrays) if a is None]
+    if bad and bad_images != "skip":
+        raise CrossLevelError(
+            f"cannot decode {len(bad)} image(s) in {root}, first: {bad[0]} (corrupt, truncated, unreadable or not an image); "
+            "remove them or set bad_images=skip to train without them"
+        )
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {root}, first: {bad[0]}")
+        entries = [e for e, a in zip(entries, arrays) if a is not None]
+        arrays = [a for a in arrays if a is not None]
+        if not arrays:
+            raise CrossLevelError(f"none of the images in {root} can be decoded")
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise CrossLevelError(f"images in {root} differ in size ({sorted(shapes)[:3]}...): set image_size=N")
     images = np.stack(arrays)
     labels = np.asarray([c for _, c in entries], dtype=np.int64)
-    return ImageSet(images, labels, classes, IMAGENET_MEAN, IMAGENET_STD)
+    return ImageSet(images, labels, classes, IMAGENET_MEAN, IMAGENET_STD, tuple(bad))
 
 
-def load_split(dataset: str, data: str | None, split: str, image_size: int = 0) -> ImageSet:
+def load_split(dataset: str, data: str | None, split: str, image_size: int = 0, bad_images: str = "error") -> ImageSet:
     """Load ``split`` ('train' or 'test') of ``dataset`` from path ``data``."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -207,5 +254,5 @@ def load_split(dataset: str, data: str | None, split: str, image_size: int = 0) 
     if dataset in ("cifar10", "cifar100"):
         return load_cifar_split(path, split, 10 if dataset == "cifar10" else 100)
     if dataset == "folder":
-        return load_folder_split(path, split, image_size)
+        return load_folder_split(path, split, image_size, bad_images)
     raise CrossLevelError(f"unknown dataset '{dataset}'")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import lightning.pytorch as pl
 import torch
 
 from ..config import Config, peak_lr
+from ..distributed import any_rank
+from ..errors import CrossLevelError
 from ..losses import bank_softmax_loss, cld_loss
 from ..models import TwoHeads, build_backbone
 from .memory_bank import MemoryBank
@@ -42,7 +45,14 @@ class ContrastiveModule(pl.LightningModule):
         self.backbone = build_backbone(cfg.backbone, in_channels, cfg.width)
         self.heads = TwoHeads(self.backbone.out_dim, cfg.feature_dim, cfg.normlinear, cfg.mlp)
         self.bank = MemoryBank(num_train, cfg.feature_dim, cfg.bank_momentum)
+        # DDP would broadcast the N×D bank from rank 0 before every forward; every rank applies the same
+        # gathered updates instead, so the bank is left out of DDP's buffer sync. Without the CLD term
+        # (NPID) f_G gets no gradient, and DDP must not wait for one.
+        unused = [f"heads.group.{name}" for name, _ in self.heads.group.named_parameters()] if cfg.cld_weight == 0 else []
+        self._ddp_params_and_buffers_to_ignore = ["bank.memory", *unused]
         self._pending_update: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+        self._skip_step = False
+        self.skipped_steps = 0
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """B×C×H×W → (pooled f B×d, instance f_I B×D, group f_G B×D); heads are unit-norm."""
@@ -56,25 +66,61 @@ class ContrastiveModule(pl.LightningModule):
         pooled, instance, group = self(images)
         return {"f": torch.nn.functional.normalize(pooled.float(), dim=1), "f_I": instance, "f_G": group}[feature].float()
 
-    def training_step(self, batch: tuple[list[torch.Tensor], torch.Tensor], batch_idx: int) -> torch.Tensor:
-        views, indices = batch
-        _, instance, group = self(torch.cat(list(views)))
-        instance_views = instance.float().chunk(len(views))
+    def objective(
+        self, instance_views: tuple[torch.Tensor, ...], group: torch.Tensor, indices: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one local batch and its parts.
+
+        Args:
+            instance_views: V tensors B×D, f_I of each view.
+            group: (V·B)×D f_G of all views, view-major; CLD uses the first two views (k-means on
+                this device's batch only).
+            indices: B data-set indices of the images.
+        """
         loss_inst = torch.stack(
             [bank_softmax_loss(v, self.bank.memory, indices, self.cfg.temperature) for v in instance_views]
         ).mean()
         loss = loss_inst
         logs = {"loss_inst": loss_inst}
         if self.cfg.cld_weight > 0:
-            group_a, group_b = group.float().chunk(len(views))[:2]
+            group_a, group_b = group.float().chunk(len(instance_views))[:2]
             loss_cld = cld_loss(group_a, group_b, self.cfg.num_groups, self.cfg.cld_temperature, self.cfg.kmeans_iters)
             loss = loss + self.cfg.cld_weight * loss_cld
             logs["loss_cld"] = loss_cld
-        self._pending_update = (indices, [v.detach() for v in instance_views])
-        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(indices))
-        self.log_dict(logs, on_step=False, on_epoch=True, batch_size=len(indices))
+        return loss, logs
+
+    def training_step(self, batch: tuple[list[torch.Tensor], torch.Tensor], batch_idx: int) -> torch.Tensor:
+        views, indices = batch
+        _, instance, group = self(torch.cat(list(views)))
+        instance_views = instance.float().chunk(len(views))
+        loss, logs = self.objective(instance_views, group, indices)
+        self._skip_step = any_rank(~torch.isfinite(loss.detach()))
+        if self._skip_step:
+            self._on_nonfinite(loss)
+        else:
+            self._pending_update = (indices, [v.detach() for v in instance_views])
+        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(indices), sync_dist=True)
+        self.log_dict(logs, on_step=False, on_epoch=True, batch_size=len(indices), sync_dist=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=len(indices))
         return loss
+
+    def _on_nonfinite(self, loss: torch.Tensor) -> None:
+        """A NaN/inf loss on some rank: stop with a clear error, or (``skip_nonfinite``) skip the step."""
+        step, epoch = self.trainer.global_step, self.current_epoch
+        if not self.cfg.skip_nonfinite:
+            last = getattr(self.trainer.checkpoint_callback, "best_model_path", "") or "none yet (first epoch)"
+            raise CrossLevelError(
+                f"the loss became {loss.item()} at step {step} (epoch {epoch}); training stopped before this step "
+                f"changed the weights or the bank. Last good checkpoint: {last}. Lower base_lr, or set "
+                "skip_nonfinite=true to skip such steps"
+            )
+        self.skipped_steps += 1
+        warnings.warn(f"non-finite loss ({loss.item()}) at step {step} (epoch {epoch}): step skipped, bank unchanged")
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Drop the gradients of a skipped step: SGD leaves parameters without a gradient untouched."""
+        if self._skip_step:
+            optimizer.zero_grad(set_to_none=True)
 
     def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
         """Update the bank after the optimiser step, one view after the other (as the reference)."""

@@ -1,0 +1,181 @@
+"""Nothing a user trained is lost: atomic checkpoint files, a graceful stop on SIGINT/SIGTERM,
+the RNG and sampler state that let a resumed run continue where it stopped, and a check that a
+checkpoint fits the model it is loaded into."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from .config import Config
+from .data.sampling import ResumableSampler
+from .errors import CrossLevelError, TrainingInterrupted
+
+RESUME_KEY = "crosslevel_resume"
+# Config keys that decide the shapes of the saved tensors: a checkpoint only fits a model built with the same values.
+MODEL_KEYS = ("backbone", "width", "feature_dim", "normlinear", "mlp", "instance")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes ``<name>.tmp-<pid>`` next to the target, syncs it to disk, then renames it over the target.
+
+    A crash or a full disk while saving leaves the previous checkpoint intact: the target is only
+    ever replaced by a complete file (``os.replace`` is atomic on POSIX and Windows).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+        try:
+            with open(temporary, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+
+def rng_states() -> dict[str, Any]:
+    """The python, numpy, torch (and CUDA, when present) global RNG states, as types that
+    ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss)
+    states: dict[str, Any] = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned (CUDA only when the device count matches)."""
+    random.setstate(states["python"])
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class ResumeState(Callback):
+    """Saves with every checkpoint what Lightning does not: the global RNG states and how far the
+    sampler got through the current epoch; restores both on resume.
+
+    With a checkpoint taken at the end of an epoch (the periodic ``last.ckpt``) the resumed run
+    is identical to an uninterrupted one (data order, augmentations, weights). After a stop in
+    the middle of an epoch it continues with the images not yet seen in that epoch, with the same
+    schedule, optimiser and bank; its random augmentations then differ from the uninterrupted
+    run's (the loader had already drawn those of the next batch when the stop came). Under DDP
+    the saved RNG state is rank 0's and every rank restores it.
+    """
+
+    def __init__(self, sampler: ResumableSampler, batch_size: int) -> None:
+        self.sampler = sampler
+        self.batch_size = batch_size
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        epoch_over = done >= trainer.num_training_batches or trainer.current_epoch > self.sampler.epoch
+        checkpoint[RESUME_KEY] = {
+            "rng": rng_states(),
+            "epoch": self.sampler.epoch + 1 if epoch_over else self.sampler.epoch,
+            "consumed": 0 if epoch_over else done * self.batch_size,
+        }
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        state = checkpoint.get(RESUME_KEY)
+        if state is None:  # a checkpoint written without this callback: resume at the epoch start
+            return
+        self.sampler.fast_forward(state["epoch"], state["consumed"])
+        set_rng_states(state["rng"])
+
+
+class GracefulStop(Callback):
+    """SIGINT (Ctrl-C) and SIGTERM (``kill``, a scheduler's time limit) stop training after the
+    current step and write a resumable checkpoint to ``path``.
+
+    Lightning already turns SIGTERM into a stop at the next step boundary, synchronised across
+    ranks; SIGINT is routed to the same path. A second Ctrl-C aborts without saving. Use
+    :meth:`handling_signals` around ``trainer.fit``; it raises :class:`TrainingInterrupted`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.received: int | None = None
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self.received = self.received or signum
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        if self.received is not None:  # second Ctrl-C: stop now, without a checkpoint
+            raise KeyboardInterrupt
+        self.received = signum
+        signal.raise_signal(signal.SIGTERM)  # Lightning's handler: stop after this step on every rank
+
+    @contextmanager
+    def handling_signals(self, run_dir: Path) -> Iterator[None]:
+        """Install the handlers for the duration of ``trainer.fit`` (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        signal.signal(signal.SIGTERM, self._on_sigterm)  # Lightning keeps it and calls its own first
+        signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            yield
+        except SIGTERMException:
+            received = self.received or signal.SIGTERM
+            raise TrainingInterrupted(signal.Signals(received).name, 128 + received, self.path, run_dir) from None
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.received = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):  # raised at a step boundary: a consistent state
+            trainer.save_checkpoint(self.path)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint file on the CPU (memory-mapped); a missing or damaged file is a :class:`CrossLevelError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CrossLevelError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors, ... for a damaged file
+        raise CrossLevelError(f"cannot read checkpoint {path} ({type(err).__name__}: {err}); it is damaged or not a checkpoint") from None
+
+
+def check_compatible(checkpoint: dict[str, Any], path: Path, cfg: Config, num_train: int, in_channels: int) -> None:
+    """Raise a :class:`CrossLevelError` naming every difference between the model the checkpoint
+    holds and the one ``cfg`` builds (method, backbone, widths, bank size, input channels)."""
+    saved = checkpoint.get("hyper_parameters", {})
+    if "cfg" not in saved or "state_dict" not in checkpoint:
+        raise CrossLevelError(f"{path} is not a crosslevel training checkpoint (no saved config)")
+    ours = {key: getattr(cfg, key) for key in MODEL_KEYS}
+    theirs = {key: saved["cfg"].get(key) for key in MODEL_KEYS}
+    ours.update(num_train=num_train, in_channels=in_channels)
+    theirs.update(num_train=saved.get("num_train"), in_channels=saved.get("in_channels"))
+    differences = [f"{key}={theirs[key]!r} (this run: {ours[key]!r})" for key in ours if theirs[key] != ours[key]]
+    if differences:
+        raise CrossLevelError(
+            f"checkpoint {path} is from another model: {', '.join(differences)}. Resume with the settings it was "
+            "trained with, or start a new run without resume="
+        )

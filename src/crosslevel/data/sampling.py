@@ -1,0 +1,55 @@
+"""The training sampler: a seeded shuffle per epoch, sharded over devices, resumable mid-epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+from ..distributed import rank, world_size
+
+
+class ResumableSampler(Sampler[int]):
+    """Indices of one epoch: ``randperm(N)`` seeded by ``(seed, epoch)``, dealt round-robin to the ranks.
+
+    * The order depends only on ``seed`` and the epoch, never on the global RNG, so a resumed
+      run sees the same images in the same order as an uninterrupted one.
+    * Rank ``r`` of ``W`` gets ``perm[r::W]`` cut to ``N // W`` indices: every rank has the same
+      number of batches and no image appears twice in a global batch (the last ``N mod W``
+      images of the permutation sit out that epoch). With ``drop_last=True`` in the DataLoader
+      the global batch at step ``s`` is the ``W`` local batches ``s`` in rank order.
+    * :meth:`fast_forward` skips the images already trained on in a partly finished epoch.
+
+    Rank and world size are read when the sampler is used, so it can be built before the
+    distributed processes start.
+    """
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+        self.skip = 0  # images of this rank's share of ``epoch`` already consumed
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the trainer before every epoch; a new epoch starts from its first image."""
+        if epoch != self.epoch:
+            self.epoch, self.skip = epoch, 0
+
+    def fast_forward(self, epoch: int, consumed: int) -> None:
+        """Continue ``epoch`` after the first ``consumed`` images of this rank's share."""
+        self.epoch, self.skip = epoch, consumed
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """The global order of ``epoch`` (N long indices), the same on every rank."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.size, generator=generator)
+
+    def __len__(self) -> int:
+        """This rank's share of a whole epoch (constant, also while fast-forwarded)."""
+        return self.size // world_size()
+
+    def __iter__(self) -> Iterator[int]:
+        world = world_size()
+        share = self.permutation(self.epoch)[rank() :: world][: self.size // world]
+        return iter(share[self.skip :].tolist())

@@ -1,0 +1,193 @@
+"""Bad input ends with one clear message, a non-zero exit and nothing written over."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from crosslevel.cli import main
+from crosslevel.data.sources import load_split, to_rgb
+
+SMALL = ["width=8", "feature_dim=16", "epochs=1", "limit_train_batches=1", "workers=0", "progress=false", "knn_k=5"]
+FOLDER = ["--config", "digits-cld", "dataset=folder", "augment=none", "batch_size=8", "num_groups=2", *SMALL]
+
+
+def write_folder(root: Path, per_class: int = 6, size: int = 8) -> Path:
+    """``train/`` and ``test/`` with two classes of random RGB PNGs."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in range(2):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / split / f"c{c}" / f"{i}.png")
+    return root
+
+
+def fails(capsys: pytest.CaptureFixture, out: Path, args: list[str], message: str) -> str:
+    """Run the CLI; it must exit 2 with ``message`` (a regex) in its one error line, no run directory."""
+    code = main([*args, f"out={out}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("crosslevel: error: ")]
+    assert len(errors) == 1 and re.search(message, errors[0]), err
+    assert not out.exists() or not any(out.iterdir()), "a failed start must not create a run directory"
+    return err
+
+
+def test_missing_data_path(tmp_path: Path, capsys) -> None:
+    fails(capsys, tmp_path / "runs", ["train", *FOLDER, f"data={tmp_path / 'nowhere'}"], "data path does not exist: .*nowhere")
+
+
+def test_data_path_that_is_a_file(tmp_path: Path, capsys) -> None:
+    (tmp_path / "file.txt").write_text("x")
+    fails(capsys, tmp_path / "runs", ["train", *FOLDER, f"data={tmp_path / 'file.txt'}"], "data path is not a folder")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder regardless of permissions")
+def test_unreadable_data_folder(tmp_path: Path, capsys) -> None:
+    root = write_folder(tmp_path / "data")
+    (root / "train").chmod(0)
+    try:
+        fails(capsys, tmp_path / "runs", ["train", *FOLDER, f"data={root}"], "not readable.*permission denied")
+    finally:
+        (root / "train").chmod(0o755)
+
+
+def test_folder_without_images(tmp_path: Path, capsys) -> None:
+    (tmp_path / "data" / "train" / "c0").mkdir(parents=True)
+    (tmp_path / "data" / "train" / "c0" / "notes.txt").write_text("no images here")
+    fails(capsys, tmp_path / "runs", ["train", *FOLDER, f"data={tmp_path / 'data'}"], "no images found in .*train")
+
+
+def corrupt(root: Path) -> tuple[Path, Path]:
+    truncated = root / "train" / "c0" / "0.png"
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    fake = root / "train" / "c1" / "fake.jpg"
+    fake.write_bytes(b"this is not a JPEG")
+    return truncated, fake
+
+
+def test_corrupt_images_stop_by_default(tmp_path: Path, capsys) -> None:
+    root = write_folder(tmp_path / "data")
+    truncated, _ = corrupt(root)
+    fails(
+        capsys, tmp_path / "runs", ["train", *FOLDER, f"data={root}"],
+        f"cannot decode 2 image\\(s\\) .*first: {re.escape(str(truncated))}.*bad_images=skip",
+    )  # fmt: skip
+
+
+def test_corrupt_images_skipped_on_request_and_counted(tmp_path: Path, capsys) -> None:
+    root = write_folder(tmp_path / "data")
+    corrupt(root)
+    with pytest.warns(UserWarning, match="skipped 2 unreadable image"):
+        code = main(["train", *FOLDER, f"data={root}", "bad_images=skip", f"out={tmp_path / 'runs'}", "name=run"])
+    assert code == 0
+    summary = json.loads((tmp_path / "runs" / "run" / "summary.json").read_text())
+    assert summary["skipped_images"] == 2 and summary["train_images"] == 11  # 12 files + 1 fake - 2 bad
+
+
+def test_image_modes_are_converted_to_rgb() -> None:
+    grey = Image.fromarray(np.array([[0, 128], [255, 7]], dtype=np.uint8), mode="L")
+    assert (np.asarray(to_rgb(grey)) == np.asarray(grey)[..., None]).all()
+
+    sixteen = Image.fromarray(np.array([[0, 65535], [32896, 257]], dtype=np.uint16))  # mode I;16
+    assert sixteen.mode.startswith("I;16")
+    assert np.asarray(to_rgb(sixteen))[..., 0].tolist() == [[0, 255], [128, 1]]  # scaled, not clipped to white
+
+    rgba = Image.fromarray(np.array([[[200, 100, 50, 255], [200, 100, 50, 0]]], dtype=np.uint8), mode="RGBA")
+    assert np.asarray(to_rgb(rgba)).tolist() == [[[200, 100, 50], [0, 0, 0]]]  # transparent → black
+
+    grey_alpha = Image.fromarray(np.array([[[100, 255], [100, 51]]], dtype=np.uint8), mode="LA")
+    assert np.asarray(to_rgb(grey_alpha))[..., 0].tolist() == [[100, 20]]
+
+    palette = Image.fromarray(np.array([[0, 1]], dtype=np.uint8), mode="P")
+    palette.putpalette([10, 20, 30, 40, 50, 60] + [0] * 762)
+    assert np.asarray(to_rgb(palette)).tolist() == [[[10, 20, 30], [40, 50, 60]]]
+    palette.info["transparency"] = 1
+    assert np.asarray(to_rgb(palette)).tolist() == [[[10, 20, 30], [0, 0, 0]]]
+
+
+def test_folder_of_mixed_modes_loads_as_rgb(tmp_path: Path) -> None:
+    folder = tmp_path / "data" / "c0"
+    folder.mkdir(parents=True)
+    Image.new("L", (4, 4), 90).save(folder / "grey.png")
+    Image.new("RGBA", (4, 4), (10, 20, 30, 255)).save(folder / "rgba.png")
+    Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16)).save(folder / "deep.png")
+    Image.new("P", (4, 4), 0).save(folder / "palette.gif")
+    images = load_split("folder", str(tmp_path / "data"), "train")
+    assert images.images.shape == (4, 4, 4, 3)
+    assert images.images[:, 0, 0].tolist() == [[255, 255, 255], [90, 90, 90], [0, 0, 0], [10, 20, 30]]
+
+
+def test_cifar_folder_with_a_missing_batch(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in ["data_batch_1", "data_batch_2", "data_batch_4", "data_batch_5", "test_batch"]:
+        with open(folder / name, "wb") as handle:
+            pickle.dump({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]}, handle)
+    fails(
+        capsys, tmp_path / "runs", ["train", "--config", "cifar10-cld", f"data={tmp_path}", *SMALL],
+        "CIFAR file missing: .*data_batch_3",
+    )  # fmt: skip
+
+
+def test_k_not_smaller_than_the_local_batch(tmp_path: Path, capsys) -> None:
+    fails(capsys, tmp_path / "runs", ["train", "num_groups=32", "batch_size=32"], r"num_groups \(k=32\) must be smaller")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config", "cifar10-cdl"], "unknown preset 'cifar10-cdl' \\(did you mean 'cifar10-cld'\\?\\)"),
+        (["epoch=3"], "unknown config key 'epoch' \\(did you mean 'epochs'\\?\\)"),
+        (["epochs=three"], "config key 'epochs' expects a int, got 'three'"),
+        (["base_lr=fast"], "config key 'base_lr' expects a finite float, got 'fast'"),
+        (["sync_bn=maybe"], "config key 'sync_bn' expects a bool"),
+        (["bad_images=ignore"], "'bad_images' must be one of error, skip"),
+        (["epochs"], "not of the form key=value"),
+    ],
+)
+def test_unknown_names_and_wrong_types(tmp_path: Path, capsys, args: list[str], message: str) -> None:
+    fails(capsys, tmp_path / "runs", ["train", *args], message)
+
+
+def test_sync_bn_on_the_cpu(tmp_path: Path, capsys) -> None:
+    fails(capsys, tmp_path / "runs", ["train", "accelerator=cpu", "sync_bn=true", *SMALL], "sync_bn=true needs GPUs")
+
+
+def trained_run(tmp_path: Path) -> Path:
+    assert main(["train", *SMALL, "batch_size=32", "num_groups=4", f"out={tmp_path / 'runs'}", "name=run"]) == 0
+    return tmp_path / "runs" / "run"
+
+
+def test_resume_with_another_model_and_existing_run_directory(tmp_path: Path, capsys) -> None:
+    run = trained_run(tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    capsys.readouterr()
+    code = main(["train", f"resume={run}", "backbone=resnet18_cifar", "width=16"])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(r"from another model: backbone='smallcnn' \(this run: 'resnet18_cifar'\), width=8", err)
+    assert main(["train", *SMALL, "batch_size=32", "num_groups=4", f"out={tmp_path / 'runs'}", "name=run"]) == 2
+    assert f"run directory {run} already exists" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # nothing written over
+
+
+def test_damaged_or_foreign_checkpoint(tmp_path: Path, capsys) -> None:
+    run = trained_run(tmp_path)
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    capsys.readouterr()
+    assert main(["eval", "knn", str(run)]) == 2
+    assert re.search(r"cannot read checkpoint .*last\.ckpt .*damaged", capsys.readouterr().err)
+    import torch
+
+    torch.save({"state_dict": {}}, checkpoint)  # e.g. some other project's checkpoint
+    assert main(["train", f"resume={run}"]) == 2
+    assert "is not a crosslevel training checkpoint" in capsys.readouterr().err

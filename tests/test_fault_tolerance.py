@@ -1,0 +1,148 @@
+"""Nothing trained is lost: atomic checkpoints, SIGINT/SIGTERM, exact resume, non-finite losses."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from crosslevel.checkpointing import AtomicCheckpointIO, read_checkpoint
+from crosslevel.cli import main
+from crosslevel.config import apply_overrides, load_preset
+from crosslevel.errors import CrossLevelError, TrainingInterrupted
+from crosslevel.methods import ContrastiveModule
+from crosslevel.training import resolve_resume, train
+
+TINY = [
+    "width=8", "feature_dim=16", "batch_size=32", "num_groups=4", "epochs=3", "limit_train_batches=2",
+    "workers=0", "progress=false", "knn_k=20", "warmup_epochs=1",
+]  # fmt: skip
+
+
+def tiny_config(tmp_path: Path, name: str, *extra: str):
+    return apply_overrides(load_preset("digits-cld"), [*TINY, f"out={tmp_path}", f"name={name}", *extra])
+
+
+def checkpoint_of(run_dir: Path) -> dict:
+    return read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+
+
+def signal_at_step(monkeypatch: pytest.MonkeyPatch, step: int, signum: int = signal.SIGTERM) -> None:
+    """Send ``signum`` to this process at the end of global step ``step`` (after the bank update)."""
+    original = ContrastiveModule.on_train_batch_end
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        original(self, outputs, batch, batch_idx)
+        if self.trainer.global_step == step:
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(ContrastiveModule, "on_train_batch_end", on_train_batch_end)
+
+
+def resume(run_dir: Path) -> tuple[Path, dict | None]:
+    cfg, _ = resolve_resume(apply_overrides(load_preset("digits-cld"), [f"resume={run_dir}"]), [])
+    return train(cfg)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_atomic_save_never_leaves_a_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    io = AtomicCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"weights": torch.ones(3)}, target)
+
+    def crash(obj, handle, *args, **kwargs):
+        handle.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"weights": torch.zeros(3)}, target)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(target)["weights"], torch.ones(3))  # the last good one survives
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
+
+
+def test_resume_after_stop_at_epoch_end_gives_identical_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    full_dir, full_knn = train(tiny_config(tmp_path, "full"))
+
+    signal_at_step(monkeypatch, step=2)  # the last step of epoch 0 (2 batches per epoch)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(tiny_config(tmp_path, "stopped"))
+    assert stop.value.exit_code == 128 + signal.SIGTERM
+    stopped = checkpoint_of(tmp_path / "stopped")
+    assert stopped["epoch"] == 1 and stopped["global_step"] == 2  # epoch 0 complete
+    monkeypatch.undo()
+
+    resumed_dir, resumed_knn = resume(tmp_path / "stopped")
+    full, resumed = checkpoint_of(full_dir), checkpoint_of(resumed_dir)
+    assert resumed["global_step"] == full["global_step"] == 6
+    assert_same_state(full["state_dict"], resumed["state_dict"])  # weights, BN statistics and the bank
+    assert_same_state(full["optimizer_states"][0]["state"][0], resumed["optimizer_states"][0]["state"][0])
+    assert full["lr_schedulers"] == resumed["lr_schedulers"]
+    assert full_knn == resumed_knn
+
+
+def test_sigint_mid_epoch_saves_a_checkpoint_that_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    signal_at_step(monkeypatch, step=1, signum=signal.SIGINT)  # mid epoch 0, before any periodic checkpoint
+    code = main(["train", "--config", "digits-cld", *TINY, f"out={tmp_path}", "name=run"])
+    assert code == 128 + signal.SIGINT
+    message = capsys.readouterr().err
+    assert "stopped by SIGINT" in message and f"crosslevel train resume={tmp_path / 'run'}" in message
+    saved = checkpoint_of(tmp_path / "run")
+    assert saved["global_step"] == 1
+    assert saved["crosslevel_resume"]["epoch"] == 0 and saved["crosslevel_resume"]["consumed"] == 32
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    monkeypatch.undo()
+
+    assert main(["train", f"resume={tmp_path / 'run'}"]) == 0
+    assert checkpoint_of(tmp_path / "run")["global_step"] == 6  # the epoch was finished, not repeated
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["last.ckpt"]
+
+
+def test_nonfinite_loss_stops_naming_step_and_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    poison_from_step(monkeypatch, 3)
+    with pytest.raises(CrossLevelError, match=r"nan at step 3 \(epoch 1\).*Last good checkpoint: .*last\.ckpt"):
+        train(tiny_config(tmp_path, "nan"))
+    saved = checkpoint_of(tmp_path / "nan")  # the epoch-0 checkpoint is intact
+    assert saved["global_step"] == 2
+    assert torch.isfinite(saved["state_dict"]["bank.memory"]).all()
+
+
+def test_skip_nonfinite_skips_the_step_and_keeps_the_bank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    poison_from_step(monkeypatch, 3, only=True)
+    with pytest.warns(UserWarning, match="non-finite loss"):
+        run_dir, _ = train(tiny_config(tmp_path, "skip", "skip_nonfinite=true"))
+    saved = checkpoint_of(run_dir)
+    assert saved["global_step"] == 6
+    assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
+    assert '"skipped_steps": 1' in (run_dir / "summary.json").read_text()
+
+
+def poison_from_step(monkeypatch: pytest.MonkeyPatch, step: int, only: bool = False) -> None:
+    """Make the instance loss NaN at global step ``step`` (and after it, unless ``only``)."""
+    import crosslevel.methods.module as module
+
+    original = module.bank_softmax_loss
+    calls = {"step": None}
+
+    def poisoned(features, bank, indices, temperature):
+        loss = original(features, bank, indices, temperature)
+        current = calls["module"].trainer.global_step
+        return loss * float("nan") if current == step or (current > step and not only) else loss
+
+    original_step = ContrastiveModule.training_step
+
+    def training_step(self, batch, batch_idx):
+        calls["module"] = self
+        return original_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(module, "bank_softmax_loss", poisoned)
+    monkeypatch.setattr(ContrastiveModule, "training_step", training_step)
