@@ -16,7 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -106,9 +106,9 @@ class ResumeState(Callback):
         set_rng_states(state["rng"])
 
 
-class GracefulStop(Callback):
-    """SIGINT (Ctrl-C) and SIGTERM (``kill``, a scheduler's time limit) stop training after the
-    current step and write a resumable checkpoint to ``path``.
+class LastCheckpoint(Checkpoint):
+    """Owns ``checkpoints/last.ckpt``: replaced after every epoch and at the end of training, and
+    written when SIGINT (Ctrl-C) or SIGTERM (``kill``, a scheduler's time limit) stops training.
 
     Lightning already turns SIGTERM into a stop at the next step boundary, synchronised across
     ranks; SIGINT is routed to the same path. A second Ctrl-C aborts without saving. Use
@@ -118,6 +118,21 @@ class GracefulStop(Callback):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.received: int | None = None
+
+    @property
+    def last_model_path(self) -> str:
+        """The checkpoint a failure can go back to ('' while none exists)."""
+        return str(self.path) if self.path.is_file() else ""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.save_checkpoint(self.path)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.save_checkpoint(self.path)  # the finished state (epoch counter advanced), to extend the run later
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):  # raised at a step boundary: a consistent state
+            trainer.save_checkpoint(self.path)
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.received = self.received or signum
@@ -146,10 +161,6 @@ class GracefulStop(Callback):
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.received = None
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException):  # raised at a step boundary: a consistent state
-            trainer.save_checkpoint(self.path)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

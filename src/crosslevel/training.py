@@ -13,12 +13,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
-from .checkpointing import AtomicCheckpointIO, GracefulStop, ResumeState, check_compatible, read_checkpoint
+from .checkpointing import AtomicCheckpointIO, LastCheckpoint, ResumeState, check_compatible, read_checkpoint
 from .config import Config, apply_overrides, load_config, save_config
 from .data import ImageSet, LabelledDataset, MultiViewDataset, eval_transform, load_split, view_transform
 from .data.sampling import ResumableSampler
@@ -195,16 +195,8 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
     limit = cfg.limit_train_batches
     steps_per_epoch = min(len(loader), int(limit) if limit > 1 else max(1, int(len(loader) * limit)))
     monitor = KNNMonitor(data, cfg)
-    stop = GracefulStop(checkpoint)
-    callbacks: list[Callback] = [
-        ModelCheckpoint(  # one file, checkpoints/last.ckpt, replaced (atomically) after every epoch
-            dirpath=run_dir / CHECKPOINT_DIR, filename=checkpoint.stem, save_top_k=1, every_n_epochs=1,
-            enable_version_counter=False,
-        ),
-        ResumeState(loader.sampler, cfg.batch_size),  # type: ignore[arg-type]
-        stop,
-        monitor,
-    ]
+    last = LastCheckpoint(checkpoint)
+    callbacks: list[Callback] = [last, ResumeState(loader.sampler, cfg.batch_size), monitor]  # type: ignore[arg-type]
     if cfg.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(20, steps_per_epoch // 4))))
     trainer = pl.Trainer(
@@ -240,7 +232,7 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
     started = time.time()
     os.environ[RUN_NAME_ENV] = run_dir.name  # inherited by the rank processes Lightning starts
     try:
-        with stop.handling_signals(run_dir):
+        with last.handling_signals(run_dir):
             trainer.fit(module, train_dataloaders=loader, ckpt_path=cfg.resume)
     finally:
         os.environ.pop(RUN_NAME_ENV, None)
