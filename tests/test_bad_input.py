@@ -6,10 +6,12 @@ import json
 import os
 import pickle
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from crosslevel.cli import main
@@ -162,32 +164,38 @@ def test_sync_bn_on_the_cpu(tmp_path: Path, capsys) -> None:
     fails(capsys, tmp_path / "runs", ["train", "accelerator=cpu", "sync_bn=true", *SMALL], "sync_bn=true needs GPUs")
 
 
-def trained_run(tmp_path: Path) -> Path:
-    assert main(["train", *SMALL, "batch_size=32", "num_groups=4", f"out={tmp_path / 'runs'}", "name=run"]) == 0
-    return tmp_path / "runs" / "run"
+TRAIN_ONE_STEP = ["train", *SMALL, "batch_size=32", "num_groups=4"]
 
 
-def test_resume_with_another_model_and_existing_run_directory(tmp_path: Path, capsys) -> None:
-    run = trained_run(tmp_path)
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    assert main([*TRAIN_ONE_STEP, f"out={out}", "name=run"]) == 0
+    return out / "run"
+
+
+def trained_run(finished_run: Path, tmp_path: Path) -> Path:
+    """A private copy of a finished one-step run: ``tmp_path/runs/run``."""
+    return Path(shutil.copytree(finished_run, tmp_path / "runs" / "run"))
+
+
+def test_resume_with_another_model_and_existing_run_directory(finished_run: Path, tmp_path: Path, capsys) -> None:
+    run = trained_run(finished_run, tmp_path)
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
-    capsys.readouterr()
     code = main(["train", f"resume={run}", "backbone=resnet18_cifar", "width=16"])
     err = capsys.readouterr().err
     assert code == 2 and re.search(r"from another model: backbone='smallcnn' \(this run: 'resnet18_cifar'\), width=8", err)
-    assert main(["train", *SMALL, "batch_size=32", "num_groups=4", f"out={tmp_path / 'runs'}", "name=run"]) == 2
+    assert main([*TRAIN_ONE_STEP, f"out={tmp_path / 'runs'}", "name=run"]) == 2
     assert f"run directory {run} already exists" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # nothing written over
 
 
-def test_damaged_or_foreign_checkpoint(tmp_path: Path, capsys) -> None:
-    run = trained_run(tmp_path)
+def test_damaged_or_foreign_checkpoint(finished_run: Path, tmp_path: Path, capsys) -> None:
+    run = trained_run(finished_run, tmp_path)
     checkpoint = run / "checkpoints" / "last.ckpt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
-    capsys.readouterr()
     assert main(["eval", "knn", str(run)]) == 2
     assert re.search(r"cannot read checkpoint .*last\.ckpt .*damaged", capsys.readouterr().err)
-    import torch
-
     torch.save({"state_dict": {}}, checkpoint)  # e.g. some other project's checkpoint
     assert main(["train", f"resume={run}"]) == 2
     assert "is not a crosslevel training checkpoint" in capsys.readouterr().err
