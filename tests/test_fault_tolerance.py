@@ -109,7 +109,7 @@ def test_sigint_mid_epoch_saves_a_checkpoint_that_resumes(tmp_path: Path, monkey
 
 def test_nonfinite_loss_stops_naming_step_and_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     poison_from_step(monkeypatch, 3)
-    with pytest.raises(CrossLevelError, match=r"nan at step 3 \(epoch 1\).*Last good checkpoint: .*last\.ckpt"):
+    with pytest.raises(CrossLevelError, match=r"non-finite \(nan on this device\) at step 3 \(epoch 1\).*Last good checkpoint: .*last\.ckpt"):
         train(tiny_config(tmp_path, "nan"))
     saved = checkpoint_of(tmp_path / "nan")  # the epoch-0 checkpoint is intact
     assert saved["global_step"] == 2

@@ -110,7 +110,8 @@ class ContrastiveModule(pl.LightningModule):
         if not self.cfg.skip_nonfinite:
             last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none yet (first epoch)"
             raise CrossLevelError(
-                f"the loss became {loss.item()} at step {step} (epoch {epoch}); training stopped before this step "
+                f"the loss became non-finite ({loss.item()} on this device) at step {step} (epoch {epoch}); "
+                "training stopped before this step "
                 f"changed the weights or the bank. Last good checkpoint: {last}. Lower base_lr, or set "
                 "skip_nonfinite=true to skip such steps"
             )
