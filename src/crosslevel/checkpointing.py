@@ -80,11 +80,10 @@ class ResumeState(Callback):
     With a checkpoint taken at the end of an epoch (the periodic ``last.ckpt``) and ``workers=0``
     the resumed run is identical to an uninterrupted one (data order, augmentations, weights);
     with worker processes the order is the same but the new workers draw other augmentations.
-    After a stop in
-    the middle of an epoch it continues with the images not yet seen in that epoch, with the same
-    schedule, optimiser and bank; its random augmentations then differ from the uninterrupted
-    run's (the loader had already drawn those of the next batch when the stop came). Under DDP
-    the saved RNG state is rank 0's and every rank restores it.
+    After a stop in the middle of an epoch it continues with the images not yet seen in that
+    epoch, with the same schedule, optimiser and bank; its random augmentations then differ from
+    the uninterrupted run's (the loader had already drawn those of the next batch when the stop
+    came). Under DDP the saved RNG state is rank 0's and every rank restores it.
     """
 
     def __init__(self, sampler: ResumableSampler, batch_size: int) -> None:
