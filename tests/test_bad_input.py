@@ -52,9 +52,11 @@ def test_data_path_that_is_a_file(tmp_path: Path, capsys) -> None:
     fails(capsys, tmp_path / "runs", ["train", *FOLDER, f"data={tmp_path / 'file.txt'}"], "data path is not a folder")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder regardless of permissions")
-def test_unreadable_data_folder(tmp_path: Path, capsys) -> None:
+def test_unreadable_data_folder(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     root = write_folder(tmp_path / "data")
+    if os.geteuid() == 0:  # root reads every folder whatever its mode: deny it the way a user would be denied
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != root / "train" and real_access(path, mode))
     (root / "train").chmod(0)
     try:
         fails(capsys, tmp_path / "runs", ["train", *FOLDER, f"data={root}"], "not readable.*permission denied")

@@ -91,6 +91,7 @@ def test_resume_after_stop_at_epoch_end_gives_identical_weights(tmp_path: Path, 
 
 
 def test_sigint_mid_epoch_saves_a_checkpoint_that_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     signal_at_step(monkeypatch, step=1, signum=signal.SIGINT)  # mid epoch 0, before any periodic checkpoint
     code = main(["train", "--config", "digits-cld", *TINY, f"out={tmp_path}", "name=run"])
     assert code == 128 + signal.SIGINT
@@ -99,7 +100,7 @@ def test_sigint_mid_epoch_saves_a_checkpoint_that_resumes(tmp_path: Path, monkey
     saved = checkpoint_of(tmp_path / "run")
     assert saved["global_step"] == 1
     assert saved["crosslevel_resume"]["epoch"] == 0 and saved["crosslevel_resume"]["consumed"] == 32
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # handlers restored
     monkeypatch.undo()
 
     assert main(["train", f"resume={tmp_path / 'run'}"]) == 0
