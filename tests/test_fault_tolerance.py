@@ -42,6 +42,18 @@ def signal_at_step(monkeypatch: pytest.MonkeyPatch, step: int, signum: int = sig
     monkeypatch.setattr(ContrastiveModule, "on_train_batch_end", on_train_batch_end)
 
 
+def poison_from_step(monkeypatch: pytest.MonkeyPatch, step: int, only: bool = False) -> None:
+    """Make the loss NaN at global step ``step`` (and after it, unless ``only``)."""
+    original = ContrastiveModule.objective
+
+    def objective(self, instance_views, group, indices):
+        loss, logs = original(self, instance_views, group, indices)
+        current = self.trainer.global_step
+        return (loss * float("nan") if current == step or (current > step and not only) else loss), logs
+
+    monkeypatch.setattr(ContrastiveModule, "objective", objective)
+
+
 def resume(run_dir: Path) -> tuple[Path, dict | None]:
     cfg, _ = resolve_resume(apply_overrides(load_preset("digits-cld"), [f"resume={run_dir}"]), [])
     return train(cfg)
@@ -127,23 +139,8 @@ def test_skip_nonfinite_skips_the_step_and_keeps_the_bank(tmp_path: Path, monkey
     assert '"skipped_steps": 1' in (run_dir / "summary.json").read_text()
 
 
-def poison_from_step(monkeypatch: pytest.MonkeyPatch, step: int, only: bool = False) -> None:
-    """Make the instance loss NaN at global step ``step`` (and after it, unless ``only``)."""
-    import crosslevel.methods.module as module
-
-    original = module.bank_softmax_loss
-    calls = {"step": None}
-
-    def poisoned(features, bank, indices, temperature):
-        loss = original(features, bank, indices, temperature)
-        current = calls["module"].trainer.global_step
-        return loss * float("nan") if current == step or (current > step and not only) else loss
-
-    original_step = ContrastiveModule.training_step
-
-    def training_step(self, batch, batch_idx):
-        calls["module"] = self
-        return original_step(self, batch, batch_idx)
-
-    monkeypatch.setattr(module, "bank_softmax_loss", poisoned)
-    monkeypatch.setattr(ContrastiveModule, "training_step", training_step)
+def test_nonfinite_loss_from_the_cli_exits_2_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    poison_from_step(monkeypatch, 0)
+    assert main(["train", *TINY, f"out={tmp_path}", "name=nan"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("crosslevel: error:")]
+    assert len(errors) == 1 and "at step 0 (epoch 0)" in errors[0] and "none yet (first epoch)" in errors[0]
