@@ -72,6 +72,16 @@ def test_bad_input_is_one_clear_message(capsys: pytest.CaptureFixture, args: lis
     assert err.count("\n") == 1
 
 
+def test_overrides_may_surround_options() -> None:
+    from crosslevel.cli import parse
+
+    args = parse(["train", "--config", "cifar10-cld", "epochs=3", "--data", "/d", "width=8", "seed=1"])
+    assert args.config == "cifar10-cld" and args.data == "/d"
+    assert args.overrides == ["epochs=3", "width=8", "seed=1"]
+    with pytest.raises(SystemExit):
+        parse(["train", "--colour", "red"])
+
+
 def test_presets_and_help_keys(capsys: pytest.CaptureFixture) -> None:
     code, out, _ = run_cli(capsys, "presets")
     assert code == 0 and "cifar10-cld" in out and "digits-npid" in out
