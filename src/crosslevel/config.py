@@ -32,6 +32,7 @@ class Config:
     image_size: int = 0  # 0: the data set's own size
     workers: int = 2  # data-loader worker processes
     bad_images: str = "error"  # an unreadable image in a folder: error (stop) | skip (warn, count in summary.json)
+    augment_device: str = "cpu"  # cpu: torchvision in loader workers | device: batched on the training device
     # --- model ---
     backbone: str = "resnet18_cifar"  # resnet18_cifar | resnet18 | resnet50 | smallcnn
     width: int = 64  # channels of the first stage (64 = the standard ResNet-18)
@@ -68,7 +69,9 @@ class Config:
     num_nodes: int = 1
     strategy: str = "auto"
     sync_bn: bool = False  # SyncBatchNorm across devices (BN statistics of the global batch)
-    precision: str = "32-true"
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed (k-means and losses always run in fp32)
+    channels_last: bool = False  # NHWC memory layout for the backbone (faster convolutions on GPUs)
+    compile: bool = False  # torch.compile the backbone, heads and on-device augmentation
     logger: str = "csv"  # csv | tensorboard | both
     progress: bool = True
     limit_train_batches: float = 1.0  # <1: fraction, >1: count of batches per epoch (tests)
@@ -87,6 +90,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": ("digits", "cifar10", "cifar100", "folder"),
     "augment": ("auto", "cifar", "digits", "none"),
+    "augment_device": ("cpu", "device"),
     "backbone": ("resnet18_cifar", "resnet18", "resnet50", "smallcnn"),
     "instance": ("npid",),
     "logger": ("csv", "tensorboard", "both"),

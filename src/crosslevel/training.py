@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from .checkpointing import AtomicCheckpointIO, LastCheckpoint, ResumeState, check_compatible, read_checkpoint
 from .config import Config, apply_overrides, load_config, save_config
 from .data import ImageSet, LabelledDataset, MultiViewDataset, eval_transform, load_split, view_transform
+from .data.device_views import DEVICE_RECIPES, DeviceAugment, DeviceViewSource
 from .data.sampling import ResumableSampler
 from .errors import CrossLevelError
 from .evaluation import extract_features, knn_accuracy
@@ -46,18 +47,22 @@ class Data:
         return self.train.size
 
     def train_loader(self, cfg: Config) -> DataLoader:
-        """Batches of (views, indices) in the :class:`ResumableSampler` order (seeded per epoch, one
-        share per device); the last partial batch is dropped (k-means needs k < B)."""
+        """Batches of (views, indices), or of indices alone with ``augment_device=device`` (the module
+        then makes the views on the device), in the :class:`ResumableSampler` order (seeded per epoch,
+        one share per device); the last partial batch is dropped (k-means needs k < B)."""
         if len(self.train) < cfg.batch_size:
             raise CrossLevelError(
                 f"the training set has {len(self.train)} images, fewer than batch_size={cfg.batch_size}"
             )
+        sampler = ResumableSampler(len(self.train), cfg.seed)
+        if cfg.augment_device == "device":
+            return DataLoader(range(len(self.train)), batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
         size = cfg.image_size or self.size
         transform = view_transform(cfg.augment, size, self.train.channels, self.train.mean, self.train.std)
         return DataLoader(
             MultiViewDataset(self.train, transform),
             batch_size=cfg.batch_size,
-            sampler=ResumableSampler(len(self.train), cfg.seed),
+            sampler=sampler,
             drop_last=True,
             num_workers=cfg.workers,
             persistent_workers=cfg.workers > 0,
@@ -82,6 +87,45 @@ def load_data(cfg: Config) -> Data:
     if test is not None:
         test = test.subset(cfg.test_subset, cfg.seed) if test.labelled and train.labelled else None
     return Data(train, test)
+
+
+def device_views(cfg: Config, images: ImageSet) -> DeviceViewSource:
+    """The on-device view maker of ``augment_device=device``: ``images`` kept as uint8 on the device."""
+    recipe = cfg.augment if cfg.augment != "auto" else ("cifar" if images.channels == 3 else "digits")
+    if recipe not in DEVICE_RECIPES:
+        raise CrossLevelError(
+            f"augment={recipe} has no on-device version (on-device recipes: {', '.join(DEVICE_RECIPES)}); "
+            "set augment_device=cpu"
+        )
+    if DEVICE_RECIPES[recipe].colour and images.channels != 3:
+        raise CrossLevelError(f"augment={recipe} needs colour images; these have {images.channels} channel(s)")
+    augment = DeviceAugment(recipe, cfg.image_size or images.size, images.mean, images.std)
+    return DeviceViewSource(torch.from_numpy(images.images), augment, num_views=2)
+
+
+def build_module(cfg: Config, data: Data) -> ContrastiveModule:
+    """The training module for ``cfg`` on ``data`` (with its on-device view maker when asked for)."""
+    views = device_views(cfg, data.train) if cfg.augment_device == "device" else None
+    return ContrastiveModule(cfg, len(data.train), data.train.channels, views)
+
+
+class EpochTimer(Callback):
+    """Wall-clock seconds of every training epoch (kNN evaluation excluded), in ``seconds``."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def _now(self, pl_module: pl.LightningModule) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = self._now(pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seconds.append(round(self._now(pl_module) - self._start, 3))
 
 
 def evaluate_knn(module: ContrastiveModule, data: Data, cfg: Config, feature: str = "f_I") -> dict[str, float]:
@@ -188,15 +232,16 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
     checkpoint = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     if rank_zero_only.rank == 0 and cfg.resume is None and (run_dir / CONFIG_FILE).exists():
         raise CrossLevelError(f"run directory {run_dir} already exists: resume={run_dir}, or choose another name=")
-    module = ContrastiveModule(cfg, len(data.train), data.train.channels)
+    module = build_module(cfg, data)
     if cfg.resume is not None:
         check_compatible(read_checkpoint(Path(cfg.resume)), Path(cfg.resume), cfg, len(data.train), data.train.channels)
     loader = data.train_loader(cfg)
     limit = cfg.limit_train_batches
     steps_per_epoch = min(len(loader), int(limit) if limit > 1 else max(1, int(len(loader) * limit)))
-    monitor = KNNMonitor(data, cfg)
+    monitor, timer = KNNMonitor(data, cfg), EpochTimer()
     last = LastCheckpoint(checkpoint)
-    callbacks: list[Callback] = [last, ResumeState(loader.sampler, cfg.batch_size), monitor]  # type: ignore[arg-type]
+    # the timer first, so that epoch times exclude checkpointing and the kNN evaluation
+    callbacks: list[Callback] = [timer, last, ResumeState(loader.sampler, cfg.batch_size), monitor]  # type: ignore[arg-type]
     if cfg.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(20, steps_per_epoch // 4))))
     trainer = pl.Trainer(
@@ -218,6 +263,7 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
         num_sanity_val_steps=0,
         deterministic=False,
+        benchmark=True,  # cuDNN picks the fastest convolutions for the (fixed) input shape
     )
     if cfg.sync_bn and isinstance(trainer.accelerator, CPUAccelerator):
         raise CrossLevelError("sync_bn=true needs GPUs: PyTorch's SyncBatchNorm does not run on the CPU")
@@ -242,6 +288,7 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
     summary = {
         "epochs": trainer.current_epoch,
         "train_seconds": round(time.time() - started, 1),
+        "epoch_seconds": timer.seconds,
         "train_images": len(data.train),
         "skipped_images": len(data.train.skipped) + (len(data.test.skipped) if data.test is not None else 0),
         "skipped_steps": module.skipped_steps,

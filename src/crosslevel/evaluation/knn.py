@@ -10,6 +10,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 
+CHUNK_ELEMENTS = 1 << 26  # similarities held at once by knn_scores (256 MB of float32)
+
+
 def knn_scores(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
@@ -17,7 +20,7 @@ def knn_scores(
     k: int = 200,
     temperature: float = 0.1,
     num_classes: int | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Class scores of weighted kNN: Σ over the k most similar training features of exp(cos/T).
 
@@ -28,7 +31,8 @@ def knn_scores(
         k: neighbours (clipped to N).
         temperature: σ of exp(cos/σ).
         num_classes: C (default: max label + 1).
-        chunk_size: queries per block, so at most chunk_size×N similarities exist at once.
+        chunk_size: queries per block, so at most chunk_size×N similarities exist at once
+            (default: as many as fit in :data:`CHUNK_ELEMENTS` similarities, at least 1).
 
     Returns:
         M×C float32 scores; rank them for top-1 / top-5.
@@ -38,9 +42,10 @@ def knn_scores(
     labels = train_labels.long().to(train.device)
     classes = int(num_classes) if num_classes is not None else int(labels.max()) + 1
     k = min(k, len(train))
+    chunk_size = chunk_size or max(1, CHUNK_ELEMENTS // max(1, len(train)))
     scores = torch.zeros(len(test), classes, dtype=torch.float32, device=test.device)
     for start in range(0, len(test), chunk_size):
-        sims, neighbours = (test[start : start + chunk_size] @ train.t()).topk(k, dim=1)
+        sims, neighbours = (test[start : start + chunk_size] @ train.t()).topk(k, dim=1, sorted=False)
         weights = (sims / temperature).exp()
         scores[start : start + chunk_size].scatter_add_(1, labels[neighbours], weights)
     return scores

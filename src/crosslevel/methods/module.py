@@ -12,6 +12,7 @@ import torch
 from ..config import Config, peak_lr
 from ..distributed import any_rank
 from ..errors import CrossLevelError
+from ..data.device_views import DeviceViewSource
 from ..losses import bank_softmax_loss, cld_loss
 from ..models import TwoHeads, build_backbone
 from .memory_bank import MemoryBank
@@ -31,14 +32,17 @@ class ContrastiveModule(pl.LightningModule):
     Loss per step, for a batch of two views (paper eq. 3):
     ``L = ½ [C(f_I(x), bank) + C(f_I(x'), bank)] + λ · cld_loss(f_G(x), f_G(x'))``.
     After the optimiser step the bank rows of the batch are updated with each view's f_I.
+    The k-means and the losses run in float32 even under bf16/fp16 autocast.
 
     Args:
         cfg: the run's config.
         num_train: N, the size of the training set (rows of the bank).
         in_channels: image channels (1 for digits, 3 otherwise).
+        views: on-device view maker (``augment_device=device``): the training loader then yields
+            image indices and the views are made after the batch reached the device.
     """
 
-    def __init__(self, cfg: Config, num_train: int, in_channels: int = 3) -> None:
+    def __init__(self, cfg: Config, num_train: int, in_channels: int = 3, views: DeviceViewSource | None = None) -> None:
         super().__init__()
         self.save_hyperparameters({"cfg": dataclasses.asdict(cfg), "num_train": num_train, "in_channels": in_channels})
         self.cfg = cfg
@@ -50,12 +54,20 @@ class ContrastiveModule(pl.LightningModule):
         # (NPID) f_G gets no gradient, and DDP must not wait for one.
         unused = [f"heads.group.{name}" for name, _ in self.heads.group.named_parameters()] if cfg.cld_weight == 0 else []
         self._ddp_params_and_buffers_to_ignore = ["bank.memory", *unused]
+        self.views = views
+        if cfg.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        if cfg.compile:  # in place: parameter names and checkpoints stay those of the plain modules
+            for part in [self.backbone, self.heads] + ([views.augment] if views is not None else []):
+                part.compile()
         self._pending_update: tuple[torch.Tensor, list[torch.Tensor]] | None = None
         self._skip_step = False
         self.skipped_steps = 0
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """B×C×H×W → (pooled f B×d, instance f_I B×D, group f_G B×D); heads are unit-norm."""
+        if self.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         pooled = self.backbone(images)
         instance, group = self.heads(pooled)
         return pooled, instance, group
@@ -77,17 +89,24 @@ class ContrastiveModule(pl.LightningModule):
                 this device's batch only).
             indices: B data-set indices of the images.
         """
-        loss_inst = torch.stack(
-            [bank_softmax_loss(v, self.bank.memory, indices, self.cfg.temperature) for v in instance_views]
-        ).mean()
-        loss = loss_inst
-        logs = {"loss_inst": loss_inst}
-        if self.cfg.cld_weight > 0:
-            group_a, group_b = group.float().chunk(len(instance_views))[:2]
-            loss_cld = cld_loss(group_a, group_b, self.cfg.num_groups, self.cfg.cld_temperature, self.cfg.kmeans_iters)
-            loss = loss + self.cfg.cld_weight * loss_cld
-            logs["loss_cld"] = loss_cld
+        with torch.autocast(self.device.type, enabled=False):  # bank softmax, k-means and CLD in float32
+            loss_inst = torch.stack(
+                [bank_softmax_loss(v, self.bank.memory, indices, self.cfg.temperature) for v in instance_views]
+            ).mean()
+            loss = loss_inst
+            logs = {"loss_inst": loss_inst}
+            if self.cfg.cld_weight > 0:
+                group_a, group_b = group.float().chunk(len(instance_views))[:2]
+                loss_cld = cld_loss(group_a, group_b, self.cfg.num_groups, self.cfg.cld_temperature, self.cfg.kmeans_iters)
+                loss = loss + self.cfg.cld_weight * loss_cld
+                logs["loss_cld"] = loss_cld
         return loss, logs
+
+    def on_after_batch_transfer(self, batch: object, dataloader_idx: int) -> object:
+        """With on-device views, the training batch arrives as indices; make ``(views, indices)`` here."""
+        if self.views is not None and isinstance(batch, torch.Tensor):
+            return self.views(batch)
+        return batch
 
     def training_step(self, batch: tuple[list[torch.Tensor], torch.Tensor], batch_idx: int) -> torch.Tensor:
         views, indices = batch

@@ -1,0 +1,286 @@
+"""Training throughput of NPID, CLD, MoCo and CLDm side by side, on one device.
+
+For each method (its CIFAR-10 preset, with the model / batch / precision given here) the script
+trains ``--warmup + --steps`` steps with Lightning on synthetic uint8 images of CIFAR's shape
+(throughput does not depend on the pixels), and reports:
+
+* images/s and ms per step over the timed steps (median over ``--repeats`` rounds that visit the
+  methods in turn, so that a shared machine's load affects all methods alike) (data, views, forward, backward, optimiser,
+  bank or queue update: a whole training iteration), the epoch time this implies for
+  ``--train-size`` images, and the step time relative to NPID;
+* the time of the k-means + CLD loss (forward and backward, both views) and its share of the step;
+* the data pipeline alone: ms per batch of views made on the device (``augment_device=device``)
+  and by torchvision in ``--workers`` loader processes (``augment_device=cpu``).
+
+Methods whose preset is not installed are skipped with a note.
+
+Examples::
+
+    python benchmarks/throughput.py                                   # GPU, ResNet-18, batch 256, bf16
+    python benchmarks/throughput.py --device cpu --width 8 --batch 64 --steps 5 --precision 32-true
+    python benchmarks/throughput.py --methods npid,cld --json throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import platform
+import statistics
+import time
+from typing import Callable
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from crosslevel.config import Config, apply_overrides, load_preset, preset_names
+from crosslevel.data.sources import CIFAR_MEAN, CIFAR_STD, ImageSet
+from crosslevel.errors import CrossLevelError
+from crosslevel.losses import bank_softmax_loss, cld_loss
+from crosslevel.training import Data, build_module
+
+METHOD_PRESETS = {"npid": "cifar10-npid", "cld": "cifar10-cld", "moco": "cifar10-moco", "cldm": "cifar10-cldm"}
+
+
+def synthetic_images(count: int, size: int, seed: int = 0) -> ImageSet:
+    """``count`` random uint8 size×size RGB images with CIFAR's normalisation statistics."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+    return ImageSet(images, np.zeros(count, dtype=np.int64), (), CIFAR_MEAN, CIFAR_STD)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(function: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """Median seconds of ``function()`` over ``repeats`` calls (after ``warmup`` calls), synchronised."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        function()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class StepTimer(pl.Callback):
+    """Wall time of the training iterations after the first ``warmup`` (data + step, synchronised)."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start: float | None = None
+        self.end = 0.0
+        self.steps = 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:  # noqa: ANN001
+        synchronize(pl_module.device)
+        if batch_idx + 1 == self.warmup:
+            self.start = time.perf_counter()
+        elif batch_idx + 1 > self.warmup:
+            self.end, self.steps = time.perf_counter(), batch_idx + 1 - self.warmup
+
+    @property
+    def seconds_per_step(self) -> float:
+        assert self.start is not None and self.steps > 0, "no timed steps"
+        return (self.end - self.start) / self.steps
+
+
+def method_config(method: str, args: argparse.Namespace) -> Config:
+    """The method's CIFAR-10 preset with this benchmark's model, batch, device and precision."""
+    cfg = load_preset(METHOD_PRESETS[method])
+    overrides = [
+        f"backbone={args.backbone}", f"width={args.width}", f"batch_size={args.batch}", f"precision={args.precision}",
+        f"augment_device={args.augment}", f"workers={args.workers}", f"channels_last={args.channels_last}",
+        f"compile={args.compile}", "data=synthetic", "progress=false",
+    ]  # fmt: skip
+    cfg = dataclasses.replace(cfg, num_groups=min(cfg.num_groups, args.batch // 2))  # k < B at small CPU batches
+    return apply_overrides(cfg, overrides + list(args.set))
+
+
+def measure_method(method: str, cfg: Config, data: Data, args: argparse.Namespace) -> dict:
+    pl.seed_everything(0, verbose=False)
+    module = build_module(cfg, data)
+    timer = StepTimer(args.warmup)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=args.warmup + args.steps,
+        accelerator=args.device,
+        devices=1,
+        precision=cfg.precision,
+        logger=False,
+        callbacks=[timer],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, train_dataloaders=data.train_loader(cfg))
+    device = module.device
+    step = timer.seconds_per_step
+    row = {"method": method, "preset": METHOD_PRESETS[method], "ms_per_step": 1000 * step, "images_per_s": cfg.batch_size / step}
+    row["epoch_s"] = args.train_size / row["images_per_s"]
+    if cfg.cld_weight > 0:
+        groups = [torch.nn.functional.normalize(torch.randn(cfg.batch_size, cfg.feature_dim, device=device), dim=1) for _ in range(2)]
+        for g in groups:
+            g.requires_grad_(True)
+
+        def kmeans_and_loss() -> None:
+            cld_loss(*groups, cfg.num_groups, cfg.cld_temperature, cfg.kmeans_iters).backward()
+
+        row["cld_ms"] = 1000 * time_call(kmeans_and_loss, device, repeats=max(5, args.steps))
+        row["cld_share"] = row["cld_ms"] / row["ms_per_step"]
+    if module.views is not None:
+        indices = torch.arange(cfg.batch_size, device=device)
+        row["device_views_ms"] = 1000 * time_call(lambda: module.views(indices), device, repeats=max(5, args.steps))
+    return row
+
+
+def check_no_sync(cfg: Config, device: torch.device) -> str:
+    """Run views, bank softmax, k-means and CLD loss (forward + backward) with CUDA's sync debug mode set to error."""
+    if device.type != "cuda":
+        return "not checked (CUDA only)"
+    data = Data(synthetic_images(cfg.batch_size * 2, 32), None)
+    module = build_module(dataclasses.replace(cfg, augment_device="device"), data).to(device)
+    indices = torch.arange(cfg.batch_size, device=device)
+    groups = [torch.nn.functional.normalize(torch.randn(cfg.batch_size, cfg.feature_dim, device=device), dim=1).requires_grad_() for _ in range(2)]
+    torch.cuda.synchronize(device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        module.views(indices)
+        bank_softmax_loss(groups[0], module.bank.memory, indices, cfg.temperature).backward()
+        cld_loss(*groups, cfg.num_groups, cfg.cld_temperature, cfg.kmeans_iters).backward()
+    except RuntimeError as err:
+        return f"FAILED: {err}"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return "ok (no host synchronisation in views, bank softmax, k-means, CLD loss)"
+
+
+def cpu_pipeline_ms(cfg: Config, data: Data, batches: int) -> float:
+    """ms per batch of torchvision views from ``cfg.workers`` loader processes (the CPU path)."""
+    loader = data.train_loader(dataclasses.replace(cfg, augment_device="cpu"))
+    iterator = iter(loader)
+    next(iterator)  # start the workers
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return 1000 * (time.perf_counter() - start) / batches
+
+
+def machine(device: torch.device) -> dict[str, str]:
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": platform.processor() or platform.machine(),
+        "threads": str(torch.get_num_threads()),
+        "torch": torch.__version__,
+    }
+    try:
+        with open("/proc/cpuinfo") as handle:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    if device.type == "cuda":
+        info["device"] = torch.cuda.get_device_name(device)
+    else:
+        info["device"] = "cpu"
+    return info
+
+
+def format_table(rows: list[dict]) -> str:
+    npid = next((r["ms_per_step"] for r in rows if r["method"] == "npid"), None)
+    lines = [f"{'method':<6} {'images/s':>9} {'ms/step':>8} {'epoch s':>8} {'vs NPID':>8} {'k-means+CLD ms':>15} {'share':>6} {'views ms':>9}"]
+    for r in rows:
+        ratio = f"{r['ms_per_step'] / npid:.3f}" if npid else "-"
+        cld = f"{r['cld_ms']:.2f}" if "cld_ms" in r else "-"
+        share = f"{100 * r['cld_share']:.1f}%" if "cld_share" in r else "-"
+        views = f"{r['device_views_ms']:.2f}" if "device_views_ms" in r else "-"
+        lines.append(f"{r['method']:<6} {r['images_per_s']:>9.0f} {r['ms_per_step']:>8.1f} {r['epoch_s']:>8.1f} {ratio:>8} {cld:>15} {share:>6} {views:>9}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", default="npid,cld,moco,cldm", help="comma-separated: npid, cld, moco, cldm")
+    parser.add_argument("--backbone", default="resnet18_cifar")
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--train-size", type=int, default=50_000, help="images in the (synthetic) training set: bank size, epoch length")
+    parser.add_argument("--device", default="auto", help="auto | cpu | gpu")
+    parser.add_argument("--precision", default="bf16-mixed", help="32-true | bf16-mixed | 16-mixed")
+    parser.add_argument("--augment", choices=("device", "cpu"), default="device", help="where the views are made")
+    parser.add_argument("--workers", type=int, default=4, help="loader processes of the CPU view pipeline")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per method")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (cuDNN autotune, compile)")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over the methods; the median round is reported")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--pipeline-batches", type=int, default=10, help="batches timed for the CPU view pipeline (0: skip)")
+    parser.add_argument("--check-sync", action="store_true", help="CUDA: fail if views / k-means / CLD loss synchronise")
+    parser.add_argument("--set", nargs="*", default=[], metavar="key=value", help="extra config overrides for every method")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if args.device in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
+    args.device = "gpu" if device.type == "cuda" else "cpu"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    data = Data(synthetic_images(args.train_size, args.image_size), None)
+    skipped, configs = {}, {}
+    for method in args.methods.split(","):
+        if method not in METHOD_PRESETS:
+            parser.error(f"unknown method {method!r}; choose from {', '.join(METHOD_PRESETS)}")
+        if METHOD_PRESETS[method] not in preset_names():
+            skipped[method] = f"preset {METHOD_PRESETS[method]} is not in this installation"
+            print(f"skipping {method}: {skipped[method]}")
+            continue
+        try:
+            configs[method] = method_config(method, args)
+        except CrossLevelError as err:
+            skipped[method] = str(err)
+            print(f"skipping {method}: {err}")
+    rounds: dict[str, list[dict]] = {method: [] for method in configs}
+    for round_index in range(args.repeats):
+        for method, cfg in configs.items():
+            print(f"measuring {method} (round {round_index + 1}/{args.repeats}) ...", flush=True)
+            rounds[method].append(measure_method(method, cfg, data, args))
+    rows = [sorted(measured, key=lambda row: row["ms_per_step"])[len(measured) // 2] for measured in rounds.values()]
+    reference = configs.get("cld") or next(iter(configs.values()), None)
+    pipeline: dict[str, float | str] = {}
+    if reference is not None and args.pipeline_batches > 0:
+        pipeline["cpu_views_ms_per_batch"] = cpu_pipeline_ms(reference, data, args.pipeline_batches)
+        pipeline["cpu_views_workers"] = args.workers
+    if args.check_sync and reference is not None:
+        pipeline["sync_check"] = check_no_sync(reference, device)
+    settings = {k: v for k, v in vars(args).items() if k not in ("json",)}
+    result = {"machine": machine(device), "settings": settings, "rows": rows, "pipeline": pipeline, "skipped": skipped}
+
+    info = result["machine"]
+    print(f"\n{info['device']} | {info['cpu']} ({info['threads']} threads) | torch {info['torch']} | {info['date']}")
+    print(
+        f"{args.backbone} width {args.width}, batch {args.batch}, {args.image_size}px, {args.precision}, views on {args.augment}, "
+        f"compile={args.compile}, channels_last={args.channels_last}, {args.steps} timed steps after {args.warmup}"
+    )
+    print(format_table(rows))
+    if "cpu_views_ms_per_batch" in pipeline:
+        print(f"CPU view pipeline (torchvision, {args.workers} workers): {pipeline['cpu_views_ms_per_batch']:.1f} ms/batch")
+    if "sync_check" in pipeline:
+        print(f"sync check: {pipeline['sync_check']}")
+    for method, why in skipped.items():
+        print(f"skipped {method}: {why}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

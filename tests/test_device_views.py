@@ -1,0 +1,180 @@
+"""On-device batched augmentation against torchvision: op by op exactly, and the recipe in distribution."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import ks_2samp
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from crosslevel.data.device_views import (
+    DEVICE_RECIPES,
+    DeviceAugment,
+    DeviceViewSource,
+    color_jitter,
+    gaussian_blur,
+    resized_crop,
+    sample_crops,
+    shift_hue,
+)
+from crosslevel.data.sources import CIFAR_MEAN, CIFAR_STD
+from crosslevel.data.views import view_transform
+
+
+def smooth_images(count: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Fixed uint8 count×3×size×size test images: smooth colour blobs (like downscaled photos)."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(count, 3, 4, 4, generator=generator)
+    fine = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    return (fine.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def test_resized_crop_equals_torchvision_per_image() -> None:
+    images = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    boxes = sample_crops(16, 32, 32, (0.2, 1.0), (3 / 4, 4 / 3), torch.device("cpu"), torch.Generator().manual_seed(2))
+    flip = torch.arange(16) % 2 == 0
+    ours = resized_crop(images, boxes, flip, 32)
+    for i, (top, left, height, width) in enumerate(boxes.tolist()):
+        reference = TF.resized_crop(images[i], top, left, height, width, [32, 32], antialias=True)
+        if flip[i]:
+            reference = TF.horizontal_flip(reference)
+        torch.testing.assert_close(ours[i], reference, atol=1e-5, rtol=0)
+
+
+def test_crop_sampler_has_torchvision_distribution() -> None:
+    torch.manual_seed(0)
+    reference = v2.RandomResizedCrop(32, scale=(0.2, 1.0))
+    image = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    theirs = np.array([list(reference.make_params([image]).values()) for _ in range(4000)], dtype=float)
+    ours = sample_crops(4000, 32, 32, (0.2, 1.0), (3 / 4, 4 / 3), torch.device("cpu"), torch.Generator().manual_seed(3))
+    ours = ours.numpy().astype(float)  # columns: top, left, height, width, as make_params
+    for stat in (
+        lambda x: x[:, 2] * x[:, 3] / 1024,  # area fraction (below U(0.2, 1)'s mean 0.6: large crops often do not fit)
+        lambda x: np.log(x[:, 3] / x[:, 2]),  # log aspect ratio
+        lambda x: x[:, 0] + x[:, 2] / 2,  # crop centre row
+        lambda x: x[:, 1] + x[:, 3] / 2,  # crop centre column
+    ):
+        assert ks_2samp(stat(ours), stat(theirs)).pvalue > 1e-3
+        assert abs(stat(ours).mean() - stat(theirs).mean()) < 4 * stat(theirs).std() / math.sqrt(2000)
+
+
+def test_crop_sampler_falls_back_to_central_crop() -> None:
+    boxes = sample_crops(5, 10, 40, (0.99, 1.0), (1.0, 1.0), torch.device("cpu"))  # never fits: 20×20 > 10 rows
+    assert boxes.tolist() == [[0, 15, 10, 10]] * 5
+
+
+def test_color_jitter_equals_torchvision_per_image() -> None:
+    generator = torch.Generator().manual_seed(4)
+    images = torch.rand(24, 3, 8, 8, generator=generator)
+    order = torch.rand(24, 4, generator=generator).argsort(dim=1)
+    factors = torch.stack(
+        [
+            torch.rand(24, generator=generator) * 0.8 + 0.6,
+            torch.rand(24, generator=generator) * 0.8 + 0.6,
+            torch.rand(24, generator=generator) * 0.8 + 0.6,
+            torch.rand(24, generator=generator) * 0.8 - 0.4,
+        ],
+        dim=1,
+    )
+    ours = color_jitter(images, order, factors)
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    for i in range(24):
+        reference = images[i]
+        for op in order[i].tolist():
+            reference = ops[op](reference, float(factors[i, op]))
+        torch.testing.assert_close(ours[i], reference, atol=2e-5, rtol=0)
+
+
+def test_hue_shift_of_zero_is_identity() -> None:
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(shift_hue(images, torch.zeros(4)), images, atol=2e-6, rtol=0)
+
+
+def test_gaussian_blur_equals_torchvision_per_image() -> None:
+    images = torch.rand(6, 3, 12, 12, generator=torch.Generator().manual_seed(6))
+    sigma = torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0, 0.8])
+    ours = gaussian_blur(images, sigma, 5)
+    for i in range(6):
+        reference = TF.gaussian_blur(images[i], [5, 5], [float(sigma[i])] * 2)
+        torch.testing.assert_close(ours[i], reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["cifar", "v2"])
+def test_random_parameters_have_the_recipe_rates(name: str) -> None:
+    recipe = DEVICE_RECIPES[name]
+    augment = DeviceAugment(name, 32, CIFAR_MEAN, CIFAR_STD)
+    n = 20000
+    params = augment.sample(n, 32, 32, torch.Generator().manual_seed(7))
+    tolerance = 4 * math.sqrt(0.25 / n)
+    assert abs(params["flip"].float().mean() - recipe.flip_p) < tolerance
+    assert abs(params["grayscale"].float().mean() - recipe.grayscale_p) < tolerance
+    assert abs(params["blur"].float().mean() - recipe.blur_p) < tolerance
+    jittered = params["factors"][:, 3] != 0
+    assert abs(jittered.float().mean() - recipe.jitter_p) < tolerance
+    factors = params["factors"][jittered]
+    for column, strength in enumerate(recipe.jitter):
+        centre = 0.0 if column == 3 else 1.0
+        assert factors[:, column].min() >= centre - strength and factors[:, column].max() <= centre + strength
+        assert abs(factors[:, column].mean() - centre) < 0.01
+    first_op = torch.bincount(params["order"][:, 0], minlength=4).float() / n  # random order per image
+    assert (first_op - 0.25).abs().max() < tolerance
+    assert (params["order"].sort(dim=1).values == torch.arange(4)).all()
+
+
+def _summaries(views: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per-view statistics of normalised float views N×3×H×W (undone to 8-bit levels in [0, 1])."""
+    pixels = views * torch.tensor(CIFAR_STD)[:, None, None] + torch.tensor(CIFAR_MEAN)[:, None, None]
+    pixels = (pixels * 255).round() / 255
+    columns = pixels.mean(dim=(1, 2))  # N×W column profile
+    return {
+        "brightness": pixels.mean(dim=(1, 2, 3)).numpy(),
+        "contrast": pixels.std(dim=(1, 2, 3)).numpy(),
+        "colourfulness": (pixels - pixels.mean(dim=1, keepdim=True)).abs().mean(dim=(1, 2, 3)).numpy(),
+        "grey": ((pixels.amax(1) - pixels.amin(1)).amax(dim=(1, 2)) < 0.01).numpy(),
+        "flipped": (columns[:, -4:].mean(1) < columns[:, :4].mean(1)).numpy(),
+    }
+
+
+def test_device_views_match_the_torchvision_recipe_in_distribution() -> None:
+    """Same fixed images through both paths, 1,500 views each: per-view statistics agree."""
+    images = smooth_images(3)
+    ramp = torch.linspace(0, 255, 32).round().to(torch.uint8)  # left→right brightness ramp: shows flips
+    images[:, :, :, :] = (images.float() * 0.5 + ramp.float() * 0.5).round().to(torch.uint8)
+    repeats = 500
+    torch.manual_seed(8)
+    transform = view_transform("cifar", 32, 3, CIFAR_MEAN, CIFAR_STD)
+    cpu = torch.stack([transform(image) for image in images for _ in range(repeats)])
+    augment = DeviceAugment("cifar", 32, CIFAR_MEAN, CIFAR_STD)
+    device = augment(images.repeat_interleave(repeats, dim=0), torch.Generator().manual_seed(9))
+    ours, theirs = _summaries(device), _summaries(cpu)
+    for key in ("brightness", "contrast", "colourfulness"):
+        assert ks_2samp(ours[key], theirs[key]).pvalue > 1e-3, key
+    for key, rate in (("grey", 0.2), ("flipped", 0.5)):
+        assert abs(ours[key].mean() - theirs[key].mean()) < 0.05, key
+        assert abs(ours[key].mean() - rate) < 0.05, key
+
+
+def test_view_source_keeps_uint8_images_out_of_checkpoints() -> None:
+    images = smooth_images(10, 16).permute(0, 2, 3, 1)  # N×H×W×C as an ImageSet holds them
+    source = DeviceViewSource(images, DeviceAugment("cifar", 16, CIFAR_MEAN, CIFAR_STD), num_views=3)
+    assert source.images.dtype == torch.uint8 and source.images.shape == (10, 3, 16, 16)
+    assert source.state_dict() == {}
+    indices = torch.tensor([3, 7, 1, 0])
+    views, returned = source(indices)
+    assert len(views) == 3 and all(v.shape == (4, 3, 16, 16) and v.dtype == torch.float32 for v in views)
+    assert torch.equal(returned, indices)
+    plain = DeviceViewSource(images, DeviceAugment("none", 16, CIFAR_MEAN, CIFAR_STD), num_views=1)(indices)[0][0]
+    expected = (images[indices].permute(0, 3, 1, 2) / 255.0 - torch.tensor(CIFAR_MEAN)[:, None, None]) / torch.tensor(
+        CIFAR_STD
+    )[:, None, None]
+    torch.testing.assert_close(plain, expected, atol=1e-5, rtol=0)
+
+
+def test_colour_recipes_refuse_grey_images() -> None:
+    with pytest.raises(ValueError, match="3-channel"):
+        DeviceAugment("cifar", 8, (0.5,), (0.2,))
+    assert DeviceAugment("none", 8, (0.5,), (0.2,))(torch.zeros(2, 1, 8, 8, dtype=torch.uint8)).shape == (2, 1, 8, 8)
