@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from conftest import write_cifar10
 
 from crosslevel import training
 from crosslevel.cli import main
@@ -20,28 +19,12 @@ from crosslevel.evaluation.knn import knn_scores
 from crosslevel.methods import module as module_file
 
 
-def write_tiny_cifar10(root: Path, per_batch: int = 20, test: int = 40) -> Path:
-    """A python-version CIFAR-10 folder with 5×``per_batch`` training and ``test`` test images."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-
-    def batch(count: int) -> dict:
-        return {"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8), "labels": list(rng.integers(0, 10, count))}
-
-    for i in range(1, 6):
-        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(per_batch)))
-    (folder / "test_batch").write_bytes(pickle.dumps(batch(test)))
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"class{c}" for c in range(10)]}))
-    return root
-
-
 TINY = ["backbone=smallcnn", "width=4", "feature_dim=16", "batch_size=32", "num_groups=4", "epochs=1",
         "limit_train_batches=2", "progress=false", "workers=0", "knn_k=5", "accelerator=cpu"]  # fmt: skip
 
 
 def test_cli_trains_cifar_with_device_views_bf16_and_channels_last(tmp_path: Path) -> None:
-    data = write_tiny_cifar10(tmp_path / "data")
+    data = write_cifar10(tmp_path / "data", per_batch=20)
     overrides = TINY + [f"out={tmp_path}", "name=run", "augment_device=device", "precision=bf16-mixed", "channels_last=true"]
     assert main(["train", "--config", "cifar10-cld", "--data", str(data), *overrides]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -53,7 +36,7 @@ def test_cli_trains_cifar_with_device_views_bf16_and_channels_last(tmp_path: Pat
 
 
 def test_device_loader_yields_indices_and_module_makes_views(tmp_path: Path) -> None:
-    cfg = apply_overrides(load_preset("cifar10-cld"), TINY + [f"data={write_tiny_cifar10(tmp_path)}", "augment_device=device"])
+    cfg = apply_overrides(load_preset("cifar10-cld"), TINY + [f"data={write_cifar10(tmp_path, per_batch=20)}", "augment_device=device"])
     data = training.load_data(cfg)
     indices = next(iter(data.train_loader(cfg)))
     assert indices.dtype == torch.long and indices.shape == (32,)
