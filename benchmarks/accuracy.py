@@ -10,7 +10,8 @@ Examples::
 
     python benchmarks/accuracy.py --protocols digits --seeds 0,1,2
     python benchmarks/accuracy.py --protocols cifar10-subset --epochs 5 --set accelerator=cpu
-    python benchmarks/accuracy.py --protocols paper-cifar10 --gpu-scale --cifar10 /data/cifar10 --set augment_device=device precision=bf16-mixed
+    python benchmarks/accuracy.py --protocols paper-cifar10 --gpu-scale --cifar10 /data/cifar10 \
+        --set augment_device=device precision=bf16-mixed
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Protocol:
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    "digits": Protocol("digits", budget="preset: small CNN, 60 epochs, batch 128"),
+    "digits": Protocol("digits", budget="the digits presets as shipped (small CNN)"),
     "cifar10-subset": Protocol(
         "cifar10",
         ["train_subset=5000", "test_subset=2000", "epochs=30", *CPU_MODEL],
@@ -133,18 +134,25 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         top1 = f"{r['top1']:.2f} ± {r['top1_sd']:.2f}"
         lines.append(
-            f"{r['protocol']:<16} {r['method']:<6} {len(r['seeds']):>5} {r['epochs']:>6} {top1:>14} {r['top5']:>7.2f} {r['minutes_per_run']:>8.1f}"
+            f"{r['protocol']:<16} {r['method']:<6} {len(r['seeds']):>5} {r['epochs']:>6} {top1:>14} "
+            f"{r['top5']:>7.2f} {r['minutes_per_run']:>8.1f}"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--protocols", default="digits,cifar10-subset,cifar10-lt,cifar10-hc", help=f"comma-separated of: {', '.join(PROTOCOLS)}")
+    parser.add_argument(
+        "--protocols", default="digits,cifar10-subset,cifar10-lt,cifar10-hc", help=f"comma-separated of: {', '.join(PROTOCOLS)}"
+    )
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated of: " + ", ".join(METHODS))
     parser.add_argument("--seeds", default="0", type=lambda text: [int(s) for s in text.split(",")])
     parser.add_argument("--epochs", type=int, default=0, help="override every protocol's epochs (a smaller budget)")
-    parser.add_argument("--cifar10", default=str(SHARED_CIFAR10) if SHARED_CIFAR10.is_dir() else None, help="CIFAR-10: python-version folder or image folder")
+    parser.add_argument(
+        "--cifar10",
+        default=str(SHARED_CIFAR10) if SHARED_CIFAR10.is_dir() else None,
+        help="CIFAR-10: python-version folder or image folder",
+    )
     parser.add_argument("--cifar100", default=None, help="CIFAR-100: python-version folder or image folder")
     parser.add_argument("--gpu-scale", action="store_true", help="also run the paper's full 200-epoch protocols")
     parser.add_argument("--out", default="runs/accuracy", help="parent folder of the run directories")

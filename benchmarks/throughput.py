@@ -72,25 +72,36 @@ def time_call(function: Callable[[], object], device: torch.device, repeats: int
 
 
 class StepTimer(pl.Callback):
-    """Wall time of the training iterations after the first ``warmup`` (data + step, synchronised)."""
+    """Wall time of the ``steps`` training iterations after the first ``warmup`` (data + step).
 
-    def __init__(self, warmup: int) -> None:
-        self.warmup = warmup
-        self.start: float | None = None
-        self.end = 0.0
-        self.steps = 0
+    The device is synchronised only where the timing starts and ends, so that the host runs ahead
+    of the device in between as it does in training.
+    """
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:  # noqa: ANN001
-        synchronize(pl_module.device)
-        if batch_idx + 1 == self.warmup:
-            self.start = time.perf_counter()
-        elif batch_idx + 1 > self.warmup:
-            self.end, self.steps = time.perf_counter(), batch_idx + 1 - self.warmup
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps = warmup, steps
+        self.start = self.end = 0.0
+
+    def on_train_batch_end(  # noqa: ANN001
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        if batch_idx + 1 in (self.warmup, self.warmup + self.steps):
+            synchronize(pl_module.device)
+            if batch_idx + 1 == self.warmup:
+                self.start = time.perf_counter()
+            else:
+                self.end = time.perf_counter()
 
     @property
     def seconds_per_step(self) -> float:
-        assert self.start is not None and self.steps > 0, "no timed steps"
+        assert self.end > self.start > 0, "the timed steps did not run"
         return (self.end - self.start) / self.steps
+
+
+def random_features(cfg: Config, device: torch.device) -> torch.Tensor:
+    """B×D unit feature vectors that want a gradient, like a head's output."""
+    features = torch.randn(cfg.batch_size, cfg.feature_dim, device=device)
+    return torch.nn.functional.normalize(features, dim=1).requires_grad_()
 
 
 def method_config(method: str, args: argparse.Namespace) -> Config:
@@ -108,7 +119,7 @@ def method_config(method: str, args: argparse.Namespace) -> Config:
 def measure_method(method: str, cfg: Config, data: Data, args: argparse.Namespace) -> dict:
     pl.seed_everything(0, verbose=False)
     module = build_module(cfg, data)
-    timer = StepTimer(args.warmup)
+    timer = StepTimer(args.warmup, args.steps)
     trainer = pl.Trainer(
         max_epochs=1,
         limit_train_batches=args.warmup + args.steps,
@@ -121,6 +132,7 @@ def measure_method(method: str, cfg: Config, data: Data, args: argparse.Namespac
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        benchmark=True,
     )
     trainer.fit(module, train_dataloaders=data.train_loader(cfg))
     device = module.device
@@ -128,9 +140,7 @@ def measure_method(method: str, cfg: Config, data: Data, args: argparse.Namespac
     row = {"method": method, "preset": METHOD_PRESETS[method], "ms_per_step": 1000 * step, "images_per_s": cfg.batch_size / step}
     row["epoch_s"] = args.train_size / row["images_per_s"]
     if cfg.cld_weight > 0:
-        groups = [torch.nn.functional.normalize(torch.randn(cfg.batch_size, cfg.feature_dim, device=device), dim=1) for _ in range(2)]
-        for g in groups:
-            g.requires_grad_(True)
+        groups = [random_features(cfg, device) for _ in range(2)]
 
         def kmeans_and_loss() -> None:
             cld_loss(*groups, cfg.num_groups, cfg.cld_temperature, cfg.kmeans_iters).backward()
@@ -150,7 +160,7 @@ def check_no_sync(cfg: Config, device: torch.device) -> str:
     data = Data(synthetic_images(cfg.batch_size * 2, 32), None)
     module = build_module(dataclasses.replace(cfg, augment_device="device"), data).to(device)
     indices = torch.arange(cfg.batch_size, device=device)
-    groups = [torch.nn.functional.normalize(torch.randn(cfg.batch_size, cfg.feature_dim, device=device), dim=1).requires_grad_() for _ in range(2)]
+    groups = [random_features(cfg, device) for _ in range(2)]
     torch.cuda.synchronize(device)
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -196,13 +206,19 @@ def machine(device: torch.device) -> dict[str, str]:
 
 def format_table(rows: list[dict]) -> str:
     npid = next((r["ms_per_step"] for r in rows if r["method"] == "npid"), None)
-    lines = [f"{'method':<6} {'images/s':>9} {'ms/step':>8} {'epoch s':>8} {'vs NPID':>8} {'k-means+CLD ms':>15} {'share':>6} {'views ms':>9}"]
+    lines = [
+        f"{'method':<6} {'images/s':>9} {'ms/step':>8} {'epoch s':>8} {'vs NPID':>8} "
+        f"{'k-means+CLD ms':>15} {'share':>6} {'views ms':>9}"
+    ]
     for r in rows:
         ratio = f"{r['ms_per_step'] / npid:.3f}" if npid else "-"
         cld = f"{r['cld_ms']:.2f}" if "cld_ms" in r else "-"
         share = f"{100 * r['cld_share']:.1f}%" if "cld_share" in r else "-"
         views = f"{r['device_views_ms']:.2f}" if "device_views_ms" in r else "-"
-        lines.append(f"{r['method']:<6} {r['images_per_s']:>9.0f} {r['ms_per_step']:>8.1f} {r['epoch_s']:>8.1f} {ratio:>8} {cld:>15} {share:>6} {views:>9}")
+        lines.append(
+            f"{r['method']:<6} {r['images_per_s']:>9.0f} {r['ms_per_step']:>8.1f} {r['epoch_s']:>8.1f} {ratio:>8} "
+            f"{cld:>15} {share:>6} {views:>9}"
+        )
     return "\n".join(lines)
 
 
@@ -213,13 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--train-size", type=int, default=50_000, help="images in the (synthetic) training set: bank size, epoch length")
+    parser.add_argument(
+        "--train-size", type=int, default=50_000, help="images in the (synthetic) training set: bank rows, epoch length"
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | gpu")
     parser.add_argument("--precision", default="bf16-mixed", help="32-true | bf16-mixed | 16-mixed")
     parser.add_argument("--augment", choices=("device", "cpu"), default="device", help="where the views are made")
     parser.add_argument("--workers", type=int, default=4, help="loader processes of the CPU view pipeline")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per method")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (cuDNN autotune, compile)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (cuDNN autotune, compile); >= 1")
     parser.add_argument("--repeats", type=int, default=1, help="rounds over the methods; the median round is reported")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
@@ -228,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="key=value", help="extra config overrides for every method")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps must be >= 1")
 
     device = torch.device("cuda" if args.device in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
     args.device = "gpu" if device.type == "cuda" else "cpu"

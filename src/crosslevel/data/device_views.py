@@ -61,7 +61,9 @@ DEVICE_RECIPES: dict[str, DeviceRecipe] = {
 }
 
 
-def _uniform(shape: tuple[int, ...], low: float, high: float, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+def _uniform(
+    shape: tuple[int, ...], low: float, high: float, device: torch.device, generator: torch.Generator | None
+) -> torch.Tensor:
     return torch.rand(shape, device=device, generator=generator) * (high - low) + low
 
 
