@@ -1,14 +1,17 @@
-"""The ``crosslevel`` command: train, eval knn, presets."""
+"""The ``crosslevel`` command: train, eval, score, plot, embed, cluster, export, presets."""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
 
 from .config import DEFAULT_PRESET, Config, apply_overrides, describe_keys, load_preset, preset_summary
 from .errors import CrossLevelError, TrainingInterrupted
+
+FEATURES = ("f", "f_I", "f_G")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -32,14 +35,144 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_knn(args: argparse.Namespace) -> int:
-    from .training import evaluate_knn, load_run
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return " ".join(f"{key}={_fmt(v)}" for key, v in value.items())
+    return "-" if value is None else str(value)
 
-    cfg, module, data = load_run(Path(args.run_dir))
-    knn = evaluate_knn(module, data, cfg, args.feature)
-    out = Path(args.run_dir) / f"knn_{args.feature}.json"
-    out.write_text(json.dumps({"feature": args.feature, "k": cfg.knn_k, "temperature": cfg.knn_temperature, **knn}, indent=2) + "\n")
-    print(f"kNN top-1: {knn['top1']:.2f}%  top-5: {knn['top5']:.2f}%  (k={cfg.knn_k}, σ={cfg.knn_temperature}, {args.feature})")
+
+def _print_table(rows: list[dict], columns: list[str]) -> None:
+    """One header line and one line per row, columns padded to their widest cell."""
+    cells = [columns] + [[_fmt(row.get(column)) for column in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    for line in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+
+
+def _write_json(path: Path, result: object) -> None:
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+METRIC_DEFAULT_FEATURE = {"knn": "f_I", "linear": "f", "nmi": "f_I", "retrieval": "f_I"}
+METRIC_COLUMNS = ["metric", "feature", "top1", "top5", "nmi", "retrieval", "shots"]
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluation import protocols
+    from .evaluation.features import Run
+
+    run = Run.open(Path(args.run_dir))
+    metrics = list(METRIC_DEFAULT_FEATURE) if args.metric == "all" else [args.metric]
+    results = {}
+    for metric in metrics:
+        feature = args.feature or METRIC_DEFAULT_FEATURE[metric]
+        if metric == "linear":
+            results[metric] = protocols.linear(run, feature, args.augmented, args.epochs, args.weight_decay)
+        elif metric == "nmi":
+            results[metric] = protocols.nmi(run, feature, args.seed)
+        else:
+            results[metric] = getattr(protocols, metric)(run, feature)
+    _print_table([{"metric": metric, **result} for metric, result in results.items()], METRIC_COLUMNS)
+    if args.metric == "all":
+        _write_json(run.path / "eval_all.json", results)
+    else:
+        result = results[args.metric]
+        augmented = "_augmented" if result.get("protocol") == "augmented" else ""
+        _write_json(run.path / f"{args.metric}{augmented}_{result['feature']}.json", result)
+    return 0
+
+
+def _eval_semi(args: argparse.Namespace) -> int:
+    from .evaluation import protocols
+    from .evaluation.features import Run
+
+    run = Run.open(Path(args.run_dir))
+    result = protocols.semi(run, args.fraction, args.epochs, args.seed)
+    _print_table([result], ["fraction", "labelled_images", "epochs", "top1", "top5", "shots"])
+    _write_json(run.path / f"semi_{args.fraction:g}.json", result)
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from .evaluation import protocols
+    from .evaluation.features import Run
+    from .evaluation.unsupervised import spearman
+
+    rows = []
+    for run_dir in args.run_dirs:
+        run = Run.open(Path(run_dir))
+        result = protocols.score(run, args.feature, args.k, args.seed, args.max_images)
+        _write_json(run.path / f"score_{args.feature}.json", result)
+        knn = protocols.knn(run, "f_I")["top1"] if run.data.test is not None else None
+        rows.append({"run": str(run_dir), "score": result["score"], "nmi": result["nmi"], "retrieval": result["retrieval"], "knn_top1": knn})
+    rows.sort(key=lambda row: -row["score"])
+    labelled = [row for row in rows if row["knn_top1"] is not None]
+    knn_order = sorted(labelled, key=lambda row: -row["knn_top1"])
+    for row in rows:
+        row["score_rank"] = rows.index(row) + 1
+        row["knn_rank"] = knn_order.index(row) + 1 if row in knn_order else None
+    print(f"unsupervised score NMI(f, f')·R(f, f') of {args.feature}, k={args.k}, seed={args.seed}; kNN top-1 of f_I beside it")
+    _print_table(rows, ["score_rank", "run", "score", "nmi", "retrieval", "knn_top1", "knn_rank"])
+    if len(labelled) >= 2:
+        rho = spearman([row["score"] for row in labelled], [row["knn_top1"] for row in labelled])
+        print(f"Spearman's rho (score vs kNN top-1, {len(labelled)} runs): {rho:.3f}")
+    if args.out:
+        with open(args.out, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .evaluation.features import Run
+    from .evaluation.figures import plot_run
+
+    run = Run.open(Path(args.run_dir))
+    for path in plot_run(run, args.feature, args.max_points, args.pairs, args.seed):
+        print(f"wrote {path}")
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .evaluation.features import Run
+    from .export import embed_folder
+
+    run = Run.open(Path(args.run_dir))
+    paths, _, features = embed_folder(run, Path(args.data), args.feature)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, features)
+    files = out.with_suffix(".txt")
+    files.write_text("".join(f"{path}\n" for path in paths))
+    print(f"{len(paths)} images -> {features.shape[1]}-d {args.feature}")
+    print(f"wrote {out} (row i = line i of {files})")
+    return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from .evaluation.features import Run
+    from .export import cluster_folder
+
+    run = Run.open(Path(args.run_dir))
+    sizes = cluster_folder(run, Path(args.data), args.k, Path(args.out), args.feature, args.seed)
+    _print_table([{"group": group, "images": size} for group, size in enumerate(sizes)], ["group", "images"])
+    print(f"wrote {args.out} and {len(sizes)} contact sheets {Path(args.out).stem}_group<g>.png")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_backbone
+
+    info = export_backbone(Path(args.run_dir), Path(args.out))
+    _print_table([info], ["architecture", "cifar_stem", "width", "in_channels", "feature_dim"])
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")
     return 0
 
 
@@ -62,12 +195,68 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=10 batch_size=128")
     train.set_defaults(func=_train)
 
-    evaluate = commands.add_parser("eval", help="evaluate a trained run")
+    evaluate = commands.add_parser("eval", help="evaluate a trained run (prints a table, writes JSON into the run)")
     metrics = evaluate.add_subparsers(dest="metric", required=True)
-    knn = metrics.add_parser("knn", help="weighted kNN top-1/top-5 (k, σ from the run's config)")
-    knn.add_argument("run_dir")
-    knn.add_argument("--feature", choices=("f", "f_I", "f_G"), default="f_I")
-    knn.set_defaults(func=_eval_knn)
+    helps = {
+        "knn": "weighted kNN top-1/top-5 (k, σ from the run's config; default f_I)",
+        "linear": "linear probe top-1/top-5 on the frozen backbone (default f)",
+        "nmi": "NMI(f, Y): k-means with k = #classes vs labels (default f_I)",
+        "retrieval": "R(f, Y): nearest other test image has the same label (default f_I)",
+        "all": "knn, linear, nmi and retrieval, features extracted once",
+    }
+    for metric, text in helps.items():
+        sub = metrics.add_parser(metric, help=text)
+        sub.add_argument("run_dir")
+        sub.add_argument("--feature", choices=FEATURES, help="f (pooled), f_I (instance head) or f_G (group head)")
+        sub.add_argument("--augmented", action="store_true", help="linear: SGD on random training views (standard protocol)")
+        sub.add_argument("--epochs", type=int, default=10, help="linear --augmented: epochs (default 10)")
+        sub.add_argument("--weight-decay", type=float, default=1e-4, help="linear: L2 penalty (default 1e-4)")
+        sub.add_argument("--seed", type=int, default=0, help="nmi: k-means seed")
+        sub.set_defaults(func=_eval)
+    semi = metrics.add_parser("semi", help="fine-tune backbone + classifier on a class-balanced label fraction")
+    semi.add_argument("run_dir")
+    semi.add_argument("--fraction", type=float, required=True, help="share of training labels, e.g. 0.01 or 0.1")
+    semi.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs (default 20)")
+    semi.add_argument("--seed", type=int, default=0, help="seed of the label subset and of training")
+    semi.set_defaults(func=_eval_semi)
+
+    score = commands.add_parser("score", help="rank runs by the label-free NMI(f, f')·R(f, f'), beside their kNN")
+    score.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    score.add_argument("--feature", choices=FEATURES, default="f_I")
+    score.add_argument("--k", type=int, default=10, help="k-means clusters for NMI(f, f') (default 10; same for all runs)")
+    score.add_argument("--seed", type=int, default=0, help="seed of the image subset, the augmented view and k-means")
+    score.add_argument("--max-images", type=int, default=2000, help="training images scored per run (default 2000)")
+    score.add_argument("--out", help="also write the ranking as CSV here")
+    score.set_defaults(func=_score)
+
+    plot = commands.add_parser("plot", help="PNGs in RUN_DIR/plots: t-SNE, similarity histograms, training curves")
+    plot.add_argument("run_dir")
+    plot.add_argument("--feature", choices=FEATURES, default="f_I")
+    plot.add_argument("--max-points", type=int, default=2000, help="images in the t-SNE (default 2000)")
+    plot.add_argument("--pairs", type=int, default=1000, help="images for the similarity histograms (default 1000)")
+    plot.add_argument("--seed", type=int, default=0)
+    plot.set_defaults(func=_plot)
+
+    embed = commands.add_parser("embed", help="features of every image under a folder, saved as .npy")
+    embed.add_argument("run_dir")
+    embed.add_argument("--data", required=True, help="folder of images (searched recursively)")
+    embed.add_argument("--out", required=True, help="output .npy (N×D float32); file names go to the same name .txt")
+    embed.add_argument("--feature", choices=FEATURES, default="f")
+    embed.set_defaults(func=_embed)
+
+    cluster = commands.add_parser("cluster", help="group a folder of images into k clusters: CSV + contact sheets")
+    cluster.add_argument("run_dir")
+    cluster.add_argument("--data", required=True, help="folder of images (searched recursively)")
+    cluster.add_argument("--k", type=int, required=True, help="number of groups")
+    cluster.add_argument("--out", required=True, help="output CSV (file, group); sheets are written beside it")
+    cluster.add_argument("--feature", choices=FEATURES, default="f")
+    cluster.add_argument("--seed", type=int, default=0)
+    cluster.set_defaults(func=_cluster)
+
+    export = commands.add_parser("export", help="the backbone as a plain torchvision ResNet state_dict")
+    export.add_argument("run_dir")
+    export.add_argument("--out", required=True, help="output .pth (a JSON description is written beside it)")
+    export.set_defaults(func=_export)
 
     presets = commands.add_parser("presets", help="list the presets with a one-line description each")
     presets.set_defaults(func=_presets)

@@ -300,18 +300,33 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
     return run_dir, knn
 
 
-def load_run(run_dir: Path) -> tuple[Config, ContrastiveModule, Data]:
-    """Config, trained module (last checkpoint, eval mode) and data of a run directory."""
+def _run_checkpoint(run_dir: Path) -> tuple[Config, dict, Path]:
+    """(config, loaded checkpoint, checkpoint path) of a run directory; clear errors when either is missing."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise CrossLevelError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
     checkpoint = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     if not checkpoint.is_file():
         raise CrossLevelError(f"no checkpoint in {run_dir} (expected {checkpoint})")
-    cfg = load_config(run_dir / CONFIG_FILE)
-    data = load_data(cfg)
-    module = ContrastiveModule(cfg, len(data.train), data.train.channels)
-    saved = read_checkpoint(checkpoint)
-    check_compatible(saved, checkpoint, cfg, len(data.train), data.train.channels)
+    return load_config(run_dir / CONFIG_FILE), read_checkpoint(checkpoint), checkpoint
+
+
+def _restore(cfg: Config, saved: dict, checkpoint: Path, num_train: int, in_channels: int) -> ContrastiveModule:
+    check_compatible(saved, checkpoint, cfg, num_train, in_channels)
+    module = ContrastiveModule(cfg, num_train, in_channels)
     module.load_state_dict(saved["state_dict"])
-    return cfg, module.eval(), data
+    return module.eval()
+
+
+def load_module(run_dir: Path) -> tuple[Config, ContrastiveModule]:
+    """Config and trained module (last checkpoint, eval mode) of a run directory, without loading its data."""
+    cfg, saved, checkpoint = _run_checkpoint(run_dir)
+    hparams = saved.get("hyper_parameters", {})
+    return cfg, _restore(cfg, saved, checkpoint, hparams.get("num_train", 0), hparams.get("in_channels", 0))
+
+
+def load_run(run_dir: Path) -> tuple[Config, ContrastiveModule, Data]:
+    """Config, trained module (last checkpoint, eval mode) and data of a run directory."""
+    cfg, saved, checkpoint = _run_checkpoint(run_dir)
+    data = load_data(cfg)
+    return cfg, _restore(cfg, saved, checkpoint, len(data.train), data.train.channels), data

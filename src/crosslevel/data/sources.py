@@ -179,6 +179,31 @@ def _first_size(paths: list[Path]) -> int | None:
     return None
 
 
+def image_files(folder: Path) -> list[Path]:
+    """Every image file under ``folder`` (recursively), sorted by path."""
+    return sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+
+
+def _decode_all(paths: list[Path], size: int | None, desc: str) -> list[np.ndarray | None]:
+    """:func:`_decode` of every path on 4 threads, with a progress bar."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(tqdm(pool.map(lambda path: _decode(path, size), paths), total=len(paths), desc=desc, unit="img", leave=False, mininterval=1.0))
+
+
+def decode_images(paths: list[Path], image_size: int = 0, desc: str = "decoding") -> np.ndarray:
+    """Decode ``paths`` to RGB uint8 N×H×W×3; an unreadable file is an error naming it.
+
+    All images must share one square size unless ``image_size`` > 0, which resizes each to that side.
+    """
+    arrays = _decode_all(paths, image_size or _first_size(paths), desc)
+    bad = [str(path) for path, array in zip(paths, arrays) if array is None]
+    if bad:
+        raise CrossLevelError(f"cannot decode {len(bad)} image(s), first: {bad[0]} (corrupt, truncated or not an image)")
+    if len({a.shape for a in arrays}) > 1:
+        raise CrossLevelError(f"images in {Path(paths[0]).parent} differ in size: set an image size")
+    return np.stack(arrays)
+
+
 def load_folder_split(path: Path, split: str, image_size: int = 0, bad_images: str = "error") -> ImageSet:
     """An image folder (class sub-folders; ``train/`` and ``test/`` when present), decoded once.
 
@@ -211,17 +236,7 @@ def load_folder_split(path: Path, split: str, image_size: int = 0, bad_images: s
     if not entries:
         raise CrossLevelError(f"no images found in {root} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     size = image_size or _first_size([f for f, _ in entries])
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        arrays = list(
-            tqdm(
-                pool.map(lambda entry: _decode(entry[0], size), entries),
-                total=len(entries),
-                desc=f"decoding {root.name}",
-                unit="img",
-                leave=False,
-                mininterval=1.0,
-            )
-        )
+    arrays = _decode_all([f for f, _ in entries], size, f"decoding {root.name}")
     bad = [str(f) for (f, _), a in zip(entries, arrays) if a is None]
     if bad and bad_images != "skip":
         raise CrossLevelError(

@@ -1,0 +1,107 @@
+"""A trained run opened for evaluation, with its features computed once and cached on disk.
+
+Importing this module imports the training stack (to rebuild the module from its checkpoint);
+the pure metrics in this package do not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import Config
+from ..data import ImageSet, LabelledDataset, view_transform
+from ..errors import CrossLevelError
+from ..methods import ContrastiveModule
+from ..training import CHECKPOINT_DIR, LAST_CHECKPOINT, Data, load_run
+from .knn import extract_features
+
+FEATURES = ("f", "f_I", "f_G")
+CACHE_DIR = "features"
+
+
+@dataclass
+class Run:
+    """A run directory's config, trained module (eval mode, on the best device) and data."""
+
+    path: Path
+    cfg: Config
+    module: ContrastiveModule
+    data: Data
+
+    @classmethod
+    def open(cls, path: str | Path) -> Run:
+        cfg, module, data = load_run(Path(path))
+        module.to("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(Path(path), cfg, module, data)
+
+    @property
+    def device(self) -> torch.device:
+        return self.module.device
+
+    @property
+    def batch_size(self) -> int:
+        return max(self.cfg.batch_size, 256)
+
+    def split(self, name: str) -> ImageSet:
+        """The 'train' or 'test' images; a clear error when the run has no labelled test split."""
+        if name == "train":
+            return self.data.train
+        if self.data.test is None:
+            raise CrossLevelError(f"{self.path}: this evaluation needs a labelled test split, and the run's data has none")
+        return self.data.test
+
+    def num_classes(self) -> int:
+        return max(len(self.data.train.classes), len(self.split("test").classes))
+
+    def features(self, split: str, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N×D features, N labels) of a split with the test transform; cached in ``features/``.
+
+        The cache is keyed by the checkpoint's size and modification time, so a resumed or
+        retrained run never reads stale features.
+        """
+        checkpoint = self.path / CHECKPOINT_DIR / LAST_CHECKPOINT
+        stamp = (checkpoint.stat().st_mtime_ns, checkpoint.stat().st_size, self.cfg.train_subset, self.cfg.test_subset)
+        cache = self.path / CACHE_DIR / f"{split}-{feature}.pt"
+        if cache.is_file():
+            saved = torch.load(cache, map_location=self.device)
+            if tuple(saved["stamp"]) == stamp:
+                return saved["features"], saved["labels"]
+        images = self.split(split)
+        features, labels = self.embed(images, feature, f"{split} {feature}")
+        cache.parent.mkdir(exist_ok=True)
+        temporary = cache.with_suffix(".tmp")
+        torch.save({"stamp": stamp, "features": features.cpu(), "labels": labels.cpu()}, temporary)
+        temporary.replace(cache)
+        return features, labels
+
+    def embed(self, images: ImageSet, feature: str, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+        """(N×D features, N labels) of ``images`` with the test transform (no caching)."""
+        return extract_features(self.embedder(feature), self.data.eval_loader(images, self.cfg), self.device, desc)
+
+    def view_features(self, images: ImageSet, feature: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N×D features, N labels) of one random training-recipe view per image, seeded."""
+        torch.manual_seed(seed)
+        loader = self.view_loader(images, shuffle=False)
+        return extract_features(self.embedder(feature), loader, self.device, f"augmented {feature}")
+
+    def view_loader(self, images: ImageSet, shuffle: bool, batch_size: int | None = None) -> DataLoader:
+        """Batches of (random view, label) with the run's training augmentation."""
+        batch = batch_size or self.batch_size
+        size = self.cfg.image_size or self.data.size
+        transform = view_transform(self.cfg.augment, size, self.data.train.channels, self.data.train.mean, self.data.train.std)
+        return DataLoader(LabelledDataset(images, transform), batch_size=batch, shuffle=shuffle, drop_last=shuffle and len(images) > batch)
+
+    def eval_loader(self, images: ImageSet) -> DataLoader:
+        return self.data.eval_loader(images, self.cfg)
+
+    def embedder(self, feature: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A function B×C×H×W → B×D of the eval-mode module for ``feature``."""
+        if feature not in FEATURES:
+            raise CrossLevelError(f"unknown feature '{feature}' (one of {', '.join(FEATURES)})")
+        self.module.eval()
+        return lambda images: self.module.embed(images, feature)

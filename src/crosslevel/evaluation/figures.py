@@ -1,0 +1,55 @@
+"""The figures of ``crosslevel plot``: t-SNE, positive/negative similarities, training curves."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import plots
+from .features import Run
+from .nmi import kmeans_labels
+
+PLOT_DIR = "plots"
+
+
+def plot_run(run: Run, feature: str = "f_I", max_points: int = 2000, pairs: int = 1000, seed: int = 0) -> list[Path]:
+    """Write t-SNE, similarity histograms and training curves to ``RUN_DIR/plots/``; return their paths.
+
+    Uses the labelled test split when the run has one (t-SNE coloured by class), otherwise the
+    training images coloured by k-means group (k = the run's ``num_groups``).
+    """
+    out = run.path / PLOT_DIR
+    out.mkdir(exist_ok=True)
+    split = "test" if run.data.test is not None else "train"
+    images = run.split(split)
+    features, labels = run.features(split, feature)
+    rng = np.random.default_rng(seed)
+    shown = np.sort(rng.choice(len(features), min(max_points, len(features)), replace=False))
+    shown_t = torch.as_tensor(shown, device=features.device)
+    if images.labelled:
+        groups, names, colouring = labels[shown_t].cpu().numpy(), list(images.classes), "class"
+    else:
+        k = min(run.cfg.num_groups, len(shown) - 1)
+        groups, names, colouring = kmeans_labels(features[shown_t], k, seed), [f"group {g}" for g in range(k)], f"k-means group (k={k})"
+    paths = [
+        plots.tsne_plot(
+            features[shown_t], groups, names,
+            f"{run.path.name}: t-SNE of {feature} ({split}, n={len(shown)}), coloured by {colouring}",
+            out / f"tsne_{feature}.png", seed,
+        )
+    ]
+    paired = np.sort(rng.choice(len(images), min(pairs, len(images)), replace=False))
+    subset = dataclasses.replace(images, images=images.images[paired], labels=np.full(len(paired), -1))
+    view_features, _ = run.view_features(subset, feature, seed)
+    paths.append(
+        plots.similarity_histograms(
+            features[torch.as_tensor(paired, device=features.device)], view_features,
+            f"{run.path.name}: cos({feature}(x_i), {feature}(x'_j)) over {len(paired)} {split} images and one augmented view",
+            out / f"similarity_{feature}.png",
+        )
+    )
+    paths.append(plots.training_curves(run.path / "metrics.csv", f"{run.path.name}: training curves", out / "training_curves.png"))
+    return paths

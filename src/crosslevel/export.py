@@ -1,0 +1,89 @@
+"""Use a trained backbone: export it as a torchvision ``state_dict``, embed a folder of images,
+group a folder into k clusters with a contact sheet per group."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import plots
+from .data import eval_transform
+from .data.sources import decode_images, image_files
+from .errors import CrossLevelError
+from .evaluation.features import Run
+from .evaluation.nmi import kmeans_labels
+from .models.backbones import ResNetTrunk
+from .training import load_module
+
+
+def export_backbone(run_dir: Path, out: Path) -> dict:
+    """Save the backbone of a run as a plain torchvision ResNet ``state_dict`` (no ``fc`` keys) at ``out``,
+    with a JSON description next to it (``out`` with suffix ``.json``); return that description."""
+    cfg, module = load_module(run_dir)
+    if not isinstance(module.backbone, ResNetTrunk):
+        raise CrossLevelError(f"export writes torchvision ResNets; this run's backbone is '{cfg.backbone}'")
+    net = module.backbone.net
+    info = {
+        "architecture": "resnet50" if cfg.backbone == "resnet50" else "resnet18",
+        "cifar_stem": cfg.backbone == "resnet18_cifar",
+        "width": cfg.width,
+        "in_channels": net.conv1.in_channels,
+        "feature_dim": module.backbone.out_dim,
+        "fc": "absent: set model.fc = torch.nn.Identity() before load_state_dict",
+        "source": str(Path(run_dir).resolve()),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({key: value.detach().cpu().clone() for key, value in net.state_dict().items()}, out)
+    out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _folder_images(run: Run, folder: Path) -> tuple[list[Path], np.ndarray]:
+    """Every image under ``folder`` decoded at the run's image size and channel count (grey: mean of RGB)."""
+    if not folder.is_dir():
+        raise CrossLevelError(f"not a folder: {folder}")
+    paths = image_files(folder)
+    if not paths:
+        raise CrossLevelError(f"no images found in {folder}")
+    images = decode_images(paths, run.cfg.image_size or run.data.size, f"decoding {folder.name}")
+    if run.data.train.channels == 1:
+        images = images.mean(axis=3, keepdims=True).round().astype(np.uint8)
+    return paths, images
+
+
+def embed_folder(run: Run, folder: Path, feature: str = "f") -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """(files, uint8 N×H×W×C images, float32 N×D L2-normalised features) of every image under ``folder``."""
+    paths, images = _folder_images(run, folder)
+    transform = eval_transform(run.cfg.image_size or run.data.size, run.data.train.mean, run.data.train.std)
+    embed = run.embedder(feature)
+    chunks = []
+    for start in range(0, len(images), run.batch_size):
+        batch = torch.from_numpy(images[start : start + run.batch_size]).permute(0, 3, 1, 2)
+        chunks.append(embed(transform(batch).to(run.device)).cpu())
+    return paths, images, torch.cat(chunks).numpy().astype(np.float32)
+
+
+def cluster_folder(run: Run, folder: Path, k: int, out: Path, feature: str = "f", seed: int = 0, per_sheet: int = 64) -> list[int]:
+    """Group the images under ``folder`` into ``k`` k-means clusters of their features; write ``out``
+    (CSV: file, group) and ``<out stem>_group<g>.png`` contact sheets; return the group sizes."""
+    paths, images, features = embed_folder(run, folder, feature)
+    if not 1 <= k <= len(paths):
+        raise CrossLevelError(f"--k must be between 1 and the number of images ({len(paths)}), got {k}")
+    groups = kmeans_labels(torch.from_numpy(features), k, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "group"])
+        writer.writerows((str(path.relative_to(folder)), int(group)) for path, group in zip(paths, groups))
+    sizes = np.bincount(groups, minlength=k).tolist()
+    for group in range(k):
+        members = np.flatnonzero(groups == group)[:per_sheet]
+        plots.contact_sheet(
+            images[members], f"group {group}: {sizes[group]} images" + (f" (first {per_sheet})" if sizes[group] > per_sheet else ""),
+            out.with_name(f"{out.stem}_group{group}.png"),
+        )
+    return sizes
