@@ -118,7 +118,8 @@ def _score(args: argparse.Namespace) -> int:
     _print_table(rows, ["score_rank", "run", "score", "nmi", "retrieval", "knn_top1", "knn_rank"])
     if len(labelled) >= 2:
         rho = spearman([row["score"] for row in labelled], [row["knn_top1"] for row in labelled])
-        print(f"Spearman's rho (score vs kNN top-1, {len(labelled)} runs): {rho:.3f}")
+        text = "undefined (all scores or all kNN equal)" if rho != rho else f"{rho:.3f}"
+        print(f"Spearman's rho (score vs kNN top-1, {len(labelled)} runs): {text}")
     if args.out:
         with open(args.out, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -23,4 +23,6 @@ def unsupervised_score(features: torch.Tensor, view_features: torch.Tensor, k: i
 
 def spearman(a: list[float], b: list[float]) -> float:
     """Spearman's rank correlation ρ of two equally long score lists (NaN when either is constant)."""
+    if len(set(a)) < 2 or len(set(b)) < 2:
+        return float("nan")
     return float(spearmanr(a, b).statistic)

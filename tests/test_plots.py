@@ -1,0 +1,45 @@
+"""Plot helpers: the similarity statistics against a naive loop; every figure is written as a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from crosslevel import plots
+from crosslevel.errors import CrossLevelError
+
+
+def test_pair_similarities_match_naive_loop() -> None:
+    g = torch.Generator().manual_seed(0)
+    f, views = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    positive, negative, gap = plots.pair_similarities(f, views)
+    cos = lambda u, v: float(u @ v / (u.norm() * v.norm()))  # noqa: E731
+    pairs = [(i, j) for i in range(6) for j in range(6) if i != j]
+    assert positive.tolist() == pytest.approx([cos(f[i], views[i]) for i in range(6)], abs=1e-6)
+    assert negative.tolist() == pytest.approx([cos(f[i], views[j]) for i, j in pairs], abs=1e-6)
+    assert gap.tolist() == pytest.approx([cos(f[i], views[i]) - cos(f[i], views[j]) for i, j in pairs], abs=1e-6)
+
+
+def test_read_metrics_splits_epoch_and_step_columns(tmp_path: Path) -> None:
+    log = tmp_path / "metrics.csv"
+    log.write_text("epoch,loss_cld,loss_epoch,knn_top1,lr,step\n0,,,,0.1,4\n0,2.0,9.0,,,9\n1,1.5,8.0,55.0,,19\n")
+    series = plots.read_metrics(log)
+    assert series == {"lr": [(4.0, 0.1)], "loss_cld": [(1.0, 2.0), (2.0, 1.5)], "loss_epoch": [(1.0, 9.0), (2.0, 8.0)], "knn_top1": [(2.0, 55.0)]}
+    plots.training_curves(log, "curves", tmp_path / "curves.png")
+    with pytest.raises(CrossLevelError, match="no training log"):
+        plots.read_metrics(tmp_path / "absent.csv")
+
+
+def test_figures_are_written(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(1)
+    features = torch.randn(40, 8, generator=g)
+    plots.tsne_plot(features, np.arange(40) % 3, ["a", "b", "c"], "t-SNE", tmp_path / "tsne.png")
+    plots.similarity_histograms(features, features + 0.1 * torch.randn(40, 8, generator=g), "sims", tmp_path / "sims.png")
+    plots.contact_sheet(np.zeros((11, 8, 8, 1), dtype=np.uint8), "sheet", tmp_path / "sheet.png", columns=4)
+    for name in ("tsne.png", "sims.png", "sheet.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG"
