@@ -209,11 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub = metrics.add_parser(metric, help=text)
         sub.add_argument("run_dir")
         sub.add_argument("--feature", choices=FEATURES, help="f (pooled), f_I (instance head) or f_G (group head)")
-        sub.add_argument("--augmented", action="store_true", help="linear: SGD on random training views (standard protocol)")
-        sub.add_argument("--epochs", type=int, default=10, help="linear --augmented: epochs (default 10)")
-        sub.add_argument("--weight-decay", type=float, default=1e-4, help="linear: L2 penalty (default 1e-4)")
-        sub.add_argument("--seed", type=int, default=0, help="nmi: k-means seed")
-        sub.set_defaults(func=_eval)
+        if metric in ("linear", "all"):
+            sub.add_argument("--augmented", action="store_true", help="SGD on random training views (standard protocol)")
+            sub.add_argument("--epochs", type=int, default=10, help="--augmented: epochs (default 10)")
+            sub.add_argument("--weight-decay", type=float, default=1e-4, help="L2 penalty of the classifier (default 1e-4)")
+        if metric in ("nmi", "all"):
+            sub.add_argument("--seed", type=int, default=0, help="k-means seed")
+        sub.set_defaults(func=_eval, augmented=False, epochs=10, weight_decay=1e-4, seed=0)
     semi = metrics.add_parser("semi", help="fine-tune backbone + classifier on a class-balanced label fraction")
     semi.add_argument("run_dir")
     semi.add_argument("--fraction", type=float, required=True, help="share of training labels, e.g. 0.01 or 0.1")

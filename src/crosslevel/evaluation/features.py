@@ -65,7 +65,7 @@ class Run:
         retrained run never reads stale features.
         """
         checkpoint = self.path / CHECKPOINT_DIR / LAST_CHECKPOINT
-        stamp = (checkpoint.stat().st_mtime_ns, checkpoint.stat().st_size, self.cfg.train_subset, self.cfg.test_subset)
+        stamp = (checkpoint.stat().st_mtime_ns, checkpoint.stat().st_size)
         cache = self.path / CACHE_DIR / f"{split}-{feature}.pt"
         if cache.is_file():
             saved = torch.load(cache, map_location=self.device)
