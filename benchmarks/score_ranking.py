@@ -10,12 +10,15 @@ Trains each run of the default preset that is not already complete under --out, 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import torch
 
 from crosslevel.cli import main as crosslevel
+from crosslevel.evaluation import protocols, spearman
+from crosslevel.evaluation.features import Run
 
 RUNS = {
     "lambda-0": ["cld_weight=0"],
@@ -43,7 +46,16 @@ def main() -> int:
         train = ["train", "--config", args.config, f"out={out}", f"name={name}", "progress=false", *overrides, *args.overrides]
         if crosslevel(train) != 0:
             return 1
-    return crosslevel(["score", *(str(out / name) for name in RUNS), "--out", str(out / "ranking.csv")])
+    if crosslevel(["score", *(str(out / name) for name in RUNS), "--out", str(out / "ranking.csv")]) != 0:
+        return 1
+    scores, probes = [], []
+    print("\nlinear probe (cached protocol, f) of the same runs:")
+    for name in RUNS:
+        scores.append(json.loads((out / name / "score_f_I.json").read_text())["score"])
+        probes.append(protocols.linear(Run.open(out / name))["top1"])
+        print(f"  {name:<12} score {scores[-1]:.4f}  linear top-1 {probes[-1]:.2f}")
+    print(f"Spearman's rho (score vs linear top-1, {len(RUNS)} runs): {spearman(scores, probes):.3f}")
+    return 0
 
 
 if __name__ == "__main__":
