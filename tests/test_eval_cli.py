@@ -17,7 +17,8 @@ from crosslevel.cli import main
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs")
-    assert main(["train", "epochs=1", "limit_train_batches=2", "progress=false", f"out={out}", "name=tiny"]) == 0
+    tiny = ["epochs=1", "limit_train_batches=2", "batch_size=64", "width=8", "feature_dim=16", "progress=false"]
+    assert main(["train", *tiny, f"out={out}", "name=tiny"]) == 0
     return out / "tiny"
 
 

@@ -35,17 +35,20 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt(value: object) -> str:
+PERCENT_COLUMNS = {"top1", "top5", "retrieval", "knn_top1", "shots"}
+
+
+def _fmt(value: object, percent: bool = False) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.2f}%" if percent else f"{value:.4f}"
     if isinstance(value, dict):
-        return " ".join(f"{key}={_fmt(v)}" for key, v in value.items())
+        return " ".join(f"{key}={_fmt(v, percent)}" for key, v in value.items())
     return "-" if value is None else str(value)
 
 
 def _print_table(rows: list[dict], columns: list[str]) -> None:
-    """One header line and one line per row, columns padded to their widest cell."""
-    cells = [columns] + [[_fmt(row.get(column)) for column in columns] for row in rows]
+    """One header line and one line per row, columns padded to their widest cell; accuracies in %."""
+    cells = [columns] + [[_fmt(row.get(column), column in PERCENT_COLUMNS) for column in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     for line in cells:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .. import plots
+from ..training import METRICS_FILE
 from .features import Run
 from .nmi import kmeans_labels
 
@@ -51,5 +52,5 @@ def plot_run(run: Run, feature: str = "f_I", max_points: int = 2000, pairs: int 
             out / f"similarity_{feature}.png",
         )
     )
-    paths.append(plots.training_curves(run.path / "metrics.csv", f"{run.path.name}: training curves", out / "training_curves.png"))
+    paths.append(plots.training_curves(run.path / METRICS_FILE, f"{run.path.name}: training curves", out / "training_curves.png"))
     return paths
