@@ -80,7 +80,7 @@ def _eval(args: argparse.Namespace) -> int:
             results[metric] = getattr(protocols, metric)(run, feature)
     _print_table([{"metric": metric, **result} for metric, result in results.items()], METRIC_COLUMNS)
     if args.metric == "all":
-        _write_json(run.path / "eval_all.json", results)
+        _write_json(run.path / (f"eval_all_{args.feature}.json" if args.feature else "eval_all.json"), results)
     else:
         result = results[args.metric]
         augmented = "_augmented" if result.get("protocol") == "augmented" else ""
