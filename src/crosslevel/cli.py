@@ -40,7 +40,7 @@ PERCENT_COLUMNS = {"top1", "top5", "retrieval", "knn_top1", "shots"}
 
 def _fmt(value: object, percent: bool = False) -> str:
     if isinstance(value, float):
-        return f"{value:.2f}%" if percent else f"{value:.4f}"
+        return f"{value:.2f}%" if percent else f"{value:.4g}"
     if isinstance(value, dict):
         return " ".join(f"{key}={_fmt(v, percent)}" for key, v in value.items())
     return "-" if value is None else str(value)
