@@ -98,7 +98,7 @@ def semi(run: Run, fraction: float, epochs: int = 20, seed: int = 0, lr: float =
     loader = run.view_loader(labelled, shuffle=True, batch_size=min(run.cfg.batch_size, 256))
     train_classifier(net, head, loader, epochs, lr, backbone_lr, 5e-4, run.device, desc=f"fine-tune {fraction:g}")
     scores, test_y = classify(net, head, run.eval_loader(run.split("test")), run.device)
-    return {"fraction": fraction, "labelled_images": len(keep), "epochs": epochs, "seed": seed, **_accuracy(scores, test_y, torch.as_tensor(labelled.labels))}
+    return {"fraction": fraction, "labelled_images": len(keep), "epochs": epochs, "seed": seed, **_accuracy(scores, test_y, torch.as_tensor(train.labels))}
 
 
 def score(run: Run, feature: str = "f_I", k: int = 10, seed: int = 0, max_images: int = 2000) -> dict:
