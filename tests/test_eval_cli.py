@@ -93,5 +93,10 @@ def test_user_errors_exit_2(run_dir: Path, tmp_path: Path, capsys: pytest.Captur
     assert main(["eval", "knn", str(tmp_path)]) == 2
     assert main(["export", str(run_dir), "--out", str(tmp_path / "b.pth")]) == 2
     assert main(["cluster", str(run_dir), "--data", str(tmp_path / "missing"), "--k", "2", "--out", str(tmp_path / "g.csv")]) == 2
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "bad.png").write_bytes(b"not an image")
+    assert main(["embed", str(run_dir), "--data", str(broken), "--out", str(tmp_path / "f.npy")]) == 2
     errors = capsys.readouterr().err
     assert "not a run directory" in errors and "backbone is 'smallcnn'" in errors and "not a folder" in errors
+    assert "cannot decode 1 image(s), first: " in errors and "bad.png" in errors
