@@ -14,6 +14,12 @@ from .errors import CrossLevelError, TrainingInterrupted
 FEATURES = ("f", "f_I", "f_G")
 
 
+def _shot_line(knn: dict[str, float]) -> str:
+    """'  many/medium/few top-1: ...' for long-tailed support sets, else ''."""
+    groups = [(g, knn[f"top1_{g}"]) for g in ("many", "medium", "few") if f"top1_{g}" in knn]
+    return ("\n  top-1 per shot group: " + "  ".join(f"{g} {v:.2f}%" for g, v in groups)) if groups else ""
+
+
 def _train(args: argparse.Namespace) -> int:
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -31,7 +37,7 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     print(f"run directory: {run_dir}")
     if knn is not None:
-        print(f"kNN top-1: {knn['top1']:.2f}%  top-5: {knn['top5']:.2f}%  (k={cfg.knn_k}, σ={cfg.knn_temperature}, f_I)")
+        print(f"kNN top-1: {knn['top1']:.2f}%  top-5: {knn['top5']:.2f}%  (k={cfg.knn_k}, σ={cfg.knn_temperature}, f_I)" + _shot_line(knn))
     return 0
 
 

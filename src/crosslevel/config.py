@@ -24,11 +24,20 @@ class Config:
     """Everything a training run needs; every field can be set with ``key=value``."""
 
     # --- data ---
-    dataset: str = "digits"  # digits | cifar10 | cifar100 | folder
+    dataset: str = "digits"  # digits | cifar10 | cifar100 | stl10 | folder | lists
     data: str | None = None  # path of the data set (not needed for digits)
+    subset: str = ""  # folder/lists: '' (all classes), 'imagenet100' (the CMC list) or a file of class names
+    train_list: str = ""  # lists: file of "relative/path label" lines (e.g. ImageNet_LT_train.txt)
+    test_list: str = ""  # lists: the same for the test split (e.g. ImageNet_LT_test.txt)
+    stl10_unlabeled: bool = True  # stl10: train on train (5k) + unlabeled (100k); False: train only
+    in_memory: bool = True  # decode every image once into memory; False: decode files on the fly
     train_subset: int = 0  # >0: train on a seeded, class-stratified subset of this many images
     test_subset: int = 0  # >0: evaluate on a seeded, class-stratified subset of the test split
-    augment: str = "auto"  # view recipe: auto | cifar | digits | none
+    lt_ratio: float = 0.0  # >0: long-tail the training set, n_c = n_max·ρ^(-c/(C-1)) with ρ = lt_ratio
+    hc_frames: int = 0  # >0: turn every training image into this many correlated frames
+    hc_mode: str = "walk"  # walk (smooth random camera walk) | repeat (exact copies)
+    augment: str = "auto"  # view recipe: auto | cifar | v2 | digits | none
+    random_erasing: float = 0.0  # probability of RandomErasing after normalisation (0: off)
     image_size: int = 0  # 0: the data set's own size
     workers: int = 2  # data-loader worker processes
     bad_images: str = "error"  # an unreadable image in a folder: error (stop) | skip (warn, count in summary.json)
@@ -39,10 +48,12 @@ class Config:
     feature_dim: int = 128  # output size of both heads
     normlinear: bool = False  # cosine-layer heads instead of Linear
     mlp: bool = False  # shared Linear(d, d)+ReLU trunk before the heads
-    # --- instance branch (NPID) ---
-    instance: str = "npid"
-    temperature: float = 0.1  # T_I
-    bank_momentum: float = 0.5  # row <- normalise(m·row + (1-m)·f)
+    # --- instance branch: NPID memory bank or MoCo momentum encoder + queue ---
+    instance: str = "npid"  # npid | moco
+    temperature: float = 0.1  # T_I (MoCo: 0.07 CIFAR, 0.2 ImageNet)
+    bank_momentum: float = 0.5  # NPID: row <- normalise(m·row + (1-m)·f)
+    queue_size: int = 4096  # MoCo: negatives in the queue (>= the global batch)
+    moco_momentum: float = 0.999  # MoCo: key encoder <- m·key + (1-m)·query
     # --- cross-level term ---
     cld_weight: float = 1.0  # λ; 0 = plain NPID
     cld_temperature: float = 0.2  # T_G
@@ -55,6 +66,7 @@ class Config:
     weight_decay: float = 7e-4
     momentum: float = 0.9
     warmup_epochs: int = 5
+    schedule_interval: str = "step"  # warm-up + cosine updated every step or every epoch
     # --- evaluation ---
     knn_k: int = 200
     knn_temperature: float = 0.1
@@ -81,6 +93,11 @@ class Config:
 
 
 
+def num_views(cfg: Config) -> int:
+    """Views per image: NPID 2; MoCo 2 (query, key); CLDm 3 (two query views for CLD, one key view)."""
+    return 3 if cfg.instance == "moco" and cfg.cld_weight > 0 else 2
+
+
 def peak_lr(cfg: Config, world_size: int) -> float:
     """The official linear scaling rule: ``base_lr · (batch per device · devices) / 128``."""
     return cfg.base_lr * cfg.batch_size * world_size / 128
@@ -88,11 +105,13 @@ def peak_lr(cfg: Config, world_size: int) -> float:
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": ("digits", "cifar10", "cifar100", "folder"),
-    "augment": ("auto", "cifar", "digits", "none"),
+    "dataset": ("digits", "cifar10", "cifar100", "stl10", "folder", "lists"),
+    "augment": ("auto", "cifar", "v2", "digits", "none"),
     "augment_device": ("cpu", "device"),
+    "hc_mode": ("walk", "repeat"),
     "backbone": ("resnet18_cifar", "resnet18", "resnet50", "smallcnn"),
-    "instance": ("npid",),
+    "instance": ("npid", "moco"),
+    "schedule_interval": ("step", "epoch"),
     "logger": ("csv", "tensorboard", "both"),
     "bad_images": ("error", "skip"),
 }
@@ -178,7 +197,9 @@ def validate(cfg: Config) -> Config:
     for key, allowed in CHOICES.items():
         if getattr(cfg, key) not in allowed:
             raise CrossLevelError(f"config key '{key}' must be one of {', '.join(allowed)}; got '{getattr(cfg, key)}'")
-    positive = ("epochs", "batch_size", "feature_dim", "width", "kmeans_iters", "knn_k", "num_groups", "num_nodes")
+    positive = (
+        "epochs", "batch_size", "feature_dim", "width", "kmeans_iters", "knn_k", "num_groups", "num_nodes", "queue_size"
+    )
     for key in positive:
         if getattr(cfg, key) < 1:
             raise CrossLevelError(f"config key '{key}' must be >= 1, got {getattr(cfg, key)}")
@@ -195,6 +216,24 @@ def validate(cfg: Config) -> Config:
             f"(batch_size={cfg.batch_size}): with k >= batch every image is its own group and CLD "
             "degenerates to in-batch instance discrimination"
         )
+    if cfg.instance == "moco":
+        if not 0.0 <= cfg.moco_momentum < 1.0:
+            raise CrossLevelError(f"moco_momentum must be in [0, 1), got {cfg.moco_momentum}")
+        if cfg.queue_size < cfg.batch_size:
+            raise CrossLevelError(
+                f"queue_size={cfg.queue_size} is smaller than batch_size={cfg.batch_size}: "
+                "the MoCo queue must hold at least one (global) batch of keys"
+            )
+    if cfg.lt_ratio != 0 and cfg.lt_ratio < 1:
+        raise CrossLevelError(f"lt_ratio (ρ) must be 0 (off) or >= 1, e.g. 10, 50, 100; got {cfg.lt_ratio}")
+    if cfg.hc_frames < 0:
+        raise CrossLevelError(f"hc_frames must be >= 0, got {cfg.hc_frames}")
+    if not 0.0 <= cfg.random_erasing <= 1.0:
+        raise CrossLevelError(f"random_erasing is a probability in [0, 1], got {cfg.random_erasing}")
+    if cfg.dataset == "lists" and not cfg.train_list:
+        raise CrossLevelError("dataset 'lists' needs train_list=FILE (lines of 'relative/path label')")
+    if not cfg.in_memory and not cfg.image_size:
+        raise CrossLevelError("in_memory=false decodes images on the fly and needs image_size=N (e.g. 224)")
     if cfg.dataset != "digits" and not cfg.data:
         raise CrossLevelError(f"dataset '{cfg.dataset}' needs a path: add --data PATH (or data=PATH)")
     if cfg.eval_every < 0 or cfg.train_subset < 0 or cfg.test_subset < 0 or cfg.warmup_epochs < 0:
@@ -240,6 +279,7 @@ __all__ = [
     "describe_keys",
     "load_config",
     "load_preset",
+    "num_views",
     "peak_lr",
     "preset_names",
     "preset_summary",

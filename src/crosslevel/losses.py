@@ -1,4 +1,4 @@
-"""Losses as pure functions: the NPID memory-bank softmax and the cross-level (CLD) loss."""
+"""Losses as pure functions: NPID memory-bank softmax, MoCo InfoNCE and the cross-level (CLD) loss."""
 
 from __future__ import annotations
 
@@ -24,6 +24,26 @@ def bank_softmax_loss(
     """
     logits = features @ bank.detach().t() / temperature
     return F.cross_entropy(logits, indices)
+
+
+def moco_loss(
+    queries: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor, temperature: float = 0.07
+) -> torch.Tensor:
+    """MoCo's InfoNCE: each query against its own key (positive) and every queue entry (negatives).
+
+    Args:
+        queries: B×D L2-normalised query features (query encoder).
+        keys: B×D L2-normalised keys of the same images (momentum encoder; treated as constants).
+        queue: K×D negatives (keys of earlier batches; treated as constants).
+        temperature: T.
+
+    Returns:
+        Scalar mean cross-entropy of ``[q·k, q·queueᵀ] / T`` with the positive at column 0.
+    """
+    positive = (queries * keys.detach()).sum(dim=1, keepdim=True)
+    negatives = queries @ queue.detach().t()
+    logits = torch.cat([positive, negatives], dim=1) / temperature
+    return F.cross_entropy(logits, queries.new_zeros(len(queries), dtype=torch.long))
 
 
 def cross_level_term(

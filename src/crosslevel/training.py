@@ -19,12 +19,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from .checkpointing import AtomicCheckpointIO, LastCheckpoint, ResumeState, check_compatible, read_checkpoint
-from .config import Config, apply_overrides, load_config, save_config
-from .data import ImageSet, LabelledDataset, MultiViewDataset, eval_transform, load_split, view_transform
+from .config import Config, apply_overrides, load_config, num_views, save_config
+from .data import Images, ImageSet, LabelledDataset, MultiViewDataset, eval_transform, load_split, view_transform
 from .data.device_views import DEVICE_RECIPES, DeviceAugment, DeviceViewSource
 from .data.sampling import ResumableSampler
+from .data.variants import high_correlation, long_tail
 from .errors import CrossLevelError
-from .evaluation import extract_features, knn_accuracy
+from .evaluation import extract_features, knn_scores, topk_accuracy
+from .evaluation.longtail import is_long_tailed, shot_accuracy
 from .methods import ContrastiveModule
 
 CONFIG_FILE = "config.json"
@@ -37,10 +39,16 @@ RUN_NAME_ENV = "CROSSLEVEL_RUN_NAME"  # passes a generated run name to the proce
 
 @dataclass
 class Data:
-    """The splits of one run: training images and the labelled test split (if any)."""
+    """The splits of one run: training images, the labelled test split (if any) and the kNN
+    support set (``None``: the training set; STL-10: its 5k labelled train images)."""
 
-    train: ImageSet
-    test: ImageSet | None
+    train: Images
+    test: Images | None
+    support: Images | None = None
+
+    @property
+    def knn_support(self) -> Images:
+        return self.train if self.support is None else self.support
 
     @property
     def size(self) -> int:
@@ -58,9 +66,11 @@ class Data:
         if cfg.augment_device == "device":
             return DataLoader(range(len(self.train)), batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
         size = cfg.image_size or self.size
-        transform = view_transform(cfg.augment, size, self.train.channels, self.train.mean, self.train.std)
+        transform = view_transform(
+            cfg.augment, size, self.train.channels, self.train.mean, self.train.std, cfg.random_erasing
+        )
         return DataLoader(
-            MultiViewDataset(self.train, transform),
+            MultiViewDataset(self.train, transform, num_views(cfg)),
             batch_size=cfg.batch_size,
             sampler=sampler,
             drop_last=True,
@@ -69,38 +79,73 @@ class Data:
             pin_memory=torch.cuda.is_available(),
         )
 
-    def eval_loader(self, images: ImageSet, cfg: Config) -> DataLoader:
+    def eval_loader(self, images: Images, cfg: Config) -> DataLoader:
         """In-order batches of (image, label) with the test transform."""
         transform = eval_transform(cfg.image_size or self.size, self.train.mean, self.train.std)
         return DataLoader(LabelledDataset(images, transform), batch_size=max(cfg.batch_size, 256), num_workers=0)
 
 
+def load_split_of(cfg: Config, split: str, stl10_unlabeled: bool | None = None) -> Images:
+    """Split ``split`` of the config's data set (before any variant or subset); ``stl10_unlabeled``
+    overrides the config's choice (the kNN support set of STL-10 is its labelled part)."""
+    return load_split(
+        cfg.dataset, cfg.data, split, cfg.image_size, cfg.bad_images,
+        subset=cfg.subset,
+        list_file=cfg.train_list if split == "train" else cfg.test_list,
+        in_memory=cfg.in_memory,
+        stl10_unlabeled=cfg.stl10_unlabeled if stl10_unlabeled is None else stl10_unlabeled,
+    )
+
+
+def training_images(images: Images, cfg: Config) -> Images:
+    """The training set the config asks for: long-tailed (``lt_ratio``), then subset (``train_subset``),
+    then turned into correlated frames (``hc_frames``, ``hc_mode``); all seeded by ``seed``."""
+    if cfg.lt_ratio > 0:
+        images = long_tail(images, cfg.lt_ratio, cfg.seed)
+    images = images.subset(cfg.train_subset, cfg.seed)
+    if cfg.hc_frames > 0:
+        images = high_correlation(images, cfg.hc_frames, cfg.hc_mode, cfg.seed)
+    return images
+
+
 def load_data(cfg: Config) -> Data:
-    """Load (and subset) the training split and, when it exists and is labelled, the test split."""
-    train = load_split(cfg.dataset, cfg.data, "train", cfg.image_size, cfg.bad_images).subset(cfg.train_subset, cfg.seed)
+    """Load the training set (with its variants and subset), the labelled test split when it
+    exists, and the labelled kNN support set (STL-10: the labelled train split)."""
+    train = training_images(load_split_of(cfg, "train"), cfg)
     try:
-        test: ImageSet | None = load_split(cfg.dataset, cfg.data, "test", cfg.image_size, cfg.bad_images)
+        test: Images | None = load_split_of(cfg, "test")
     except CrossLevelError as err:
         if "test" not in str(err):
             raise
         test = None
+    support = None
+    if cfg.dataset == "stl10" and not train.labelled:
+        support = load_split_of(cfg, "train", stl10_unlabeled=False)
+    labelled_support = (train if support is None else support).labelled
     if test is not None:
-        test = test.subset(cfg.test_subset, cfg.seed) if test.labelled and train.labelled else None
-    return Data(train, test)
+        test = test.subset(cfg.test_subset, cfg.seed) if test.labelled and labelled_support else None
+    return Data(train, test, support)
 
 
-def device_views(cfg: Config, images: ImageSet) -> DeviceViewSource:
+def device_views(cfg: Config, images: Images) -> DeviceViewSource:
     """The on-device view maker of ``augment_device=device``: ``images`` kept as uint8 on the device."""
+    if not isinstance(images, ImageSet):
+        raise CrossLevelError(
+            "augment_device=device needs decoded images in memory (not in_memory=false or hc_frames); "
+            "set augment_device=cpu"
+        )
     recipe = cfg.augment if cfg.augment != "auto" else ("cifar" if images.channels == 3 else "digits")
     if recipe not in DEVICE_RECIPES:
         raise CrossLevelError(
             f"augment={recipe} has no on-device version (on-device recipes: {', '.join(DEVICE_RECIPES)}); "
             "set augment_device=cpu"
         )
+    if cfg.random_erasing > 0:
+        raise CrossLevelError("random_erasing has no on-device version; set augment_device=cpu or random_erasing=0")
     if DEVICE_RECIPES[recipe].colour and images.channels != 3:
         raise CrossLevelError(f"augment={recipe} needs colour images; these have {images.channels} channel(s)")
     augment = DeviceAugment(recipe, cfg.image_size or images.size, images.mean, images.std)
-    return DeviceViewSource(torch.from_numpy(images.images), augment, num_views=2)
+    return DeviceViewSource(torch.from_numpy(images.images), augment, num_views(cfg))
 
 
 def build_module(cfg: Config, data: Data) -> ContrastiveModule:
@@ -129,18 +174,27 @@ class EpochTimer(Callback):
 
 
 def evaluate_knn(module: ContrastiveModule, data: Data, cfg: Config, feature: str = "f_I") -> dict[str, float]:
-    """Weighted kNN of ``feature``: support = training images with the test transform, eval-mode BN."""
+    """Weighted kNN of ``feature``: support = the labelled training images with the test transform,
+    eval-mode BN. Returns ``top1``, ``top5`` and, for a long-tailed support set, the top-1 of each
+    many / medium / few-shot group (``top1_many``, ...; :mod:`.evaluation.longtail`)."""
     if data.test is None:
         raise CrossLevelError("kNN needs a labelled training set and a labelled test split")
     was_training = module.training
     module.eval()
     device = module.device
     embed = lambda images: module.embed(images, feature)  # noqa: E731
-    train_x, train_y = extract_features(embed, data.eval_loader(data.train, cfg), device, "kNN support")
+    support = data.knn_support
+    train_x, train_y = extract_features(embed, data.eval_loader(support, cfg), device, "kNN support")
     test_x, test_y = extract_features(embed, data.eval_loader(data.test, cfg), device, "kNN queries")
     module.train(was_training)
-    classes = max(len(data.train.classes), len(data.test.classes)) or None
-    return knn_accuracy(train_x, train_y, test_x, test_y, cfg.knn_k, cfg.knn_temperature, classes)
+    classes = max(len(support.classes), len(data.test.classes), int(max(train_y.max(), test_y.max())) + 1)
+    scores = knn_scores(train_x, train_y, test_x, cfg.knn_k, cfg.knn_temperature, classes)
+    accuracy = topk_accuracy(scores, test_y)
+    result = {"top1": accuracy[1], "top5": accuracy[5]}
+    if is_long_tailed(train_y):
+        shots = shot_accuracy(scores.argmax(dim=1), test_y, train_y)
+        result.update({f"top1_{group}": value for group, value in shots.items() if value is not None})
+    return result
 
 
 class KNNMonitor(Callback):
@@ -159,7 +213,7 @@ class KNNMonitor(Callback):
         # Under DDP rank 0 evaluates (the model is the same on every rank) and shares the result.
         result = evaluate_knn(pl_module, self.data, self.cfg) if trainer.is_global_zero else None  # type: ignore[arg-type]
         self.last = trainer.strategy.broadcast(result, src=0)
-        pl_module.log_dict({"knn_top1": self.last["top1"], "knn_top5": self.last["top5"]}, on_epoch=True, sync_dist=True)
+        pl_module.log_dict({f"knn_{name}": value for name, value in self.last.items()}, on_epoch=True, sync_dist=True)
 
 
 def _loggers(cfg: Config, run_dir: Path) -> list[Logger]:

@@ -1,6 +1,22 @@
-"""Data: sources (digits, CIFAR, image folders) decoded to uint8, view recipes and datasets."""
+"""Data: sources (digits, CIFAR, STL-10, image folders, list files), variants (long tail, high
+correlation), view recipes and datasets."""
 
-from .sources import ImageSet, decode_images, image_files, load_split
-from .views import MultiViewDataset, LabelledDataset, eval_transform, view_transform
+from .sources import FileImageSet, Images, ImageSet, decode_images, image_files, load_split
+from .variants import high_correlation, long_tail, long_tail_counts
+from .views import LabelledDataset, MultiViewDataset, eval_transform, view_transform
 
-__all__ = ["ImageSet", "decode_images", "image_files", "LabelledDataset", "MultiViewDataset", "eval_transform", "load_split", "view_transform"]
+__all__ = [
+    "FileImageSet",
+    "ImageSet",
+    "Images",
+    "LabelledDataset",
+    "MultiViewDataset",
+    "decode_images",
+    "eval_transform",
+    "high_correlation",
+    "image_files",
+    "load_split",
+    "long_tail",
+    "long_tail_counts",
+    "view_transform",
+]

@@ -1,17 +1,22 @@
-"""Data sources: each returns an :class:`ImageSet` of decoded uint8 images kept in memory.
+"""Data sources: each returns :class:`Images` -- decoded uint8 images in memory (:class:`ImageSet`)
+or, for large images, files decoded on the fly (:class:`FileImageSet`).
 
 Supported: scikit-learn's digits (built in), CIFAR-10 / CIFAR-100 from the standard python
-folders (``cifar-10-batches-py``, ``cifar-100-python``), and image folders (one sub-folder per
-class, optionally under ``train/`` and ``test/``).
+folders (``cifar-10-batches-py``, ``cifar-100-python``), STL-10 from ``stl10_binary``, image
+folders (one sub-folder per class, optionally under ``train/`` and ``test/`` or ``val/``; or a
+flat folder of unlabelled images; ``subset=imagenet100`` keeps the CMC ImageNet-100 classes) and
+list files of ``relative/path label`` lines (ImageNet-LT).
 """
 
 from __future__ import annotations
 
+import abc
 import os
 import pickle
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -28,38 +33,47 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # image folders: natural-image statistics
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@dataclass(frozen=True)
-class ImageSet:
-    """Decoded images: ``images`` uint8 N×H×W×C, ``labels`` int64 N (-1 = unlabelled);
-    ``skipped``: files left out because they could not be decoded (``bad_images=skip``)."""
+class Images(abc.ABC):
+    """What training and evaluation read from a set of images.
 
-    images: np.ndarray
+    ``labels`` int64 N (-1 = unlabelled), ``classes`` names, ``mean`` / ``std`` per channel for
+    normalisation; ``image(i)`` is a uint8 C×H×W tensor; ``size`` the side views are cropped to.
+    """
+
     labels: np.ndarray
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    skipped: tuple[str, ...] = field(default=())
+    skipped: tuple[str, ...] = ()  # files left out because they could not be decoded
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.labels)
 
     @property
-    def channels(self) -> int:
-        return int(self.images.shape[3])
+    @abc.abstractmethod
+    def channels(self) -> int: ...
 
     @property
-    def size(self) -> int:
-        return int(self.images.shape[1])
+    @abc.abstractmethod
+    def size(self) -> int: ...
+
+    @abc.abstractmethod
+    def image(self, index: int) -> torch.Tensor:
+        """Image ``index`` as a uint8 C×H×W tensor."""
+
+    @abc.abstractmethod
+    def select(self, indices: np.ndarray) -> Images:
+        """The images at ``indices`` (in that order), same class names and statistics."""
 
     @property
     def labelled(self) -> bool:
         return bool(len(self.labels)) and bool((self.labels >= 0).all())
 
-    def image(self, index: int) -> torch.Tensor:
-        """Image ``index`` as a uint8 C×H×W tensor."""
-        return torch.from_numpy(self.images[index]).permute(2, 0, 1)
+    def class_counts(self) -> np.ndarray:
+        """Images per class (length = number of classes; labelled sets only)."""
+        return np.bincount(self.labels, minlength=len(self.classes))
 
-    def subset(self, size: int, seed: int) -> ImageSet:
+    def subset(self, size: int, seed: int) -> Images:
         """A seeded subset of ``size`` images, class-stratified when labelled (sorted indices)."""
         if size <= 0 or size >= len(self):
             return self
@@ -72,8 +86,66 @@ class ImageSet:
             )
         else:
             keep = rng.choice(len(self), size=size, replace=False)
-        keep = np.sort(keep)
-        return replace(self, images=self.images[keep], labels=self.labels[keep])
+        return self.select(np.sort(keep))
+
+
+@dataclass(frozen=True)
+class ImageSet(Images):
+    """Decoded images in memory: ``images`` uint8 N×H×W×C, ``labels`` int64 N (-1 = unlabelled);
+    ``skipped``: files left out because they could not be decoded (``bad_images=skip``)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    skipped: tuple[str, ...] = field(default=())
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[3])
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[1])
+
+    def image(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(self.images[index]).permute(2, 0, 1)
+
+    def select(self, indices: np.ndarray) -> ImageSet:
+        return replace(self, images=self.images[indices], labels=self.labels[indices])
+
+
+@dataclass(frozen=True)
+class FileImageSet(Images):
+    """Image files decoded (to RGB) when read, for data sets too large to hold decoded.
+
+    ``side`` is the crop size of views and of the test transform (images keep their own size).
+    """
+
+    paths: tuple[Path, ...]
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    side: int
+
+    @property
+    def channels(self) -> int:
+        return 3
+
+    @property
+    def size(self) -> int:
+        return self.side
+
+    def image(self, index: int) -> torch.Tensor:
+        pixels = _decode(self.paths[index], None)
+        if pixels is None:
+            raise CrossLevelError(f"cannot decode image {self.paths[index]} (corrupt, truncated, unreadable or not an image)")
+        return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+
+    def select(self, indices: np.ndarray) -> FileImageSet:
+        return replace(self, paths=tuple(self.paths[i] for i in indices), labels=self.labels[indices])
 
 
 def _stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -204,28 +276,95 @@ def decode_images(paths: list[Path], image_size: int = 0, desc: str = "decoding"
     return np.stack(arrays)
 
 
-def load_folder_split(path: Path, split: str, image_size: int = 0, bad_images: str = "error") -> ImageSet:
-    """An image folder (class sub-folders; ``train/`` and ``test/`` when present), decoded once.
+def class_list(subset: str) -> set[str]:
+    """Class folder names to keep: ``imagenet100`` (the CMC list shipped here) or a file, one name a line."""
+    if subset == "imagenet100":
+        text = (resources.files("crosslevel") / "data" / "imagenet100.txt").read_text()
+    else:
+        path = Path(subset).expanduser()
+        if not path.is_file():
+            raise CrossLevelError(f"subset must be 'imagenet100' or a file of class names; no file {path}")
+        text = path.read_text()
+    return {line.strip() for line in text.splitlines() if line.strip()}
 
+
+def _materialise(
+    entries: list[tuple[Path, int]],
+    classes: tuple[str, ...],
+    where: Path,
+    image_size: int = 0,
+    in_memory: bool = True,
+    bad_images: str = "error",
+) -> Images:
+    """Images of ``(file, label)`` entries: decoded once into memory, or a :class:`FileImageSet`
+    (decoded when read; an unreadable file then fails when it is read)."""
+    if not entries:
+        raise CrossLevelError(f"no images found in {where} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    if not in_memory:
+        labels = np.asarray([c for _, c in entries], dtype=np.int64)
+        return FileImageSet(tuple(f for f, _ in entries), labels, classes, IMAGENET_MEAN, IMAGENET_STD, image_size)
+    size = image_size or _first_size([f for f, _ in entries])
+    arrays = _decode_all([f for f, _ in entries], size, f"decoding {where.name}")
+    bad = [str(f) for (f, _), a in zip(entries, arrays) if a is None]
+    if bad and bad_images != "skip":
+        raise CrossLevelError(
+            f"cannot decode {len(bad)} image(s) in {where}, first: {bad[0]} (corrupt, truncated, unreadable or not an image); "
+            "remove them or set bad_images=skip to train without them"
+        )
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {where}, first: {bad[0]}")
+        entries = [e for e, a in zip(entries, arrays) if a is not None]
+        arrays = [a for a in arrays if a is not None]
+        if not arrays:
+            raise CrossLevelError(f"none of the images in {where} can be decoded")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise CrossLevelError(f"images in {where} differ in size ({sorted(shapes)[:3]}...): set image_size=N")
+    images = np.stack(arrays)
+    labels = np.asarray([c for _, c in entries], dtype=np.int64)
+    return ImageSet(images, labels, classes, IMAGENET_MEAN, IMAGENET_STD, tuple(bad))
+
+
+def load_folder_split(
+    path: Path,
+    split: str,
+    image_size: int = 0,
+    bad_images: str = "error",
+    subset: str = "",
+    in_memory: bool = True,
+) -> Images:
+    """An image folder (class sub-folders; ``train/`` and ``test/`` or ``val/`` when present).
+
+    A folder without class sub-folders is a flat set of unlabelled images (training only).
+    ``subset`` keeps only the listed class folders (``imagenet100``: the CMC ImageNet-100 list).
     Normalisation uses the ImageNet statistics, so that both splits agree without reading
     each other.
-    Images are decoded to RGB uint8 (see :func:`to_rgb`); all must share one size unless
-    ``image_size`` > 0, which resizes every image to a square of that side. A file that cannot be
-    decoded stops the load (``bad_images="error"``) or is left out with a warning and listed in
-    ``ImageSet.skipped`` (``bad_images="skip"``).
+    In memory (the default) images are decoded to RGB uint8 once (see :func:`to_rgb`) and must
+    share one size unless ``image_size`` > 0, which resizes every image to a square of that side;
+    a file that cannot be decoded stops the load (``bad_images="error"``) or is left out with a
+    warning and listed in ``ImageSet.skipped`` (``bad_images="skip"``). ``in_memory=False`` keeps
+    file paths and decodes on the fly (for ImageNet-size data).
     """
     if not path.exists():
         raise CrossLevelError(f"data path does not exist: {path}")
     if not path.is_dir():
         raise CrossLevelError(f"data path is not a folder: {path}")
-    root = path / split if (path / "train").is_dir() else path
-    if split == "test" and root == path:
+    has_splits = (path / "train").is_dir()
+    if split == "test" and has_splits and not (path / "test").is_dir() and (path / "val").is_dir():
+        split = "val"
+    root = path / split if has_splits else path
+    if split in ("test", "val") and root == path:
         raise CrossLevelError(f"no 'test' folder in {path}: kNN evaluation needs a labelled test split")
     if not root.is_dir():
         raise CrossLevelError(f"no '{split}' folder in {path}")
     if not os.access(root, os.R_OK | os.X_OK):
         raise CrossLevelError(f"data folder is not readable: {root} (permission denied)")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
+    if subset:
+        wanted = class_list(subset)
+        class_dirs = [d for d in class_dirs if d.name in wanted]
+        if len(class_dirs) < len(wanted):
+            raise CrossLevelError(f"{root} has {len(class_dirs)} of the {len(wanted)} classes of subset '{subset}'")
     if class_dirs:
         entries = [(f, c) for c, d in enumerate(class_dirs) for f in sorted(d.rglob("*"))]
         classes = tuple(d.name for d in class_dirs)
@@ -233,32 +372,97 @@ def load_folder_split(path: Path, split: str, image_size: int = 0, bad_images: s
         entries = [(f, -1) for f in sorted(root.iterdir())]
         classes = ()
     entries = [(f, c) for f, c in entries if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
-    if not entries:
-        raise CrossLevelError(f"no images found in {root} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    size = image_size or _first_size([f for f, _ in entries])
-    arrays = _decode_all([f for f, _ in entries], size, f"decoding {root.name}")
-    bad = [str(f) for (f, _), a in zip(entries, arrays) if a is None]
-    if bad and bad_images != "skip":
-        raise CrossLevelError(
-            f"cannot decode {len(bad)} image(s) in {root}, first: {bad[0]} (corrupt, truncated, unreadable or not an image); "
-            "remove them or set bad_images=skip to train without them"
-        )
-    if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {root}, first: {bad[0]}")
-        entries = [e for e, a in zip(entries, arrays) if a is not None]
-        arrays = [a for a in arrays if a is not None]
-        if not arrays:
-            raise CrossLevelError(f"none of the images in {root} can be decoded")
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise CrossLevelError(f"images in {root} differ in size ({sorted(shapes)[:3]}...): set image_size=N")
-    images = np.stack(arrays)
-    labels = np.asarray([c for _, c in entries], dtype=np.int64)
-    return ImageSet(images, labels, classes, IMAGENET_MEAN, IMAGENET_STD, tuple(bad))
+    return _materialise(entries, classes, root, image_size, in_memory, bad_images)
 
 
-def load_split(dataset: str, data: str | None, split: str, image_size: int = 0, bad_images: str = "error") -> ImageSet:
-    """Load ``split`` ('train' or 'test') of ``dataset`` from path ``data``."""
+def load_list_split(
+    root: Path, list_file: Path, image_size: int = 0, in_memory: bool = True, bad_images: str = "error"
+) -> Images:
+    """Images named by a list file of ``relative/path label`` lines (ImageNet-LT's format), under ``root``."""
+    if not root.is_dir():
+        raise CrossLevelError(f"data path is not a folder: {root}")
+    if not list_file.is_file():
+        raise CrossLevelError(f"list file does not exist: {list_file}")
+    entries = []
+    for number, line in enumerate(list_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise CrossLevelError(f"{list_file}:{number}: expected 'relative/path label', got {line!r}")
+        entries.append((root / parts[0], int(parts[1])))
+    missing = [f for f, _ in entries if not f.is_file()]
+    if missing:
+        raise CrossLevelError(f"{len(missing)} files of {list_file} are missing under {root}, e.g. {missing[0]}")
+    classes = tuple(str(c) for c in range(max(c for _, c in entries) + 1)) if entries else ()
+    return _materialise(entries, classes, list_file, image_size, in_memory, bad_images)
+
+
+STL10_SIDE = 96
+
+
+def _stl10_images(path: Path) -> np.ndarray:
+    """uint8 N×96×96×3 from an STL-10 ``*_X.bin`` file (column-major C×W×H per image), read in chunks."""
+    if not path.is_file():
+        raise CrossLevelError(f"STL-10 file missing: {path} (is this a complete stl10_binary folder?)")
+    per_image = 3 * STL10_SIDE * STL10_SIDE
+    if path.stat().st_size % per_image:
+        raise CrossLevelError(f"{path} is not a whole number of 96×96×3 images")
+    raw = np.memmap(path, dtype=np.uint8, mode="r").reshape(-1, 3, STL10_SIDE, STL10_SIDE)
+    images = np.empty((len(raw), STL10_SIDE, STL10_SIDE, 3), dtype=np.uint8)
+    chunk = 4096
+    for start in tqdm(range(0, len(raw), chunk), desc=f"reading {path.name}", leave=False, disable=len(raw) <= chunk):
+        images[start : start + chunk] = raw[start : start + chunk].transpose(0, 3, 2, 1)
+    return images
+
+
+def _stl10_labels(path: Path, count: int) -> np.ndarray:
+    if not path.is_file():
+        raise CrossLevelError(f"STL-10 file missing: {path}")
+    labels = np.fromfile(path, dtype=np.uint8).astype(np.int64) - 1  # stored as 1..10
+    if len(labels) != count:
+        raise CrossLevelError(f"{path} has {len(labels)} labels for {count} images")
+    return labels
+
+
+def load_stl10_split(path: Path, split: str, unlabeled: bool = True) -> ImageSet:
+    """STL-10 from its binary folder: ``train`` (5k labelled, plus the 100k unlabeled images with
+    label -1 when ``unlabeled``) or ``test`` (8k labelled)."""
+    root = path / "stl10_binary" if (path / "stl10_binary").is_dir() else path
+    if not (root / "train_X.bin").is_file():
+        if not path.exists():
+            raise CrossLevelError(f"data path does not exist: {path}")
+        raise CrossLevelError(f"no STL-10 binary files in {root} (expected stl10_binary/train_X.bin, ...)")
+    prefix = "train" if split == "train" else "test"
+    images = _stl10_images(root / f"{prefix}_X.bin")
+    labels = _stl10_labels(root / f"{prefix}_y.bin", len(images))
+    if split == "train" and unlabeled:
+        extra = _stl10_images(root / "unlabeled_X.bin")
+        images = np.concatenate([images, extra])
+        labels = np.concatenate([labels, np.full(len(extra), -1, dtype=np.int64)])
+    names = root / "class_names.txt"
+    classes = tuple(names.read_text().split()) if names.is_file() else tuple(str(c) for c in range(10))
+    return ImageSet(images, labels, classes, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def load_split(
+    dataset: str,
+    data: str | None,
+    split: str,
+    image_size: int = 0,
+    bad_images: str = "error",
+    *,
+    subset: str = "",
+    list_file: str = "",
+    in_memory: bool = True,
+    stl10_unlabeled: bool = True,
+) -> Images:
+    """Load ``split`` ('train' or 'test') of ``dataset`` from path ``data``.
+
+    ``bad_images`` (folder, lists: ``error`` or ``skip``), ``subset`` (folder), ``list_file``
+    (lists: the split's list file), ``in_memory`` (folder, lists) and ``stl10_unlabeled`` (stl10
+    train) only concern the data sets named.
+    """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if dataset == "digits":
@@ -268,6 +472,12 @@ def load_split(dataset: str, data: str | None, split: str, image_size: int = 0, 
     path = Path(data).expanduser()
     if dataset in ("cifar10", "cifar100"):
         return load_cifar_split(path, split, 10 if dataset == "cifar10" else 100)
+    if dataset == "stl10":
+        return load_stl10_split(path, split, stl10_unlabeled)
     if dataset == "folder":
-        return load_folder_split(path, split, image_size, bad_images)
+        return load_folder_split(path, split, image_size, bad_images, subset, in_memory)
+    if dataset == "lists":
+        if not list_file:
+            raise CrossLevelError(f"dataset 'lists' has no {split} list: set {split}_list=FILE")
+        return load_list_split(path, Path(list_file).expanduser(), image_size, in_memory, bad_images)
     raise CrossLevelError(f"unknown dataset '{dataset}'")

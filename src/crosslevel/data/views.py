@@ -8,7 +8,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from .sources import ImageSet
+from .device_views import blur_kernel_size
+from .sources import Images
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -17,19 +18,32 @@ def _finish(mean: tuple[float, ...], std: tuple[float, ...]) -> list[v2.Transfor
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
 
 
-def view_transform(recipe: str, size: int, channels: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Transform:
+def view_transform(
+    recipe: str,
+    size: int,
+    channels: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    random_erasing: float = 0.0,
+) -> Transform:
     """The random view of one image: uint8 C×H×W in, normalised float C×size×size out.
 
     Recipes:
         ``cifar``: RandomResizedCrop(size, scale 0.2–1), ColorJitter(0.4, 0.4, 0.4, 0.4),
         RandomGrayscale(0.2), horizontal flip (DESIGN.md §2, the official NPID/CLD recipe).
+        ``v2``: MoCo v2: the same crop, ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8,
+        RandomGrayscale(0.2), GaussianBlur(σ ∈ [0.1, 2]) with p = 0.5, horizontal flip.
         ``digits``: small random crops and rotations, no flip and no colour (digits are grey
         and not mirror-symmetric).
         ``none``: no augmentation.
         ``auto``: ``cifar`` for colour images, ``digits`` for grey ones.
+
+    ``random_erasing`` > 0 appends RandomErasing with that probability (after normalisation).
     """
     if recipe == "auto":
         recipe = "cifar" if channels == 3 else "digits"
+    if recipe in ("cifar", "v2") and channels != 3:
+        raise ValueError(f"the '{recipe}' recipe needs colour images; use augment=digits for grey ones")
     if recipe == "cifar":
         steps: list[v2.Transform] = [
             v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
@@ -37,29 +51,39 @@ def view_transform(recipe: str, size: int, channels: int, mean: tuple[float, ...
             v2.RandomGrayscale(0.2),
             v2.RandomHorizontalFlip(),
         ]
-        if channels != 3:
-            raise ValueError("the 'cifar' recipe needs colour images; use augment=digits for grey ones")
+    elif recipe == "v2":
+        steps = [
+            v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            v2.RandomGrayscale(0.2),
+            v2.RandomApply([v2.GaussianBlur(blur_kernel_size(size), sigma=(0.1, 2.0))], p=0.5),
+            v2.RandomHorizontalFlip(),
+        ]
     elif recipe == "digits":
         steps = [
             v2.RandomAffine(degrees=12, translate=(0.12, 0.12), scale=(0.8, 1.1), shear=8),
             v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(0.8, 1.25), antialias=True),
         ]
     elif recipe == "none":
-        steps = [v2.Resize(size, antialias=True)]
+        steps = [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
     else:
         raise ValueError(f"unknown augmentation recipe {recipe!r}")
-    return v2.Compose(steps + _finish(mean, std))
+    erasing = [v2.RandomErasing(p=random_erasing)] if random_erasing > 0 else []
+    return v2.Compose(steps + _finish(mean, std) + erasing)
 
 
 def eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Transform:
-    """The deterministic test transform: resize to ``size`` (a no-op at the native size), normalise."""
-    return v2.Compose([v2.Resize(size, antialias=True), *_finish(mean, std)])
+    """The deterministic test transform: resize the short side to ``size``, centre-crop a square, normalise.
+
+    Both steps are no-ops for square images at the native size.
+    """
+    return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), *_finish(mean, std)])
 
 
 class MultiViewDataset(Dataset):
     """Yields ``(views, index)``: ``num_views`` random views of image ``index`` (for training)."""
 
-    def __init__(self, images: ImageSet, transform: Transform, num_views: int = 2) -> None:
+    def __init__(self, images: Images, transform: Transform, num_views: int = 2) -> None:
         self.images = images
         self.transform = transform
         self.num_views = num_views
@@ -75,7 +99,7 @@ class MultiViewDataset(Dataset):
 class LabelledDataset(Dataset):
     """Yields ``(image, label)`` with a fixed transform (for evaluation)."""
 
-    def __init__(self, images: ImageSet, transform: Transform) -> None:
+    def __init__(self, images: Images, transform: Transform) -> None:
         self.images = images
         self.transform = transform
 

@@ -1,4 +1,4 @@
-"""The one training module: backbone + two heads + NPID instance branch + optional CLD term."""
+"""The one training module: backbone + two heads + instance branch (NPID or MoCo) + optional CLD term."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from ..config import Config, peak_lr
 from ..distributed import any_rank
 from ..errors import CrossLevelError
 from ..data.device_views import DeviceViewSource
-from ..losses import bank_softmax_loss, cld_loss
+from ..losses import bank_softmax_loss, cld_loss, moco_loss
 from ..models import TwoHeads, build_backbone
 from .memory_bank import MemoryBank
+from .moco import KeyQueue, MomentumEncoder
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -27,16 +28,23 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 
 class ContrastiveModule(pl.LightningModule):
-    """NPID (``cld_weight = 0``) or CLD on NPID.
+    """NPID, CLD, MoCo or CLDm: one backbone, two heads, an instance branch and the optional CLD term.
 
-    Loss per step, for a batch of two views (paper eq. 3):
-    ``L = ½ [C(f_I(x), bank) + C(f_I(x'), bank)] + λ · cld_loss(f_G(x), f_G(x'))``.
-    After the optimiser step the bank rows of the batch are updated with each view's f_I.
+    A batch is ``(views, indices)`` with ``num_views(cfg)`` views. The query encoder (backbone +
+    heads) sees the *query views*: both views for NPID, all but the last view for MoCo.
+
+    * ``instance = npid``: ``L_inst`` = mean over query views of the bank softmax (paper eq. 3);
+      after the optimiser step the bank rows of the batch are updated with each view's f_I.
+    * ``instance = moco``: the momentum encoder embeds the last view into keys;
+      ``L_inst`` = mean over query views of InfoNCE against the keys and the queue; after the
+      step the keys (gathered across devices) are enqueued. MoCo: 2 views; CLDm: 3 views.
+    * ``cld_weight = λ > 0`` adds ``λ · cld_loss(f_G(view 1), f_G(view 2))`` of the query encoder.
+
     The k-means and the losses run in float32 even under bf16/fp16 autocast.
 
     Args:
         cfg: the run's config.
-        num_train: N, the size of the training set (rows of the bank).
+        num_train: N, the size of the training set (rows of the NPID bank).
         in_channels: image channels (1 for digits, 3 otherwise).
         views: on-device view maker (``augment_device=device``): the training loader then yields
             image indices and the views are made after the batch reached the device.
@@ -48,12 +56,18 @@ class ContrastiveModule(pl.LightningModule):
         self.cfg = cfg
         self.backbone = build_backbone(cfg.backbone, in_channels, cfg.width)
         self.heads = TwoHeads(self.backbone.out_dim, cfg.feature_dim, cfg.normlinear, cfg.mlp)
-        self.bank = MemoryBank(num_train, cfg.feature_dim, cfg.bank_momentum)
-        # DDP would broadcast the N×D bank from rank 0 before every forward; every rank applies the same
-        # gathered updates instead, so the bank is left out of DDP's buffer sync. Without the CLD term
-        # (NPID) f_G gets no gradient, and DDP must not wait for one.
+        if cfg.instance == "moco":
+            self.key_encoder = MomentumEncoder(self.backbone, self.heads, cfg.moco_momentum)
+            self.queue = KeyQueue(cfg.queue_size, cfg.feature_dim)
+            shared = ["queue.keys", "queue.pointer"]
+        else:
+            self.bank = MemoryBank(num_train, cfg.feature_dim, cfg.bank_momentum)
+            shared = ["bank.memory"]
+        # DDP would broadcast the N×D bank (or the queue) from rank 0 before every forward; every rank
+        # applies the same gathered updates instead, so they are left out of DDP's buffer sync. Without
+        # the CLD term (NPID, MoCo) f_G gets no gradient, and DDP must not wait for one.
         unused = [f"heads.group.{name}" for name, _ in self.heads.group.named_parameters()] if cfg.cld_weight == 0 else []
-        self._ddp_params_and_buffers_to_ignore = ["bank.memory", *unused]
+        self._ddp_params_and_buffers_to_ignore = [*shared, *unused]
         self.views = views
         if cfg.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
@@ -63,6 +77,14 @@ class ContrastiveModule(pl.LightningModule):
         self._pending_update: tuple[torch.Tensor, list[torch.Tensor]] | None = None
         self._skip_step = False
         self.skipped_steps = 0
+
+    def setup(self, stage: str) -> None:
+        world = self.trainer.world_size
+        if self.cfg.instance == "moco" and self.cfg.queue_size < self.cfg.batch_size * world:
+            raise CrossLevelError(
+                f"queue_size={self.cfg.queue_size} is smaller than the global batch "
+                f"({self.cfg.batch_size} × {world} devices): the queue must hold one step's keys"
+            )
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """B×C×H×W → (pooled f B×d, instance f_I B×D, group f_G B×D); heads are unit-norm."""
@@ -79,20 +101,27 @@ class ContrastiveModule(pl.LightningModule):
         return {"f": torch.nn.functional.normalize(pooled.float(), dim=1), "f_I": instance, "f_G": group}[feature].float()
 
     def objective(
-        self, instance_views: tuple[torch.Tensor, ...], group: torch.Tensor, indices: torch.Tensor
+        self,
+        instance_views: tuple[torch.Tensor, ...],
+        group: torch.Tensor,
+        indices: torch.Tensor,
+        keys: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of one local batch and its parts.
 
         Args:
-            instance_views: V tensors B×D, f_I of each view.
-            group: (V·B)×D f_G of all views, view-major; CLD uses the first two views (k-means on
-                this device's batch only).
-            indices: B data-set indices of the images.
+            instance_views: V tensors B×D, f_I of each query view.
+            group: (V·B)×D f_G of all query views, view-major; CLD uses the first two views
+                (k-means on this device's batch only).
+            indices: B data-set indices of the images (the NPID bank rows).
+            keys: B×D momentum-encoder keys (``instance = moco``), else None.
         """
-        with torch.autocast(self.device.type, enabled=False):  # bank softmax, k-means and CLD in float32
-            loss_inst = torch.stack(
-                [bank_softmax_loss(v, self.bank.memory, indices, self.cfg.temperature) for v in instance_views]
-            ).mean()
+        with torch.autocast(self.device.type, enabled=False):  # instance loss, k-means and CLD in float32
+            if keys is None:
+                losses = [bank_softmax_loss(v, self.bank.memory, indices, self.cfg.temperature) for v in instance_views]
+            else:
+                losses = [moco_loss(q, keys.float(), self.queue.keys, self.cfg.temperature) for q in instance_views]
+            loss_inst = torch.stack(losses).mean()
             loss = loss_inst
             logs = {"loss_inst": loss_inst}
             if self.cfg.cld_weight > 0:
@@ -110,14 +139,21 @@ class ContrastiveModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[list[torch.Tensor], torch.Tensor], batch_idx: int) -> torch.Tensor:
         views, indices = batch
-        _, instance, group = self(torch.cat(list(views)))
-        instance_views = instance.float().chunk(len(views))
-        loss, logs = self.objective(instance_views, group, indices)
+        moco = self.cfg.instance == "moco"
+        query_views = list(views[:-1]) if moco else list(views)
+        _, instance, group = self(torch.cat(query_views))
+        instance_views = instance.float().chunk(len(query_views))
+        if moco:
+            self.key_encoder.update(self.backbone, self.heads)
+            keys = self.key_encoder(views[-1]).float()
+            loss, logs = self.objective(instance_views, group, indices, keys=keys)
+        else:
+            loss, logs = self.objective(instance_views, group, indices)
         self._skip_step = any_rank(~torch.isfinite(loss.detach()))
         if self._skip_step:
             self._on_nonfinite(loss)
-        else:
-            self._pending_update = (indices, [v.detach() for v in instance_views])
+        else:  # applied after the optimiser step: enqueue the keys, or update the bank view by view
+            self._pending_update = (indices, [keys] if moco else [v.detach() for v in instance_views])
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(indices), sync_dist=True)
         self.log_dict(logs, on_step=False, on_epoch=True, batch_size=len(indices), sync_dist=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=len(indices))
@@ -143,19 +179,27 @@ class ContrastiveModule(pl.LightningModule):
             optimizer.zero_grad(set_to_none=True)
 
     def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
-        """Update the bank after the optimiser step, one view after the other (as the reference)."""
-        if self._pending_update is not None:
-            indices, instance_views = self._pending_update
-            for features in instance_views:
-                self.bank.update(indices, features)
-            self._pending_update = None
+        """After the optimiser step: enqueue the keys (MoCo) or update the bank one view after the other (NPID)."""
+        if self._pending_update is None:
+            return
+        indices, features = self._pending_update
+        if self.cfg.instance == "moco":
+            self.queue.enqueue(features[0])
+        else:
+            for view in features:
+                self.bank.update(indices, view)
+        self._pending_update = None
 
     def configure_optimizers(self) -> dict:
         world = self.trainer.world_size if self._trainer is not None else 1
+        trainable = [p for p in self.parameters() if p.requires_grad]  # not the momentum encoder
         optimizer = torch.optim.SGD(
-            self.parameters(), lr=peak_lr(self.cfg, world), momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay
+            trainable, lr=peak_lr(self.cfg, world), momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(total * self.cfg.warmup_epochs / self.cfg.epochs)
+        if self.cfg.schedule_interval == "epoch":
+            total, warmup = self.cfg.epochs, self.cfg.warmup_epochs
+        else:
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            warmup = int(total * self.cfg.warmup_epochs / self.cfg.epochs)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": self.cfg.schedule_interval}}
