@@ -126,14 +126,14 @@ class LastCheckpoint(Checkpoint):
         return str(self.path) if self.path.is_file() else ""
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trainer.save_checkpoint(self.path)  # the finished state (epoch counter advanced), to extend the run later
+        trainer.save_checkpoint(self.path, weights_only=False)  # the finished state (epoch counter advanced), to extend the run later
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):  # raised at a step boundary: a consistent state
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.received = self.received or signum

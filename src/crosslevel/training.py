@@ -184,8 +184,8 @@ def evaluate_knn(module: ContrastiveModule, data: Data, cfg: Config, feature: st
     device = module.device
     embed = lambda images: module.embed(images, feature)  # noqa: E731
     support = data.knn_support
-    train_x, train_y = extract_features(embed, data.eval_loader(support, cfg), device, "kNN support")
-    test_x, test_y = extract_features(embed, data.eval_loader(data.test, cfg), device, "kNN queries")
+    train_x, train_y = extract_features(embed, data.eval_loader(support, cfg), device, "kNN support", cfg.progress)
+    test_x, test_y = extract_features(embed, data.eval_loader(data.test, cfg), device, "kNN queries", cfg.progress)
     module.train(was_training)
     classes = max(len(support.classes), len(data.test.classes), int(max(train_y.max(), test_y.max())) + 1)
     scores = knn_scores(train_x, train_y, test_x, cfg.knn_k, cfg.knn_temperature, classes)

@@ -60,11 +60,15 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...
 
 @torch.no_grad()
 def extract_features(
-    embed: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, device: torch.device, desc: str = "features"
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    loader: DataLoader,
+    device: torch.device,
+    desc: str = "features",
+    progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``embed`` over ``loader`` of (images, labels); return (N×D features, N labels) on ``device``."""
     features, labels = [], []
-    for images, targets in tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=1.0):
+    for images, targets in tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=1.0, disable=not progress):
         features.append(embed(images.to(device, non_blocking=True)))
         labels.append(targets.to(device))
     return torch.cat(features), torch.cat(labels)
