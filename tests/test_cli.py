@@ -63,6 +63,7 @@ def test_train_eval_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture) ->
         (["train", "--config", "cifar10-cld"], "needs a path"),
         (["train", "resume=/no/run"], "no checkpoint to resume from"),
         (["eval", "knn", "/no/run"], "is not a run directory"),
+        (["train", "augment=cifar"], "augment=cifar needs colour images"),
     ],
 )
 def test_bad_input_is_one_clear_message(capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
@@ -70,6 +71,36 @@ def test_bad_input_is_one_clear_message(capsys: pytest.CaptureFixture, args: lis
     assert code == 2
     assert message in err and "Traceback" not in err
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "args", [["score", "RUN", "--max-images", "1"], ["plot", "RUN", "--max-points", "0"], ["eval", "semi", "RUN", "--fraction", "0.1", "--epochs", "0"]]
+)
+def test_bad_counts_are_usage_errors(args: list[str], capsys: pytest.CaptureFixture) -> None:
+    from crosslevel.cli import parse
+
+    with pytest.raises(SystemExit) as stop:
+        parse(args)
+    assert stop.value.code == 2 and "must be at least" in capsys.readouterr().err
+
+
+def test_damaged_test_split_is_an_error_not_silently_skipped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from conftest import write_cifar10
+
+    root = write_cifar10(tmp_path / "data", per_batch=40)
+    (root / "cifar-10-batches-py" / "test_batch").write_bytes(b"not a pickle")
+    code, _, err = run_cli(capsys, "train", "--config", "cifar10-npid", "--data", str(root), *FAST, "batch_size=32", f"out={tmp_path}")
+    assert code == 2 and "cannot read CIFAR file" in err and "test_batch" in err
+
+
+def test_resume_into_another_queue_size_leaves_the_run_untouched(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    moco = ["instance=moco", "queue_size=128", "epochs=1", f"out={tmp_path}", "name=moco"]
+    code, _, _ = run_cli(capsys, "train", *FAST, *moco)
+    assert code == 0
+    config = (tmp_path / "moco" / "config.json").read_text()
+    code, _, err = run_cli(capsys, "train", f"resume={tmp_path / 'moco'}", "queue_size=256", "epochs=2")
+    assert code == 2 and "queue_size=128" in err
+    assert (tmp_path / "moco" / "config.json").read_text() == config
 
 
 def test_overrides_may_surround_options() -> None:

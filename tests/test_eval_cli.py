@@ -31,13 +31,13 @@ def test_eval_all_prints_a_table_and_writes_json(run_dir: Path, capsys: pytest.C
     assert result["linear"]["feature"] == "f" and result["knn"]["feature"] == "f_I"
     assert 0 <= result["nmi"]["nmi"] <= 1 and 0 <= result["retrieval"]["retrieval"] <= 100
     assert result["knn"]["top1"] <= result["knn"]["top5"] and result["linear"]["top1"] > 10  # better than chance
-    assert sorted(p.name for p in (run_dir / "features").iterdir()) == [f"{s}-{f}.pt" for s in ("test", "train") for f in ("f", "f_I")]
+    assert sorted(p.name for p in (run_dir / "features").iterdir()) == [f"{s}-{f}.pt" for s in ("support", "test") for f in ("f", "f_I")]
 
 
 def test_eval_single_metrics_reuse_the_feature_cache(run_dir: Path) -> None:
     assert main(["eval", "knn", str(run_dir), "--feature", "f_G"]) == 0
     first = json.loads((run_dir / "knn_f_G.json").read_text())
-    cache = run_dir / "features" / "train-f_G.pt"
+    cache = run_dir / "features" / "support-f_G.pt"
     stamp = cache.stat().st_mtime_ns
     assert main(["eval", "retrieval", str(run_dir), "--feature", "f_G"]) == 0
     assert main(["eval", "knn", str(run_dir), "--feature", "f_G"]) == 0

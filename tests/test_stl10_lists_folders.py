@@ -58,8 +58,14 @@ def test_stl10_trains_on_train_plus_unlabeled_with_labelled_train_as_knn_support
     data = load_data(cfg)
     assert len(data.train) == 10 and len(data.knn_support) == 6 and len(data.test) == 5
     assert ContrastiveModule(cfg, len(data.train), 3).bank.memory.shape[0] == 10  # the bank fits the data used
-    _, knn = train(cfg)
+    run_dir, knn = train(cfg)
     assert knn is not None and 0 <= knn["top1"] <= 100
+    # the evaluation commands fit on the labelled train split, not on the unlabelled images
+    from crosslevel.cli import main
+
+    assert main(["eval", "knn", str(run_dir)]) == 0
+    assert main(["eval", "semi", str(run_dir), "--fraction", "0.5", "--epochs", "1"]) == 0
+    assert main(["score", str(run_dir), "--k", "2"]) == 0
 
 
 def test_stl10_missing_files_are_clear_errors(tmp_path: Path) -> None:

@@ -181,8 +181,9 @@ def check_compatible(checkpoint: dict[str, Any], path: Path, cfg: Config, num_tr
     saved = checkpoint.get("hyper_parameters", {})
     if "cfg" not in saved or "state_dict" not in checkpoint:
         raise CrossLevelError(f"{path} is not a crosslevel training checkpoint (no saved config)")
-    ours = {key: getattr(cfg, key) for key in MODEL_KEYS}
-    theirs = {key: saved["cfg"].get(key) for key in MODEL_KEYS}
+    keys = MODEL_KEYS + (("queue_size",) if cfg.instance == "moco" else ())  # the queue is a checkpointed buffer
+    ours = {key: getattr(cfg, key) for key in keys}
+    theirs = {key: saved["cfg"].get(key) for key in keys}
     ours.update(num_train=num_train, in_channels=in_channels)
     theirs.update(num_train=saved.get("num_train"), in_channels=saved.get("in_channels"))
     differences = [f"{key}={theirs[key]!r} (this run: {ours[key]!r})" for key in ours if theirs[key] != ours[key]]

@@ -8,10 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_PRESET, Config, apply_overrides, describe_keys, load_preset, preset_summary
+from .config import DEFAULT_PRESET, FEATURES, Config, apply_overrides, describe_keys, load_preset, preset_summary
 from .errors import CrossLevelError, TrainingInterrupted
-
-FEATURES = ("f", "f_I", "f_G")
 
 
 def _shot_line(knn: dict[str, float]) -> str:
@@ -194,6 +192,21 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def count(minimum: int):  # noqa: ANN201 - an argparse type
+    """An argparse type: an integer of at least ``minimum``, or a clear usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expects an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crosslevel", description="Cross-Level Discrimination (CLD), NPID and MoCo.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -220,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--feature", choices=FEATURES, help="f (pooled), f_I (instance head) or f_G (group head)")
         if metric in ("linear", "all"):
             sub.add_argument("--augmented", action="store_true", help="SGD on random training views (standard protocol)")
-            sub.add_argument("--epochs", type=int, default=10, help="--augmented: epochs (default 10)")
+            sub.add_argument("--epochs", type=count(1), default=10, help="--augmented: epochs (default 10)")
             sub.add_argument("--weight-decay", type=float, default=1e-4, help="L2 penalty of the classifier (default 1e-4)")
         if metric in ("nmi", "all"):
             sub.add_argument("--seed", type=int, default=0, help="k-means seed")
@@ -228,24 +241,24 @@ def build_parser() -> argparse.ArgumentParser:
     semi = metrics.add_parser("semi", help="fine-tune backbone + classifier on a class-balanced label fraction")
     semi.add_argument("run_dir")
     semi.add_argument("--fraction", type=float, required=True, help="share of training labels, e.g. 0.01 or 0.1")
-    semi.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs (default 20)")
+    semi.add_argument("--epochs", type=count(1), default=20, help="fine-tuning epochs (default 20)")
     semi.add_argument("--seed", type=int, default=0, help="seed of the label subset and of training")
     semi.set_defaults(func=_eval_semi)
 
     score = commands.add_parser("score", help="rank runs by the label-free NMI(f, f')·R(f, f'), beside their kNN")
     score.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     score.add_argument("--feature", choices=FEATURES, default="f_I")
-    score.add_argument("--k", type=int, default=10, help="k-means clusters for NMI(f, f') (default 10; same for all runs)")
+    score.add_argument("--k", type=count(1), default=10, help="k-means clusters for NMI(f, f') (default 10; same for all runs)")
     score.add_argument("--seed", type=int, default=0, help="seed of the image subset, the augmented view and k-means")
-    score.add_argument("--max-images", type=int, default=2000, help="training images scored per run (default 2000)")
+    score.add_argument("--max-images", type=count(2), default=2000, help="training images scored per run (default 2000)")
     score.add_argument("--out", help="also write the ranking as CSV here")
     score.set_defaults(func=_score)
 
     plot = commands.add_parser("plot", help="PNGs in RUN_DIR/plots: t-SNE, similarity histograms, training curves")
     plot.add_argument("run_dir")
     plot.add_argument("--feature", choices=FEATURES, default="f_I")
-    plot.add_argument("--max-points", type=int, default=2000, help="images in the t-SNE (default 2000)")
-    plot.add_argument("--pairs", type=int, default=1000, help="images for the similarity histograms (default 1000)")
+    plot.add_argument("--max-points", type=count(5), default=2000, help="images in the t-SNE (default 2000)")
+    plot.add_argument("--pairs", type=count(1), default=1000, help="images for the similarity histograms (default 1000)")
     plot.add_argument("--seed", type=int, default=0)
     plot.set_defaults(func=_plot)
 
@@ -259,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster = commands.add_parser("cluster", help="group a folder of images into k clusters: CSV + contact sheets")
     cluster.add_argument("run_dir")
     cluster.add_argument("--data", required=True, help="folder of images (searched recursively)")
-    cluster.add_argument("--k", type=int, required=True, help="number of groups")
+    cluster.add_argument("--k", type=count(1), required=True, help="number of groups")
     cluster.add_argument("--out", required=True, help="output CSV (file, group); sheets are written beside it")
     cluster.add_argument("--feature", choices=FEATURES, default="f")
     cluster.add_argument("--seed", type=int, default=0)

@@ -17,6 +17,7 @@ from typing import Any
 from .errors import CrossLevelError
 
 DEFAULT_PRESET = "digits-cld"
+FEATURES = ("f", "f_I", "f_G")  # what evaluation can read: pooled backbone output, instance head, group head
 
 
 @dataclass

@@ -5,6 +5,10 @@ class CrossLevelError(Exception):
     """A user-facing error: the CLI prints its message and exits non-zero, no traceback."""
 
 
+class MissingSplit(CrossLevelError):
+    """The data set has no such split (e.g. no test folder): training goes on without kNN evaluation."""
+
+
 class TrainingInterrupted(Exception):
     """Training stopped on a signal after writing a resumable checkpoint; the CLI exits with ``exit_code``."""
 

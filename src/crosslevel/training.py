@@ -24,7 +24,7 @@ from .data import Images, ImageSet, LabelledDataset, MultiViewDataset, eval_tran
 from .data.device_views import DEVICE_RECIPES, DeviceAugment, DeviceViewSource
 from .data.sampling import ResumableSampler
 from .data.variants import high_correlation, long_tail
-from .errors import CrossLevelError
+from .errors import CrossLevelError, MissingSplit
 from .evaluation import extract_features, knn_scores, topk_accuracy
 from .evaluation.longtail import is_long_tailed, shot_accuracy
 from .methods import ContrastiveModule
@@ -114,9 +114,7 @@ def load_data(cfg: Config) -> Data:
     train = training_images(load_split_of(cfg, "train"), cfg)
     try:
         test: Images | None = load_split_of(cfg, "test")
-    except CrossLevelError as err:
-        if "test" not in str(err):
-            raise
+    except MissingSplit:
         test = None
     support = None
     if cfg.dataset == "stl10" and not train.labelled:
@@ -279,16 +277,20 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
     Raises :class:`TrainingInterrupted` after SIGINT/SIGTERM (a resumable checkpoint is written first).
     """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = load_data(cfg)
-    if cfg.cld_weight > 0 and cfg.num_groups >= cfg.batch_size:  # re-checked: the batch may come from a resumed run
-        raise CrossLevelError(f"num_groups={cfg.num_groups} must be smaller than batch_size={cfg.batch_size}")
     run_dir = run_dir_of(cfg)
     checkpoint = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     if rank_zero_only.rank == 0 and cfg.resume is None and (run_dir / CONFIG_FILE).exists():
         raise CrossLevelError(f"run directory {run_dir} already exists: resume={run_dir}, or choose another name=")
+    data = load_data(cfg)
     module = build_module(cfg, data)
     if cfg.resume is not None:
-        check_compatible(read_checkpoint(Path(cfg.resume)), Path(cfg.resume), cfg, len(data.train), data.train.channels)
+        saved = read_checkpoint(Path(cfg.resume))
+        check_compatible(saved, Path(cfg.resume), cfg, len(data.train), data.train.channels)
+        try:  # before config.json is rewritten: a checkpoint that does not fit leaves the run as it was
+            module.load_state_dict(saved["state_dict"])
+        except RuntimeError as err:
+            reason = str(err).strip().splitlines()[-1].strip()
+            raise CrossLevelError(f"checkpoint {cfg.resume} does not fit this model: {reason}") from None
     loader = data.train_loader(cfg)
     limit = cfg.limit_train_batches
     steps_per_epoch = min(len(loader), int(limit) if limit > 1 else max(1, int(len(loader) * limit)))

@@ -24,7 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from ..errors import CrossLevelError
+from ..errors import CrossLevelError, MissingSplit
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -354,9 +354,9 @@ def load_folder_split(
         split = "val"
     root = path / split if has_splits else path
     if split in ("test", "val") and root == path:
-        raise CrossLevelError(f"no 'test' folder in {path}: kNN evaluation needs a labelled test split")
+        raise MissingSplit(f"no 'test' folder in {path}: kNN evaluation needs a labelled test split")
     if not root.is_dir():
-        raise CrossLevelError(f"no '{split}' folder in {path}")
+        raise (MissingSplit if split in ("test", "val") else CrossLevelError)(f"no '{split}' folder in {path}")
     if not os.access(root, os.R_OK | os.X_OK):
         raise CrossLevelError(f"data folder is not readable: {root} (permission denied)")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
@@ -478,6 +478,8 @@ def load_split(
         return load_folder_split(path, split, image_size, bad_images, subset, in_memory)
     if dataset == "lists":
         if not list_file:
-            raise CrossLevelError(f"dataset 'lists' has no {split} list: set {split}_list=FILE")
+            raise (MissingSplit if split == "test" else CrossLevelError)(
+                f"dataset 'lists' has no {split} list: set {split}_list=FILE"
+            )
         return load_list_split(path, Path(list_file).expanduser(), image_size, in_memory, bad_images)
     raise CrossLevelError(f"unknown dataset '{dataset}'")

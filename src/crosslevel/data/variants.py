@@ -108,10 +108,6 @@ class HighCorrelationSet(Images):
     def size(self) -> int:
         return self.base.size
 
-    def base_index(self, index: int) -> int:
-        """The base image that frame ``index`` was rendered from."""
-        return int(self.rows[index]) // self.frames
-
     def image(self, index: int) -> torch.Tensor:
         base, frame = divmod(int(self.rows[index]), self.frames)
         image = self.base.image(base)

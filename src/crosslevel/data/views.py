@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from ..errors import CrossLevelError
 from .device_views import blur_kernel_size
 from .sources import Images
 
@@ -43,7 +44,9 @@ def view_transform(
     if recipe == "auto":
         recipe = "cifar" if channels == 3 else "digits"
     if recipe in ("cifar", "v2") and channels != 3:
-        raise ValueError(f"the '{recipe}' recipe needs colour images; use augment=digits for grey ones")
+        raise CrossLevelError(
+            f"augment={recipe} needs colour images; these have {channels} channel(s): use augment=digits or none"
+        )
     if recipe == "cifar":
         steps: list[v2.Transform] = [
             v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),

@@ -13,14 +13,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import Config
+from ..config import FEATURES, Config
 from ..data import ImageSet, LabelledDataset, view_transform
 from ..errors import CrossLevelError
 from ..methods import ContrastiveModule
 from ..training import CHECKPOINT_DIR, LAST_CHECKPOINT, Data, load_run
 from .knn import extract_features
 
-FEATURES = ("f", "f_I", "f_G")
 CACHE_DIR = "features"
 
 
@@ -48,9 +47,13 @@ class Run:
         return max(self.cfg.batch_size, 256)
 
     def split(self, name: str) -> ImageSet:
-        """The 'train' or 'test' images; a clear error when the run has no labelled test split."""
+        """Images of a split: 'train' (everything trained on, labels may be -1), 'support' (the
+        labelled training images the supervised protocols fit on; STL-10: its labelled train split)
+        or 'test'; a clear error when the run has no labelled test split."""
         if name == "train":
             return self.data.train
+        if name == "support":
+            return self.data.knn_support
         if self.data.test is None:
             raise CrossLevelError(f"{self.path}: this evaluation needs a labelled test split, and the run's data has none")
         return self.data.test

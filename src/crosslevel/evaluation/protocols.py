@@ -4,12 +4,12 @@ JSON-ready dict. Features are read through the run's cache, so ``eval all`` extr
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..errors import CrossLevelError
 from .features import Run
 from .knn import knn_scores, topk_accuracy
 from .linear import classify, linear_probe, train_classifier
@@ -46,7 +46,7 @@ def _accuracy(scores: torch.Tensor, labels: torch.Tensor, train_labels: torch.Te
 
 def knn(run: Run, feature: str = "f_I") -> dict:
     """Weighted kNN (k, σ from the run's config) of test features against training features."""
-    train_x, train_y = run.features("train", feature)
+    train_x, train_y = run.features("support", feature)
     test_x, test_y = run.features("test", feature)
     scores = knn_scores(train_x, train_y, test_x, run.cfg.knn_k, run.cfg.knn_temperature, run.num_classes())
     return {"feature": feature, "k": run.cfg.knn_k, "temperature": run.cfg.knn_temperature, **_accuracy(scores, test_y, train_y)}
@@ -60,7 +60,7 @@ def linear(run: Run, feature: str = "f", augmented: bool = False, epochs: int = 
     """
     classes = run.num_classes()
     if not augmented:
-        train_x, train_y = run.features("train", feature)
+        train_x, train_y = run.features("support", feature)
         test_x, test_y = run.features("test", feature)
         _, scores = linear_probe(train_x, train_y, test_x, test_y, classes, weight_decay)
         return {"feature": feature, "protocol": "cached", "weight_decay": weight_decay, **_accuracy(scores, test_y, train_y)}
@@ -68,10 +68,10 @@ def linear(run: Run, feature: str = "f", augmented: bool = False, epochs: int = 
     net = FeatureNet(run.module, feature)
     dim = run.module.backbone.out_dim if feature == "f" else run.cfg.feature_dim
     head = _classifier_head(dim, classes).to(run.device)
-    loader = run.view_loader(run.split("train"), shuffle=True)
+    loader = run.view_loader(run.split("support"), shuffle=True)
     train_classifier(net, head, loader, epochs, lr=0.1, weight_decay=weight_decay, device=run.device, desc="linear probe")
     scores, test_y = classify(net, head, run.eval_loader(run.split("test")), run.device)
-    train_y = torch.as_tensor(run.split("train").labels)
+    train_y = torch.as_tensor(run.split("support").labels)
     return {"feature": feature, "protocol": "augmented", "epochs": epochs, "weight_decay": weight_decay, **_accuracy(scores, test_y, train_y)}
 
 
@@ -89,9 +89,9 @@ def retrieval(run: Run, feature: str = "f_I") -> dict:
 
 def semi(run: Run, fraction: float, epochs: int = 20, seed: int = 0, lr: float = 0.1, backbone_lr: float = 0.01) -> dict:
     """Fine-tune a copy of the backbone + a BN/Linear classifier on a class-balanced ``fraction`` of the labels."""
-    train = run.split("train")
+    train = run.split("support")
     keep = balanced_fraction(train.labels, fraction, seed)
-    labelled = dataclasses.replace(train, images=train.images[keep], labels=train.labels[keep])
+    labelled = train.select(keep)
     torch.manual_seed(seed)
     net = FeatureNet(copy.deepcopy(run.module), "f")
     head = _classifier_head(run.module.backbone.out_dim, run.num_classes()).to(run.device)
@@ -104,11 +104,13 @@ def semi(run: Run, fraction: float, epochs: int = 20, seed: int = 0, lr: float =
 def score(run: Run, feature: str = "f_I", k: int = 10, seed: int = 0, max_images: int = 2000) -> dict:
     """The label-free NMI(f, f')·R(f, f') on up to ``max_images`` seeded training images (labels never read)."""
     train = run.split("train")
+    if k > min(len(train), max_images if max_images > 0 else len(train)):
+        raise CrossLevelError(f"score: k={k} clusters need at least {k} images (max_images={max_images}, {len(train)} trained on)")
     features, _ = run.features("train", feature)
     chosen = np.arange(len(train))
     if 0 < max_images < len(train):
         chosen = np.sort(np.random.default_rng(seed).choice(len(train), max_images, replace=False))
-    images = dataclasses.replace(train, images=train.images[chosen], labels=np.full(len(chosen), -1))
+    images = train.select(chosen)
     view_features, _ = run.view_features(images, feature, seed)
     result = unsupervised_score(features[torch.as_tensor(chosen, device=features.device)], view_features, k, seed)
     return {"feature": feature, "k": k, "images": len(chosen), "seed": seed, **result}

@@ -67,7 +67,9 @@ class ContrastiveModule(pl.LightningModule):
         # applies the same gathered updates instead, so they are left out of DDP's buffer sync. Without
         # the CLD term (NPID, MoCo) f_G gets no gradient, and DDP must not wait for one.
         unused = [f"heads.group.{name}" for name, _ in self.heads.group.named_parameters()] if cfg.cld_weight == 0 else []
-        self._ddp_params_and_buffers_to_ignore = [*shared, *unused]
+        # On-device views keep the whole data set as a buffer: the same on every rank, never broadcast.
+        on_device = [f"views.{name}" for name, _ in views.named_buffers()] if views is not None else []
+        self._ddp_params_and_buffers_to_ignore = [*shared, *unused, *on_device]
         self.views = views
         if cfg.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
