@@ -37,7 +37,8 @@ class ContrastiveModule(pl.LightningModule):
       after the optimiser step the bank rows of the batch are updated with each view's f_I.
     * ``instance = moco``: the momentum encoder embeds the last view into keys;
       ``L_inst`` = mean over query views of InfoNCE against the keys and the queue; after the
-      step the keys (gathered across devices) are enqueued. MoCo: 2 views; CLDm: 3 views.
+      step the key encoder takes its EMA step and the keys (gathered across devices) are enqueued.
+      MoCo: 2 views; CLDm: 3 views.
     * ``cld_weight = λ > 0`` adds ``λ · cld_loss(f_G(view 1), f_G(view 2))`` of the query encoder.
 
     The k-means and the losses run in float32 even under bf16/fp16 autocast.
@@ -145,8 +146,7 @@ class ContrastiveModule(pl.LightningModule):
         query_views = list(views[:-1]) if moco else list(views)
         _, instance, group = self(torch.cat(query_views))
         instance_views = instance.float().chunk(len(query_views))
-        if moco:
-            self.key_encoder.update(self.backbone, self.heads)
+        if moco:  # the key encoder had its EMA step at the end of the previous step (on_train_batch_end)
             keys = self.key_encoder(views[-1]).float()
             loss, logs = self.objective(instance_views, group, indices, keys=keys)
         else:
@@ -186,6 +186,9 @@ class ContrastiveModule(pl.LightningModule):
             return
         indices, features = self._pending_update
         if self.cfg.instance == "moco":
+            # EMA towards the updated query encoder: the same keys as MoCo's EMA at the start of the next
+            # step, and a skipped (non-finite) step leaves the key encoder untouched too.
+            self.key_encoder.update(self.backbone, self.heads)
             self.queue.enqueue(features[0])
         else:
             for view in features:
