@@ -283,14 +283,8 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
         raise CrossLevelError(f"run directory {run_dir} already exists: resume={run_dir}, or choose another name=")
     data = load_data(cfg)
     module = build_module(cfg, data)
-    if cfg.resume is not None:
-        saved = read_checkpoint(Path(cfg.resume))
-        check_compatible(saved, Path(cfg.resume), cfg, len(data.train), data.train.channels)
-        try:  # before config.json is rewritten: a checkpoint that does not fit leaves the run as it was
-            module.load_state_dict(saved["state_dict"])
-        except RuntimeError as err:
-            reason = str(err).strip().splitlines()[-1].strip()
-            raise CrossLevelError(f"checkpoint {cfg.resume} does not fit this model: {reason}") from None
+    if cfg.resume is not None:  # before config.json is rewritten: a checkpoint that does not fit leaves the run as it was
+        restore(module, read_checkpoint(Path(cfg.resume)), Path(cfg.resume), cfg, len(data.train), data.train.channels)
     loader = data.train_loader(cfg)
     limit = cfg.limit_train_batches
     steps_per_epoch = min(len(loader), int(limit) if limit > 1 else max(1, int(len(loader) * limit)))
@@ -367,10 +361,19 @@ def _run_checkpoint(run_dir: Path) -> tuple[Config, dict, Path]:
     return load_config(run_dir / CONFIG_FILE), read_checkpoint(checkpoint), checkpoint
 
 
-def _restore(cfg: Config, saved: dict, checkpoint: Path, num_train: int, in_channels: int) -> ContrastiveModule:
+def restore(module: ContrastiveModule, saved: dict, checkpoint: Path, cfg: Config, num_train: int, in_channels: int) -> None:
+    """Load ``saved``'s weights into ``module`` after checking it is a checkpoint of the same model."""
     check_compatible(saved, checkpoint, cfg, num_train, in_channels)
+    try:
+        module.load_state_dict(saved["state_dict"])
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[-1].strip()
+        raise CrossLevelError(f"checkpoint {checkpoint} does not fit this model: {reason}") from None
+
+
+def _restore(cfg: Config, saved: dict, checkpoint: Path, num_train: int, in_channels: int) -> ContrastiveModule:
     module = ContrastiveModule(cfg, num_train, in_channels)
-    module.load_state_dict(saved["state_dict"])
+    restore(module, saved, checkpoint, cfg, num_train, in_channels)
     return module.eval()
 
 
