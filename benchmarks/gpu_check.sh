@@ -1,34 +1,48 @@
 #!/usr/bin/env bash
-# One prepared check for a lent GPU machine (H100 / H200; no internet; ~10 minutes of work):
-#   1. the device and software;
-#   2. the throughput table for NPID / CLD / CLDm at bf16 and at fp32 (ResNet-18, CIFAR stem,
-#      batch 256, views made on the GPU, channels_last), with the k-means + CLD share and a check
-#      that views, k-means and CLD loss never synchronise with the host;
-#   3. a short CLD training run on CIFAR-10 (epoch times against the 5 s target, kNN at the end);
-#   4. the bf16 table again with torch.compile;
-# and prints a short table last. Every step has its own time limit and a failed step does not
-# stop the later ones.
+# One prepared check for a lent GPU machine (H100 / H200; no internet), made to fit one 600 s call:
+#   1. CUDA must be usable, else the script stops at once (DEVICE=cpu skips this check: a dry run);
+#      then the device and software;
+#   2. CIFAR-10 unpacked from the packed file (below);
+#   3. throughput of NPID, CLD, MoCo and CLDm (ResNet-18, CIFAR stem, batch 256, bf16, channels_last,
+#      views made on the GPU, the MoCo presets' random erasing included) over REPEATS interleaved
+#      rounds: epoch seconds per method (target: CLD <= 5 s on one H100), the CLD/NPID step-time
+#      ratio with its spread (target <= 1.05), the k-means + CLD share, and a check that views,
+#      k-means and CLD loss never synchronise with the host;
+#   4. NPID and CLD trained at once on the one card (two processes) on full CIFAR-10 with the
+#      paper's recipe (cifar10-npid / cifar10-cld presets) for EPOCHS epochs, kNN every EVAL_EVERY;
+# and, whatever happened before, a short table last (also in $OUT/summary.txt).
+# Time: the whole script ends within TOTAL_S seconds (default 540): every step's limit is capped
+# by the time left (less RESERVE_S for the kill grace and the table), a step that overruns gets
+# SIGTERM then SIGKILL 10 s later (timeout -k 10), and a failed step does not stop the later ones.
+# EPOCHS=30 is sized for ~6-8 s per epoch of each run while both share one H100.
 #
 # Data: CIFAR-10 travels as one 53 MiB file of JPEG bytes made beforehand (on a machine that has it):
 #   python benchmarks/cifar_pack.py pack ../shared/data/cifar10 .gpu-data/cifar10-jpeg.npz
-# (.gpu-data/ is git-ignored; copy it along with the repository.)
+# (.gpu-data/ is git-ignored; carry it along with the repository.)
 #
 # Run from the repository root:  bash benchmarks/gpu_check.sh
-# Results (at most 8 files) go to $OUT (default gpu-check-out/). Knobs, for a dry run on a CPU:
-#   DEVICE=cpu COMPILE=0 WORKERS=1 WIDTH=8 BATCH=64 STEPS=2 WARMUP=1 TRAIN_SIZE=2000 EPOCHS=1 \
-#   TRAIN_EXTRA="train_subset=2000 width=8 batch_size=64 num_groups=32 limit_train_batches=3" bash benchmarks/gpu_check.sh
+# Results (7 files; JSON written as each measurement ends) go to $OUT (default gpu-check-out/).
+# Dry run on a CPU (a few minutes on 2 cores), from the repository root:
+#   DEVICE=cpu PYTHON=.venv/bin/python BACKBONE=smallcnn WIDTH=8 BATCH=64 STEPS=2 WARMUP=1 REPEATS=2 TRAIN_SIZE=2000 \
+#   WORKERS=1 EPOCHS=2 EVAL_EVERY=1 TRAIN_EXTRA="backbone=smallcnn width=8 batch_size=64 num_groups=32 train_subset=2000 \
+#   test_subset=500 limit_train_batches=3" bash benchmarks/gpu_check.sh
 set -uo pipefail
 OUT=${OUT:-gpu-check-out}
 PYTHON=${PYTHON:-python3}
-DEVICE=${DEVICE:-auto}
+DEVICE=${DEVICE:-gpu}  # gpu (CUDA checked first) | cpu (dry run)
+TOTAL_S=${TOTAL_S:-540}
+RESERVE_S=${RESERVE_S:-20}
+BACKBONE=${BACKBONE:-resnet18_cifar}
 WIDTH=${WIDTH:-64}
 BATCH=${BATCH:-256}
 STEPS=${STEPS:-30}
 WARMUP=${WARMUP:-10}
+REPEATS=${REPEATS:-5}
 TRAIN_SIZE=${TRAIN_SIZE:-50000}
-EPOCHS=${EPOCHS:-3}
-COMPILE=${COMPILE:-1}
 WORKERS=${WORKERS:-8}
+EPOCHS=${EPOCHS:-30}
+WARMUP_EPOCHS=${WARMUP_EPOCHS:-$(((EPOCHS + 39) / 40))}  # the paper's 5 of 200, at least 1
+EVAL_EVERY=${EVAL_EVERY:-5}
 TRAIN_EXTRA=${TRAIN_EXTRA:-}
 PACKED=${PACKED:-.gpu-data/cifar10-jpeg.npz}
 DATA_DIR=${DATA_DIR:-/tmp/crosslevel-cifar10}
@@ -37,68 +51,142 @@ export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
 : >"$LOG"
+START=$SECONDS
+LIMIT=0
 
-step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, never abort the script
-  local name=$1 limit=$2
-  shift 2
-  echo "=== $name ($(date -u +%H:%M:%S), limit ${limit}s)" | tee -a "$LOG"
-  local started=$SECONDS
-  timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
-  local status=${PIPESTATUS[0]}
-  echo "=== $name: exit $status after $((SECONDS - started))s" | tee -a "$LOG"
-}
-
-THROUGHPUT=("$PYTHON" benchmarks/throughput.py --device "$DEVICE" --width "$WIDTH" --batch "$BATCH" --steps "$STEPS"
-  --warmup "$WARMUP" --train-size "$TRAIN_SIZE" --workers "$WORKERS" --channels-last)
-
-step device 60 bash -c "nvidia-smi || true; $PYTHON -c 'import torch, torchvision, lightning; print(\"torch\", torch.__version__, \"torchvision\", torchvision.__version__, \"lightning\", lightning.__version__); print(\"device:\", torch.cuda.get_device_name() if torch.cuda.is_available() else \"cpu\")'" 
-step unpack 120 "$PYTHON" benchmarks/cifar_pack.py unpack "$PACKED" "$DATA_DIR"
-step throughput-bf16 150 "${THROUGHPUT[@]}" --json "$OUT/throughput_bf16.json" --methods npid,cld,cldm --precision bf16-mixed --check-sync
-step throughput-fp32 150 "${THROUGHPUT[@]}" --json "$OUT/throughput_fp32.json" --methods npid,cld,cldm --precision 32-true --pipeline-batches 0
-rm -rf "$RUNS"
-step train-cld 180 "$PYTHON" -m crosslevel train --config cifar10-cld --data "$DATA_DIR" epochs="$EPOCHS" warmup_epochs=1 \
-  augment_device=device precision=bf16-mixed channels_last=true progress=false workers=0 out="$RUNS" name=cld-short $TRAIN_EXTRA
-cp "$RUNS/cld-short/summary.json" "$OUT/train_summary.json" 2>/dev/null
-if [ "$COMPILE" = 1 ]; then
-  step throughput-bf16-compile 240 "${THROUGHPUT[@]}" --json "$OUT/throughput_bf16_compile.json" --methods npid,cld --precision bf16-mixed --compile --pipeline-batches 0
-fi
-
-"$PYTHON" - "$OUT" "$EPOCHS" <<'EOF' | tee "$OUT/summary.txt"
-import json, sys
+summary() {  # the table, from whatever results exist
+  "$PYTHON" - "$OUT" "$EPOCHS" <<'EOF' | tee "$OUT/summary.txt"
+import csv, json, statistics, sys
 from pathlib import Path
 
 out, epochs = Path(sys.argv[1]), sys.argv[2]
 print("\n==================== GPU check: summary ====================")
+path = out / "throughput.json"
 machine = None
-print(f"{'setting':<16} {'method':<6} {'images/s':>9} {'ms/step':>8} {'epoch s':>8} {'vs NPID':>8} {'CLD share':>9}")
-for name, label in (("throughput_bf16", "bf16"), ("throughput_fp32", "fp32"), ("throughput_bf16_compile", "bf16+compile")):
-    path = out / f"{name}.json"
-    if not path.is_file():
-        print(f"{label:<16} (no result: not run, or failed: see gpu_check.log)")
-        continue
+if path.is_file():
     result = json.loads(path.read_text())
-    machine = machine or result["machine"]
-    npid = next((r["ms_per_step"] for r in result["rows"] if r["method"] == "npid"), None)
+    machine, s = result["machine"], result["settings"]
+    print(f"throughput: {s['backbone']} width {s['width']}, batch {s['batch']}, {s['precision']}, views on {s['augment']}, "
+          f"channels_last={s['channels_last']}, {s['steps']} timed steps x {s['repeats']} interleaved rounds (median round)")
+    print(f"{'method':<6} {'images/s':>9} {'ms/step':>8} {'epoch s':>8} {'rounds ms/step':>28} {'CLD share':>9}")
     for r in result["rows"]:
-        ratio = f"{r['ms_per_step'] / npid:.3f}" if npid else "-"
+        rounds = " ".join(f"{ms:.1f}" for ms in r["rounds_ms_per_step"])
         share = f"{100 * r['cld_share']:.1f}%" if "cld_share" in r else "-"
-        print(f"{label:<16} {r['method']:<6} {r['images_per_s']:>9.0f} {r['ms_per_step']:>8.1f} {r['epoch_s']:>8.2f} {ratio:>8} {share:>9}")
-    for method, why in result["skipped"].items():
-        print(f"{label:<16} {method:<6} skipped: {why}")
-    if "sync_check" in result["pipeline"]:
-        print(f"{label:<16} sync check: {result['pipeline']['sync_check']}")
-    if "cpu_views_ms_per_batch" in result["pipeline"]:
-        views = next((r["device_views_ms"] for r in result["rows"] if "device_views_ms" in r), None)
-        print(f"{label:<16} views per batch: on device {views:.2f} ms, torchvision ({result['pipeline']['cpu_views_workers']} workers) {result['pipeline']['cpu_views_ms_per_batch']:.1f} ms")
-summary = out / "train_summary.json"
-if summary.is_file():
-    s = json.loads(summary.read_text())
-    best = min(s["epoch_seconds"]) if s["epoch_seconds"] else float("nan")
-    knn = s.get("knn") or {}
-    print(f"CLD training, CIFAR-10 ({s['train_images']} images), {epochs} epochs, bf16, views on device: epoch s {s['epoch_seconds']}"
-          f" -> best {best:.2f} s vs target 5 s; kNN top-1 {knn.get('top1', float('nan')):.2f}%")
+        print(f"{r['method']:<6} {r['images_per_s']:>9.0f} {r['ms_per_step']:>8.1f} {r['epoch_s']:>8.2f} {rounds:>28} {share:>9}")
+    cld = next((r for r in result["rows"] if r["method"] == "cld"), None)
+    if cld:
+        print(f"CLD epoch {cld['epoch_s']:.2f} s ({s['train_size']} images) vs target 5 s: {'met' if cld['epoch_s'] <= 5 else 'MISSED'}")
+    for name, q in result["ratios"].items():
+        verdict = f" vs target 1.05: {'met' if q['median'] <= 1.05 else 'MISSED'}" if name == "CLD/NPID" else ""
+        print(f"{name} step time: median {q['median']:.3f}, range {q['min']:.3f}-{q['max']:.3f} over {len(q['rounds'])} rounds{verdict}")
+    for method, why in {**result["skipped"], **result["failed"]}.items():
+        print(f"{method}: not measured: {why}")
+    pipeline = result["pipeline"]
+    if "sync_check" in pipeline:
+        print(f"sync check: {pipeline['sync_check']}")
+    if "cpu_views_ms_per_batch" in pipeline:
+        views = next((r["device_views_ms"] for r in result["rows"] if r["method"] == "cld" and "device_views_ms" in r), None)
+        print(f"CLD views per batch: on the device {views or float('nan'):.2f} ms, "
+              f"torchvision ({pipeline['cpu_views_workers']} workers) {pipeline['cpu_views_ms_per_batch']:.1f} ms")
 else:
-    print("CLD training run: no result (see gpu_check.log)")
+    print("throughput: no result (see gpu_check.log)")
+
+def knn_curve(method):
+    path = out / f"{method}_metrics.csv"
+    if not path.is_file():
+        return {}
+    rows = [r for r in csv.DictReader(open(path, newline="")) if r.get("knn_top1")]
+    return {int(float(r["epoch"])) + 1: float(r["knn_top1"]) for r in rows}
+
+runs = {m: json.loads((out / f"{m}_summary.json").read_text()) for m in ("npid", "cld") if (out / f"{m}_summary.json").is_file()}
+curves = {m: knn_curve(m) for m in ("npid", "cld")}
+print(f"\nNPID vs CLD, CIFAR-10, paper recipe, {epochs} epochs, both at once on one device; kNN top-1 (%):")
+print(f"{'epoch':>5} {'NPID':>7} {'CLD':>7}")
+for epoch in sorted(set(curves["npid"]) | set(curves["cld"])):
+    cells = [f"{curves[m][epoch]:>7.2f}" if epoch in curves[m] else f"{'-':>7}" for m in ("npid", "cld")]
+    print(f"{epoch:>5} {' '.join(cells)}")
+for method in ("npid", "cld"):
+    run = runs.get(method)
+    if run is None:
+        print(f"{method.upper()}: no result (not run, or failed: see gpu_check.log)")
+        continue
+    knn = run.get("knn") or {}
+    seconds = run["epoch_seconds"]
+    median = f"{statistics.median(seconds):.2f}" if seconds else "-"
+    print(f"{method.upper()}: {run['epochs']} epochs of {run['train_images']} images, median epoch {median} s (sharing the device), "
+          f"final kNN top-1 {knn.get('top1', float('nan')):.2f}%")
 if machine:
     print(f"device: {machine['device']} | cpu: {machine['cpu']} | torch {machine['torch']} | {machine['date']}")
 EOF
+}
+trap summary EXIT
+trap 'exit 143' TERM INT
+
+begin() {  # begin NAME SECONDS: LIMIT = SECONDS capped by the time left; false if too little is left
+  local name=$1 left=$((TOTAL_S - (SECONDS - START) - RESERVE_S))
+  LIMIT=$(($2 < left ? $2 : left))
+  if [ "$LIMIT" -lt 5 ]; then
+    echo "=== $name: skipped, ${left}s left of TOTAL_S=$TOTAL_S" | tee -a "$LOG"
+    return 1
+  fi
+  echo "=== $name ($(date -u +%H:%M:%S), limit ${LIMIT}s)" | tee -a "$LOG"
+}
+
+step() {  # step NAME SECONDS COMMAND...: run with a capped time limit, log, never abort the script
+  local name=$1 started=$SECONDS
+  begin "$1" "$2" || return 1
+  shift 2
+  timeout -k 10 "$LIMIT" "$@" 2>&1 | tee -a "$LOG"
+  local status=${PIPESTATUS[0]}
+  echo "=== $name: exit $status after $((SECONDS - started))s" | tee -a "$LOG"
+  return "$status"
+}
+
+if [ "$DEVICE" = cpu ]; then
+  ACCELERATOR=cpu
+  echo "DEVICE=cpu: dry run on the CPU, CUDA not checked" | tee -a "$LOG"
+else
+  ACCELERATOR=gpu
+  if ! timeout -k 10 60 "$PYTHON" -c 'import torch; assert torch.cuda.is_available()' >>"$LOG" 2>&1; then
+    echo "gpu_check: stopping: no usable CUDA GPU (torch.cuda.is_available() is false; see $LOG)." \
+      "Every step would run on the host. For a dry run on a CPU set DEVICE=cpu." | tee -a "$LOG" >&2
+    exit 1
+  fi
+fi
+
+step device 60 bash -c "nvidia-smi || true; $PYTHON -c 'import torch, torchvision, lightning; print(\"torch\", torch.__version__, \"torchvision\", torchvision.__version__, \"lightning\", lightning.__version__); print(\"device:\", torch.cuda.get_device_name() if torch.cuda.is_available() else \"cpu\")'"
+if [ -f "$DATA_DIR/cifar-10-batches-py/test_batch" ]; then
+  echo "=== unpack: $DATA_DIR already holds CIFAR-10" | tee -a "$LOG"
+else
+  step unpack 120 "$PYTHON" benchmarks/cifar_pack.py unpack "$PACKED" "$DATA_DIR"
+fi
+step throughput 180 "$PYTHON" benchmarks/throughput.py --device "$ACCELERATOR" --backbone "$BACKBONE" --width "$WIDTH" --batch "$BATCH" \
+  --steps "$STEPS" --warmup "$WARMUP" --repeats "$REPEATS" --train-size "$TRAIN_SIZE" --workers "$WORKERS" \
+  --methods npid,cld,moco,cldm --precision bf16-mixed --channels-last --check-sync --json "$OUT/throughput.json"
+
+rm -rf "$RUNS"
+mkdir -p "$RUNS"
+if begin train-npid-cld 480; then  # both runs at once, each under the same capped limit
+  started=$SECONDS
+  pids=()
+  for method in npid cld; do
+    timeout -k 10 "$LIMIT" "$PYTHON" -m crosslevel train --config "cifar10-$method" --data "$DATA_DIR" \
+      epochs="$EPOCHS" warmup_epochs="$WARMUP_EPOCHS" eval_every="$EVAL_EVERY" augment_device=device \
+      precision=bf16-mixed channels_last=true workers=0 accelerator="$ACCELERATOR" progress=false \
+      out="$RUNS" name="$method" $TRAIN_EXTRA >"$RUNS/$method.log" 2>&1 &
+    pids+=($!)
+  done
+  for method in npid cld; do
+    wait "${pids[0]}"
+    status=$?
+    pids=("${pids[@]:1}")
+    echo "--- $method (last lines of its log)" >>"$LOG"
+    tail -n 30 "$RUNS/$method.log" >>"$LOG"
+    echo "=== train $method: exit $status" | tee -a "$LOG"
+    cp "$RUNS/$method/summary.json" "$OUT/${method}_summary.json" 2>/dev/null
+    # the merged metrics; the first attempt's log when the run was stopped before merging (a partial curve)
+    cp "$RUNS/$method/metrics.csv" "$OUT/${method}_metrics.csv" 2>/dev/null ||
+      cp "$RUNS/$method/logs/version_0/metrics.csv" "$OUT/${method}_metrics.csv" 2>/dev/null
+  done
+  echo "=== train-npid-cld: done after $((SECONDS - started))s" | tee -a "$LOG"
+fi

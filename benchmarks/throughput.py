@@ -4,15 +4,21 @@ For each method (its CIFAR-10 preset, with the model / batch / precision given h
 trains ``--warmup + --steps`` steps with Lightning on synthetic uint8 images of CIFAR's shape
 (throughput does not depend on the pixels), and reports:
 
-* images/s and ms per step over the timed steps (median over ``--repeats`` rounds that visit the
-  methods in turn, so that a shared machine's load affects all methods alike) (data, views, forward, backward, optimiser,
-  bank or queue update: a whole training iteration), the epoch time this implies for
-  ``--train-size`` images, and the step time relative to NPID;
+* images/s and ms per step over the timed steps (data, views, forward, backward, optimiser, bank
+  or queue update: a whole training iteration), the median over ``--repeats`` rounds that visit
+  the methods in turn, so that a shared machine's load affects all methods alike; the epoch time
+  this implies for ``--train-size`` images, and the step time relative to NPID;
+* CLD/NPID and CLDm/MoCo step-time ratios per round (the methods of a round run back to back),
+  with their median and range over the rounds;
 * the time of the k-means + CLD loss (forward and backward, both views) and its share of the step;
-* the data pipeline alone: ms per batch of views made on the device (``augment_device=device``)
-  and by torchvision in ``--workers`` loader processes (``augment_device=cpu``).
+* the data pipeline alone: ms per batch of views made on the device (``augment_device=device``,
+  the MoCo presets' random erasing included) and by torchvision in ``--workers`` loader processes
+  (``augment_device=cpu``).
 
-Methods whose preset is not installed are skipped with a note.
+The k-means + CLD and view timings run at the end of training, on the device the module trained
+on (Lightning's teardown moves it back to the CPU after ``fit``). ``--json`` is rewritten after
+every measured round of a method, so a method that fails (it is named, and the others go on)
+loses no rows. Methods whose preset is not installed are skipped with a note.
 
 Examples::
 
@@ -27,9 +33,11 @@ import argparse
 import dataclasses
 import datetime
 import json
+import os
 import platform
 import statistics
 import time
+import traceback
 from typing import Callable
 
 import lightning.pytorch as pl
@@ -98,6 +106,30 @@ class StepTimer(pl.Callback):
         return (self.end - self.start) / self.steps
 
 
+class DeviceProbe(pl.Callback):
+    """At the end of training, while the module is still on its training device, times the k-means +
+    CLD loss (forward and backward, on random features) and the on-device views of one batch there."""
+
+    def __init__(self, cfg: Config, repeats: int) -> None:
+        self.cfg, self.repeats = cfg, repeats
+        self.timings: dict[str, float | str] = {}
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        cfg, device = self.cfg, pl_module.device
+        self.timings["measured_on"] = str(device)
+        if cfg.cld_weight > 0:
+            groups = [random_features(cfg, device) for _ in range(2)]
+
+            def kmeans_and_loss() -> None:
+                cld_loss(*groups, cfg.num_groups, cfg.cld_temperature, cfg.kmeans_iters).backward()
+
+            self.timings["cld_ms"] = 1000 * time_call(kmeans_and_loss, device, self.repeats)
+        views = pl_module.views
+        if views is not None:
+            indices = torch.arange(cfg.batch_size, device=device)
+            self.timings["device_views_ms"] = 1000 * time_call(lambda: views(indices), device, self.repeats)
+
+
 def random_features(cfg: Config, device: torch.device) -> torch.Tensor:
     """B×D unit feature vectors that want a gradient, like a head's output."""
     features = torch.randn(cfg.batch_size, cfg.feature_dim, device=device)
@@ -113,15 +145,14 @@ def method_config(method: str, args: argparse.Namespace) -> Config:
         f"compile={args.compile}", "data=synthetic", "progress=false",
     ]  # fmt: skip
     cfg = dataclasses.replace(cfg, num_groups=min(cfg.num_groups, args.batch // 2))  # k < B at small CPU batches
-    if args.augment == "device":  # random erasing (the MoCo presets) has no on-device version; timed without it
-        cfg = dataclasses.replace(cfg, random_erasing=0.0)
     return apply_overrides(cfg, overrides + list(args.set))
 
 
 def measure_method(method: str, cfg: Config, data: Data, args: argparse.Namespace) -> dict:
+    """One round of ``method``: train ``--warmup + --steps`` steps and time them, then the k-means + CLD loss and views."""
     pl.seed_everything(0, verbose=False)
     module = build_module(cfg, data)
-    timer = StepTimer(args.warmup, args.steps)
+    timer, probe = StepTimer(args.warmup, args.steps), DeviceProbe(cfg, repeats=max(5, args.steps))
     trainer = pl.Trainer(
         max_epochs=1,
         limit_train_batches=args.warmup + args.steps,
@@ -129,7 +160,7 @@ def measure_method(method: str, cfg: Config, data: Data, args: argparse.Namespac
         devices=1,
         precision=cfg.precision,
         logger=False,
-        callbacks=[timer],
+        callbacks=[timer, probe],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -137,30 +168,50 @@ def measure_method(method: str, cfg: Config, data: Data, args: argparse.Namespac
         benchmark=True,
     )
     trainer.fit(module, train_dataloaders=data.train_loader(cfg))
-    device = module.device
     step = timer.seconds_per_step
     row = {"method": method, "preset": METHOD_PRESETS[method], "ms_per_step": 1000 * step, "images_per_s": cfg.batch_size / step}
     row["epoch_s"] = args.train_size / row["images_per_s"]
-    if cfg.cld_weight > 0:
-        groups = [random_features(cfg, device) for _ in range(2)]
-
-        def kmeans_and_loss() -> None:
-            cld_loss(*groups, cfg.num_groups, cfg.cld_temperature, cfg.kmeans_iters).backward()
-
-        row["cld_ms"] = 1000 * time_call(kmeans_and_loss, device, repeats=max(5, args.steps))
+    row.update(probe.timings)
+    if "cld_ms" in row:
         row["cld_share"] = row["cld_ms"] / row["ms_per_step"]
-    if module.views is not None:
-        indices = torch.arange(cfg.batch_size, device=device)
-        row["device_views_ms"] = 1000 * time_call(lambda: module.views(indices), device, repeats=max(5, args.steps))
     return row
 
 
+def median_row(measured: list[dict]) -> dict:
+    """The median round of a method (by step time), with every round's ms per step."""
+    row = dict(sorted(measured, key=lambda r: r["ms_per_step"])[len(measured) // 2])
+    row["rounds_ms_per_step"] = [r["ms_per_step"] for r in measured]
+    return row
+
+
+def step_ratios(rounds: dict[str, list[dict]]) -> dict[str, dict]:
+    """CLD/NPID and CLDm/MoCo step-time ratios of each round both ran in, with median, min and max."""
+    ratios = {}
+    for name, method, baseline in (("CLD/NPID", "cld", "npid"), ("CLDm/MoCo", "cldm", "moco")):
+        per_round = [a["ms_per_step"] / b["ms_per_step"] for a, b in zip(rounds.get(method, []), rounds.get(baseline, []))]
+        if per_round:
+            ratios[name] = {
+                "median": statistics.median(per_round), "min": min(per_round), "max": max(per_round), "rounds": per_round
+            }  # fmt: skip
+    return ratios
+
+
+def write_json(path: str, result: dict) -> None:
+    """Write ``result`` to ``path`` atomically (a reader never sees half a file)."""
+    partial = f"{path}.partial"
+    with open(partial, "w") as handle:
+        json.dump(result, handle, indent=2)
+    os.replace(partial, path)
+
+
 def check_no_sync(cfg: Config, device: torch.device) -> str:
-    """Run views, bank softmax, k-means and CLD loss (forward + backward) with CUDA's sync debug mode set to error."""
+    """Run views (every on-device op: the v2 recipe with blur and random erasing), bank softmax, k-means and
+    CLD loss (forward + backward) with CUDA's sync debug mode set to error."""
     if device.type != "cuda":
         return "not checked (CUDA only)"
     data = Data(synthetic_images(cfg.batch_size * 2, 32), None)
-    module = build_module(dataclasses.replace(cfg, augment_device="device"), data).to(device)
+    every_op = dataclasses.replace(cfg, augment_device="device", augment="v2", blur=0.5, random_erasing=0.5)
+    module = build_module(every_op, data).to(device)
     indices = torch.arange(cfg.batch_size, device=device)
     groups = [random_features(cfg, device) for _ in range(2)]
     torch.cuda.synchronize(device)
@@ -240,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="loader processes of the CPU view pipeline")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (cuDNN autotune, compile); >= 1")
-    parser.add_argument("--repeats", type=int, default=1, help="rounds over the methods; the median round is reported")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over the methods; the median round is reported")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--pipeline-batches", type=int, default=10, help="batches timed for the CPU view pipeline (0: skip)")
@@ -248,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="key=value", help="extra config overrides for every method")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
-    if args.warmup < 1 or args.steps < 1:
-        parser.error("--warmup and --steps must be >= 1")
+    if args.warmup < 1 or args.steps < 1 or args.repeats < 1:
+        parser.error("--warmup, --steps and --repeats must be >= 1")
 
     device = torch.device("cuda" if args.device in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
     args.device = "gpu" if device.type == "cuda" else "cpu"
@@ -270,38 +321,57 @@ def main(argv: list[str] | None = None) -> int:
             skipped[method] = str(err)
             print(f"skipping {method}: {err}")
     rounds: dict[str, list[dict]] = {method: [] for method in configs}
+    failed: dict[str, str] = {}
+    pipeline: dict[str, float | str] = {}
+    settings = {k: v for k, v in vars(args).items() if k not in ("json",)}
+
+    def result() -> dict:
+        rows = [median_row(measured) for measured in rounds.values() if measured]
+        return {"machine": machine(device), "settings": settings, "rows": rows, "ratios": step_ratios(rounds),
+                "pipeline": pipeline, "skipped": skipped, "failed": failed}  # fmt: skip
+
     for round_index in range(args.repeats):
         for method, cfg in configs.items():
+            if method in failed:
+                continue
             print(f"measuring {method} (round {round_index + 1}/{args.repeats}) ...", flush=True)
-            rounds[method].append(measure_method(method, cfg, data, args))
-    rows = [sorted(measured, key=lambda row: row["ms_per_step"])[len(measured) // 2] for measured in rounds.values()]
+            try:
+                rounds[method].append(measure_method(method, cfg, data, args))
+                print(f"  {method}: {rounds[method][-1]['ms_per_step']:.1f} ms/step", flush=True)
+            except Exception as err:  # noqa: BLE001 - one failing method must not cost the others their rows
+                traceback.print_exc()
+                failed[method] = f"{type(err).__name__}: {err}"
+            if args.json:
+                write_json(args.json, result())
     reference = configs.get("cld") or next(iter(configs.values()), None)
-    pipeline: dict[str, float | str] = {}
     if reference is not None and args.pipeline_batches > 0:
         pipeline["cpu_views_ms_per_batch"] = cpu_pipeline_ms(reference, data, args.pipeline_batches)
         pipeline["cpu_views_workers"] = args.workers
     if args.check_sync and reference is not None:
         pipeline["sync_check"] = check_no_sync(reference, device)
-    settings = {k: v for k, v in vars(args).items() if k not in ("json",)}
-    result = {"machine": machine(device), "settings": settings, "rows": rows, "pipeline": pipeline, "skipped": skipped}
+    final = result()
+    if args.json:
+        write_json(args.json, final)
 
-    info = result["machine"]
+    info, rows = final["machine"], final["rows"]
     print(f"\n{info['device']} | {info['cpu']} ({info['threads']} threads) | torch {info['torch']} | {info['date']}")
     print(
         f"{args.backbone} width {args.width}, batch {args.batch}, {args.image_size}px, {args.precision}, views on {args.augment}, "
         f"compile={args.compile}, channels_last={args.channels_last}, {args.steps} timed steps after {args.warmup}"
     )
     print(format_table(rows))
+    for name, ratio in final["ratios"].items():
+        print(f"{name} step time: median {ratio['median']:.3f}, range {ratio['min']:.3f}-{ratio['max']:.3f} "
+              f"over {len(ratio['rounds'])} rounds")  # fmt: skip
     if "cpu_views_ms_per_batch" in pipeline:
         print(f"CPU view pipeline (torchvision, {args.workers} workers): {pipeline['cpu_views_ms_per_batch']:.1f} ms/batch")
     if "sync_check" in pipeline:
         print(f"sync check: {pipeline['sync_check']}")
     for method, why in skipped.items():
         print(f"skipped {method}: {why}")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
-    return 0
+    for method, why in failed.items():
+        print(f"FAILED {method}: {why}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -71,7 +71,40 @@ def test_k_equal_batch_makes_singletons() -> None:
     torch.testing.assert_close(centroids, x)
 
 
-@pytest.mark.parametrize("k", [0, 7])
-def test_bad_k_is_a_clear_error(k: int) -> None:
+def test_bad_k_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="k"):
-        batch_kmeans(torch.randn(6, 4), k)
+        batch_kmeans(torch.randn(6, 4), 0)
+
+
+def naive_reference_kmeans(x: torch.Tensor, k: int, iters: int) -> tuple[list[int], torch.Tensor]:
+    """The reference's k-means written as loops: init ``x[:k]`` (fewer rows when k > B), argmin of the
+    squared distance, then k plain means with a count of 1 for an empty cluster (a zero centroid)."""
+    centroids = [row.clone() for row in x[:k]]
+    labels: list[int] = []
+    for _ in range(iters):
+        labels = [min(range(len(centroids)), key=lambda j: float(((row - centroids[j]) ** 2).sum())) for row in x]
+        sums = [torch.zeros(x.shape[1], dtype=x.dtype) for _ in range(k)]
+        counts = [0] * k
+        for row, label in zip(x, labels):
+            sums[label] += row
+            counts[label] += 1
+        centroids = [total / max(count, 1) for total, count in zip(sums, counts)]
+    return labels, torch.stack(centroids)
+
+
+@pytest.mark.parametrize("rows,k", [(12, 3), (8, 8), (6, 10)])
+def test_matches_naive_reference_including_k_above_batch(rows: int, k: int) -> None:
+    x = torch.nn.functional.normalize(torch.randn(rows, 5, dtype=torch.float64), dim=1)
+    labels, centroids = batch_kmeans(x, k, iters=4)
+    want_labels, want_centroids = naive_reference_kmeans(x, k, 4)
+    assert labels.tolist() == want_labels
+    torch.testing.assert_close(centroids, want_centroids)
+
+
+def test_k_above_batch_gives_singletons_and_zero_centroids() -> None:
+    """The reference's ImageNet case (k = 120 > 64 images per GPU), scaled down: k = 7 on 4 unit rows."""
+    x = torch.nn.functional.normalize(torch.randn(4, 3), dim=1)
+    labels, centroids = batch_kmeans(x, 7, iters=5)
+    assert labels.tolist() == [0, 1, 2, 3]
+    torch.testing.assert_close(centroids[:4], x)
+    assert centroids[4:].abs().sum() == 0

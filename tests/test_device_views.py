@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -15,14 +16,18 @@ from crosslevel.data.device_views import (
     DEVICE_RECIPES,
     DeviceAugment,
     DeviceViewSource,
+    DeviceRecipe,
     color_jitter,
     gaussian_blur,
     resized_crop,
     sample_crops,
+    sample_erasing,
     shift_hue,
 )
-from crosslevel.data.sources import CIFAR_MEAN, CIFAR_STD
+from crosslevel.config import apply_overrides, load_preset
+from crosslevel.data.sources import CIFAR_MEAN, CIFAR_STD, ImageSet
 from crosslevel.data.views import view_transform
+from crosslevel.training import device_views
 
 
 def smooth_images(count: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -94,13 +99,107 @@ def test_hue_shift_of_zero_is_identity() -> None:
     torch.testing.assert_close(shift_hue(images, torch.zeros(4)), images, atol=2e-6, rtol=0)
 
 
-def test_gaussian_blur_equals_torchvision_per_image() -> None:
+@pytest.mark.parametrize("kernel", [5, 13])
+def test_gaussian_blur_equals_torchvision_per_image(kernel: int) -> None:
     images = torch.rand(6, 3, 12, 12, generator=torch.Generator().manual_seed(6))
     sigma = torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0, 0.8])
-    ours = gaussian_blur(images, sigma, 5)
+    ours = gaussian_blur(images, sigma, kernel)
     for i in range(6):
-        reference = TF.gaussian_blur(images[i], [5, 5], [float(sigma[i])] * 2)
+        reference = TF.gaussian_blur(images[i], [kernel, kernel], [float(sigma[i])] * 2)
         torch.testing.assert_close(ours[i], reference, atol=1e-5, rtol=0)
+
+
+def wide_gaussian_blur(images: torch.Tensor, sigma: float, radius: int) -> torch.Tensor:
+    """Naive float64 2-D Gaussian convolution of B×C×H×W ``images``: a (2·radius + 1)² kernel, reflect padding."""
+    padded = np.pad(images.double().numpy(), ((0, 0), (0, 0), (radius, radius), (radius, radius)), mode="reflect")
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * sigma**2))
+    kernel /= kernel.sum()
+    height, width = images.shape[2:]
+    out = np.zeros(images.shape)
+    for dy, dx in np.ndindex(kernel.shape):
+        out += kernel[dy, dx] * padded[:, :, dy : dy + height, dx : dx + width]
+    return torch.from_numpy(out)
+
+
+def test_blur_reaches_sigma_2_at_32_pixels() -> None:
+    """The reference blurs with σ up to 2 px at every size: the kernel covers ±3σ (a 5-tap one is off by 0.16)."""
+    augment = DeviceAugment("v2", 32, CIFAR_MEAN, CIFAR_STD)
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(10))
+    ours = gaussian_blur(images, torch.full((4,), 2.0), augment.blur_kernel)
+    torch.testing.assert_close(ours.double(), wide_gaussian_blur(images, 2.0, radius=10), atol=2e-3, rtol=0)
+    (blur,) = [step.transforms[0] for step in view_transform("v2", 32, 3, CIFAR_MEAN, CIFAR_STD).transforms
+               if isinstance(step, v2.RandomApply) and isinstance(step.transforms[0], v2.GaussianBlur)]  # fmt: skip
+    assert min(blur.kernel_size) >= 13 and augment.blur_kernel >= 13
+
+
+@pytest.mark.parametrize("size", [4, 8])
+def test_blur_works_on_tiny_views(size: int) -> None:
+    """Reflect padding needs pad < side: 13 taps on 8 px (pad 6); the kernel is clamped below 7 px."""
+    recipe = dataclasses.replace(DEVICE_RECIPES["v2"], blur_p=1.0)
+    views = DeviceAugment(recipe, size, CIFAR_MEAN, CIFAR_STD)(smooth_images(3, size))
+    assert views.shape == (3, 3, size, size) and views.isfinite().all()
+    transform = view_transform("v2", size, 3, CIFAR_MEAN, CIFAR_STD, blur=1.0)
+    assert transform(smooth_images(1, size)[0]).shape == (3, size, size)
+
+
+def test_blur_zero_means_no_blur_on_both_paths() -> None:
+    cpu = view_transform("v2", 32, 3, CIFAR_MEAN, CIFAR_STD, blur=0.0)
+    steps = [inner for step in cpu.transforms for inner in getattr(step, "transforms", [step])]
+    assert not any(isinstance(step, v2.GaussianBlur) for step in steps)
+    images = ImageSet(smooth_images(8).permute(0, 2, 3, 1).numpy(), np.zeros(8, dtype=np.int64), (), CIFAR_MEAN, CIFAR_STD)
+    for blur in (0.0, 1.0):
+        cfg = apply_overrides(load_preset("cifar10-moco"), ["data=unused", "augment_device=device", f"blur={blur}"])
+        augment = device_views(cfg, images).augment
+        assert augment.recipe.blur_p == blur and augment.recipe.erasing_p == cfg.random_erasing > 0
+        assert augment.sample(1000, 32, 32, torch.Generator().manual_seed(11))["blur"].float().mean() == blur
+
+
+def test_erasing_sampler_has_torchvision_distribution() -> None:
+    torch.manual_seed(12)
+    reference = v2.RandomErasing(p=1.0)
+    image = torch.ones(3, 32, 32)
+    theirs = [reference.make_params([image]) for _ in range(4000)]
+    theirs = np.array([[p["i"], p["j"], p["h"], p["w"]] for p in theirs if p["v"] is not None], dtype=float)
+    ours = sample_erasing(4000, 32, 32, (0.02, 0.33), (0.3, 3.3), torch.device("cpu"), torch.Generator().manual_seed(13))
+    ours = ours.numpy().astype(float)  # columns: top, left, height, width, as make_params
+    assert len(theirs) > 3990 and (ours[:, 2] * ours[:, 3] > 0).mean() > 0.998  # hardly ever no box that fits
+    ours = ours[ours[:, 2] * ours[:, 3] > 0]
+    for stat in (
+        lambda x: x[:, 2] * x[:, 3] / 1024,  # erased area fraction
+        lambda x: np.log(x[:, 2] / x[:, 3]),  # log aspect ratio (height / width)
+        lambda x: x[:, 0] + x[:, 2] / 2,  # box centre row
+        lambda x: x[:, 1] + x[:, 3] / 2,  # box centre column
+    ):
+        assert ks_2samp(stat(ours), stat(theirs)).pvalue > 1e-3
+        assert abs(stat(ours).mean() - stat(theirs).mean()) < 4 * stat(theirs).std() / math.sqrt(2000)
+        quantiles = np.linspace(0.1, 0.9, 9)
+        spread = np.quantile(stat(theirs), 0.9) - np.quantile(stat(theirs), 0.1)
+        assert np.abs(np.quantile(stat(ours), quantiles) - np.quantile(stat(theirs), quantiles)).max() < 0.05 * spread
+
+
+@pytest.mark.parametrize("p", [0.5, 1.0])
+def test_random_erasing_matches_torchvision(p: float) -> None:
+    """Rate of erased views as torchvision's; erased pixels exactly 0 after normalisation, the others untouched."""
+    n = 3000
+    images = torch.full((n, 3, 32, 32), 200, dtype=torch.uint8)
+    augment = DeviceAugment(dataclasses.replace(DEVICE_RECIPES["none"], erasing_p=p), 32, CIFAR_MEAN, CIFAR_STD)
+    plain = DeviceAugment("none", 32, CIFAR_MEAN, CIFAR_STD)(images[:1])[0]  # no zero anywhere
+    params = augment.sample(n, 32, 32, torch.Generator().manual_seed(14))
+    views = augment.apply(images, params)
+    top, left, height, width = params["erase"].unbind(dim=1)
+    rows, cols = torch.arange(32)[None, :], torch.arange(32)[None, :]
+    inside = (((rows >= top[:, None]) & (rows < (top + height)[:, None]))[:, :, None]
+              & ((cols >= left[:, None]) & (cols < (left + width)[:, None]))[:, None, :])  # fmt: skip
+    assert (views == 0).all(dim=1).eq(inside).all() and (views[inside[:, None].expand_as(views)] == 0).all()
+    torch.testing.assert_close(views, torch.where(inside[:, None], 0.0, plain.expand_as(views)), atol=0, rtol=0)
+    torch.manual_seed(15)
+    reference = v2.RandomErasing(p=p)
+    normalised = plain.expand(n, -1, -1, -1)
+    theirs = torch.stack([(reference(view) == 0).any() for view in normalised]).float().mean()
+    ours = inside.flatten(1).any(dim=1).float().mean()
+    tolerance = 4 * math.sqrt(0.25 / n)
+    assert abs(ours - theirs) < 2 * tolerance and abs(ours - p) < tolerance
 
 
 @pytest.mark.parametrize("name", ["cifar", "v2"])

@@ -68,9 +68,9 @@ def step_worker(rank: int, world_size: int) -> dict[str, torch.Tensor]:
     assert not any(buffer is module.bank.memory for buffer in model.modules_buffers)
     views, indices = global_views(world_size)
     share = slice(rank * 6, (rank + 1) * 6)
-    _, instance, group = model(torch.cat([v[share] for v in views]))
-    instance_views = instance.chunk(2)
-    loss, _ = module.objective(instance_views, group, indices[share])
+    outputs = [model(v[share]) for v in views]  # one pass per view, as in training_step
+    instance_views = [instance for _, instance, _ in outputs]
+    loss, _ = module.objective(instance_views, [group for _, _, group in outputs], indices[share])
     loss.backward()
     for features in instance_views:
         module.bank.update(indices[share], features.detach())
@@ -81,15 +81,15 @@ def step_worker(rank: int, world_size: int) -> dict[str, torch.Tensor]:
 
 
 def test_gradients_and_bank_under_ddp_equal_single_process() -> None:
-    """Reference: the same global batch in one process, BN statistics and k-means per device share
-    (as DDP without SyncBN computes them), loss averaged over the shares as DDP averages gradients."""
+    """Reference: the same global batch in one process, BN statistics per view and device share and
+    k-means per device share (as DDP without SyncBN computes them), loss averaged over the shares as DDP averages gradients."""
     module = tiny_module()
     views, indices = global_views(world_size=2)
     losses, features = [], []
     for share in (slice(0, 6), slice(6, 12)):
-        _, instance, group = module(torch.cat([v[share] for v in views]))
-        instance_views = instance.chunk(2)
-        losses.append(module.objective(instance_views, group, indices[share])[0])
+        outputs = [module(v[share]) for v in views]
+        instance_views = [instance for _, instance, _ in outputs]
+        losses.append(module.objective(instance_views, [group for _, _, group in outputs], indices[share])[0])
         features.append(instance_views)
     torch.stack(losses).mean().backward()
     for view in range(2):  # the bank sees the whole global batch, view by view, in rank order

@@ -46,8 +46,8 @@ def poison_from_step(monkeypatch: pytest.MonkeyPatch, step: int, only: bool = Fa
     """Make the loss NaN at global step ``step`` (and after it, unless ``only``)."""
     original = ContrastiveModule.objective
 
-    def objective(self, instance_views, group, indices):
-        loss, logs = original(self, instance_views, group, indices)
+    def objective(self, instance_views, group_views, indices):
+        loss, logs = original(self, instance_views, group_views, indices)
         current = self.trainer.global_step
         return (loss * float("nan") if current == step or (current > step and not only) else loss), logs
 

@@ -177,7 +177,8 @@ def test_paper_presets_are_valid_and_described(name: str) -> None:
     descriptions = dict(preset_summary())
     assert descriptions[name]
     cfg = apply_overrides(load_preset(name), ["data=/somewhere"])
-    assert cfg.num_groups < cfg.batch_size
+    # k < batch, except where the reference's ImageNet arithmetic is reproduced on purpose
+    assert cfg.num_groups < cfg.batch_size or (name.startswith("imagenet") and cfg.groups_above_batch == "cap")
     assert ("cldm" in name or "moco" in name) == (cfg.instance == "moco")
     assert num_views(cfg) == (3 if "cldm" in name else 2)
 
@@ -231,7 +232,7 @@ def test_moco_v2_views_blur_jitter_and_random_erasing() -> None:
     from crosslevel.data.device_views import blur_kernel_size
     from crosslevel.data.views import view_transform
 
-    assert (blur_kernel_size(224), blur_kernel_size(96), blur_kernel_size(32)) == (23, 11, 5)
+    assert blur_kernel_size(2.0, 224) == blur_kernel_size(2.0, 32) == 13 and blur_kernel_size(2.0, 4) == 7  # ±3σ; pad < side
     transform = view_transform("v2", 32, 3, (0.5,) * 3, (0.25,) * 3, random_erasing=1.0)
     names = [type(step).__name__ for step in transform.transforms]
     assert names[-1] == "RandomErasing" and names.count("RandomApply") == 2

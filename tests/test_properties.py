@@ -125,7 +125,7 @@ def test_batch_kmeans_with_one_iteration_assigns_to_the_nearest_first_rows(probl
 @given(st.integers(1, 8), st.integers(1, 5), st.integers(-3, 12), st.integers(-1, 3))
 def test_batch_kmeans_rejects_impossible_arguments(rows: int, dim: int, k: int, iters: int) -> None:
     x = torch.randn(rows, dim)
-    if 1 <= k <= rows and iters >= 1:
+    if k >= 1 and iters >= 1:  # k > rows follows the reference (singletons, zero centroids)
         assert batch_kmeans(x, k, iters)[1].shape == (k, dim)
     else:
         with pytest.raises(ValueError, match="batch_kmeans needs"):

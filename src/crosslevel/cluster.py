@@ -21,7 +21,10 @@ def batch_kmeans(x: torch.Tensor, k: int, iters: int = 5) -> tuple[torch.Tensor,
     Args:
         x: B×D features (the CLD group features are L2-normalised, so this is spherical
             k-means in the paper's sense).
-        k: number of clusters, 1 ≤ k ≤ B.
+        k: number of clusters, ≥ 1. With k > B the reference's arithmetic is followed on purpose
+            (its ImageNet run, k = 120 on 64 images per GPU): the first assignment sees the B rows of
+            ``x[:k]``, every later one k centroids of which k − B are zero; with distinct
+            L2-normalised rows every image is its own group and k − B centroids stay zero.
         iters: number of assign/update iterations, ≥ 1.
 
     Returns:
@@ -30,8 +33,8 @@ def batch_kmeans(x: torch.Tensor, k: int, iters: int = 5) -> tuple[torch.Tensor,
     """
     if x.dim() != 2:
         raise ValueError(f"batch_kmeans expects a B×D matrix, got shape {tuple(x.shape)}")
-    if not 1 <= k <= x.shape[0]:
-        raise ValueError(f"batch_kmeans needs 1 <= k <= batch size, got k={k} for a batch of {x.shape[0]}")
+    if k < 1:
+        raise ValueError(f"batch_kmeans needs k >= 1, got k={k}")
     if iters < 1:
         raise ValueError(f"batch_kmeans needs iters >= 1, got {iters}")
     centroids = x[:k]

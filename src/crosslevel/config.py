@@ -39,7 +39,9 @@ class Config:
     hc_mode: str = "walk"  # walk (smooth random camera walk) | repeat (exact copies)
     augment: str = "auto"  # view recipe: auto | cifar | v2 | digits | none
     random_erasing: float = 0.0  # probability of RandomErasing after normalisation (0: off)
+    blur: float = 0.5  # augment=v2: probability of GaussianBlur(σ ∈ [0.1, 2] px) (0: off)
     image_size: int = 0  # 0: the data set's own size
+    eval_resize: int = 0  # test transform: short side resized to this, then centre crop image_size (0: image_size)
     workers: int = 2  # data-loader worker processes
     bad_images: str = "error"  # an unreadable image in a folder: error (stop) | skip (warn, count in summary.json)
     augment_device: str = "cpu"  # cpu: torchvision in loader workers | device: batched on the training device
@@ -47,10 +49,13 @@ class Config:
     backbone: str = "resnet18_cifar"  # resnet18_cifar | resnet18 | resnet50 | smallcnn
     width: int = 64  # channels of the first stage (64 = the standard ResNet-18)
     feature_dim: int = 128  # output size of both heads
-    normlinear: bool = False  # cosine-layer heads instead of Linear
+    normlinear: bool = False  # cosine-layer heads instead of Linear (columns start at unit norm, as the reference)
     mlp: bool = False  # shared Linear(d, d)+ReLU trunk before the heads
+    pool_window: int = 0  # 0: global average pool; N: the reference's avg_pool2d(N) (STL-10: 7, top-left 7×7 of 12×12)
+    conv_init: str = "torchvision"  # torchvision: kaiming-normal fan_out | pytorch: layer default (reference CIFAR ResNet)
     # --- instance branch: NPID memory bank or MoCo momentum encoder + queue ---
     instance: str = "npid"  # npid | moco
+    npid_views: int = 2  # NPID: views per image (1: the original NPID; CLD needs 2)
     temperature: float = 0.1  # T_I (MoCo: 0.07 CIFAR, 0.2 ImageNet)
     bank_momentum: float = 0.5  # NPID: row <- normalise(m·row + (1-m)·f)
     queue_size: int = 4096  # MoCo: negatives in the queue (>= the global batch)
@@ -59,6 +64,7 @@ class Config:
     cld_weight: float = 1.0  # λ; 0 = plain NPID
     cld_temperature: float = 0.2  # T_G
     num_groups: int = 128  # k of the batch k-means
+    groups_above_batch: str = "error"  # k >= per-device batch: error | cap (the reference's ImageNet arithmetic)
     kmeans_iters: int = 5
     # --- optimisation ---
     epochs: int = 200
@@ -95,8 +101,11 @@ class Config:
 
 
 def num_views(cfg: Config) -> int:
-    """Views per image: NPID 2; MoCo 2 (query, key); CLDm 3 (two query views for CLD, one key view)."""
-    return 3 if cfg.instance == "moco" and cfg.cld_weight > 0 else 2
+    """Views per image: NPID ``npid_views`` (2, or 1 for the original NPID); MoCo 2 (query, key);
+    CLDm 3 (two query views for CLD, one key view)."""
+    if cfg.instance == "moco":
+        return 3 if cfg.cld_weight > 0 else 2
+    return cfg.npid_views
 
 
 def peak_lr(cfg: Config, world_size: int) -> float:
@@ -112,6 +121,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "hc_mode": ("walk", "repeat"),
     "backbone": ("resnet18_cifar", "resnet18", "resnet50", "smallcnn"),
     "instance": ("npid", "moco"),
+    "groups_above_batch": ("error", "cap"),
+    "conv_init": ("torchvision", "pytorch"),
     "schedule_interval": ("step", "epoch"),
     "logger": ("csv", "tensorboard", "both"),
     "bad_images": ("error", "skip"),
@@ -211,12 +222,24 @@ def validate(cfg: Config) -> Config:
         raise CrossLevelError(f"bank_momentum must be in [0, 1), got {cfg.bank_momentum}")
     if cfg.cld_weight < 0:
         raise CrossLevelError(f"cld_weight (λ) must be >= 0, got {cfg.cld_weight}")
-    if cfg.cld_weight > 0 and cfg.num_groups >= cfg.batch_size:
+    if cfg.cld_weight > 0 and cfg.num_groups >= cfg.batch_size and cfg.groups_above_batch == "error":
         raise CrossLevelError(
             f"num_groups (k={cfg.num_groups}) must be smaller than the per-device batch "
             f"(batch_size={cfg.batch_size}): with k >= batch every image is its own group and CLD "
-            "degenerates to in-batch instance discrimination"
+            "degenerates to in-batch instance discrimination (groups_above_batch=cap allows it on purpose, "
+            "as the reference's ImageNet run did)"
         )
+    if cfg.npid_views not in (1, 2):
+        raise CrossLevelError(f"npid_views must be 1 (the original NPID) or 2, got {cfg.npid_views}")
+    if cfg.npid_views == 1 and (cfg.instance != "npid" or cfg.cld_weight > 0):
+        raise CrossLevelError(
+            "npid_views=1 is the original one-view NPID: it needs instance=npid and cld_weight=0 "
+            "(CLD compares two views)"
+        )
+    if cfg.eval_resize < 0:
+        raise CrossLevelError(f"eval_resize must be 0 (= image_size) or a side in pixels, got {cfg.eval_resize}")
+    if cfg.pool_window < 0:
+        raise CrossLevelError(f"pool_window must be 0 (global pooling) or a window side >= 1, got {cfg.pool_window}")
     if cfg.instance == "moco":
         if not 0.0 <= cfg.moco_momentum < 1.0:
             raise CrossLevelError(f"moco_momentum must be in [0, 1), got {cfg.moco_momentum}")
@@ -229,8 +252,9 @@ def validate(cfg: Config) -> Config:
         raise CrossLevelError(f"lt_ratio (ρ) must be 0 (off) or >= 1, e.g. 10, 50, 100; got {cfg.lt_ratio}")
     if cfg.hc_frames < 0:
         raise CrossLevelError(f"hc_frames must be >= 0, got {cfg.hc_frames}")
-    if not 0.0 <= cfg.random_erasing <= 1.0:
-        raise CrossLevelError(f"random_erasing is a probability in [0, 1], got {cfg.random_erasing}")
+    for key in ("random_erasing", "blur"):
+        if not 0.0 <= getattr(cfg, key) <= 1.0:
+            raise CrossLevelError(f"{key} is a probability in [0, 1], got {getattr(cfg, key)}")
     if cfg.dataset == "lists" and not cfg.train_list:
         raise CrossLevelError("dataset 'lists' needs train_list=FILE (lines of 'relative/path label')")
     if not cfg.in_memory and not cfg.image_size:

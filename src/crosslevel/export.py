@@ -58,7 +58,9 @@ def _folder_images(run: Run, folder: Path) -> tuple[list[Path], np.ndarray]:
 def embed_folder(run: Run, folder: Path, feature: str = "f") -> tuple[list[Path], np.ndarray, np.ndarray]:
     """(files, uint8 N×H×W×C images, float32 N×D L2-normalised features) of every image under ``folder``."""
     paths, images = _folder_images(run, folder)
-    transform = eval_transform(run.cfg.image_size or run.data.size, run.data.train.mean, run.data.train.std)
+    transform = eval_transform(
+        run.cfg.image_size or run.data.size, run.data.train.mean, run.data.train.std, run.cfg.eval_resize
+    )
     embed = run.embedder(feature)
     chunks = []
     for start in range(0, len(images), run.batch_size):

@@ -75,7 +75,8 @@ def cld_loss(
     Args:
         group_a: B×D L2-normalised group features of view a.
         group_b: B×D L2-normalised group features of view b (same images, same order).
-        num_groups: k, the number of local clusters per view (must be < B to be meaningful).
+        num_groups: k, the number of local clusters per view (< B to be meaningful; k ≥ B: every
+            image is its own group, a cross-view instance loss, as in the reference's ImageNet run).
         temperature: T_G.
         iters: k-means iterations.
 

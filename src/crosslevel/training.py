@@ -67,7 +67,7 @@ class Data:
             return DataLoader(range(len(self.train)), batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
         size = cfg.image_size or self.size
         transform = view_transform(
-            cfg.augment, size, self.train.channels, self.train.mean, self.train.std, cfg.random_erasing
+            cfg.augment, size, self.train.channels, self.train.mean, self.train.std, cfg.random_erasing, cfg.blur
         )
         return DataLoader(
             MultiViewDataset(self.train, transform, num_views(cfg)),
@@ -81,7 +81,7 @@ class Data:
 
     def eval_loader(self, images: Images, cfg: Config) -> DataLoader:
         """In-order batches of (image, label) with the test transform."""
-        transform = eval_transform(cfg.image_size or self.size, self.train.mean, self.train.std)
+        transform = eval_transform(cfg.image_size or self.size, self.train.mean, self.train.std, cfg.eval_resize)
         return DataLoader(LabelledDataset(images, transform), batch_size=max(cfg.batch_size, 256), num_workers=0)
 
 
@@ -126,7 +126,8 @@ def load_data(cfg: Config) -> Data:
 
 
 def device_views(cfg: Config, images: Images) -> DeviceViewSource:
-    """The on-device view maker of ``augment_device=device``: ``images`` kept as uint8 on the device."""
+    """The on-device view maker of ``augment_device=device``: ``images`` kept as uint8 on the device;
+    ``random_erasing`` and (``augment=v2``) ``blur`` set the recipe's probabilities."""
     if not isinstance(images, ImageSet):
         raise CrossLevelError(
             "augment_device=device needs decoded images in memory (not in_memory=false or hc_frames); "
@@ -138,11 +139,12 @@ def device_views(cfg: Config, images: Images) -> DeviceViewSource:
             f"augment={recipe} has no on-device version (on-device recipes: {', '.join(DEVICE_RECIPES)}); "
             "set augment_device=cpu"
         )
-    if cfg.random_erasing > 0:
-        raise CrossLevelError("random_erasing has no on-device version; set augment_device=cpu or random_erasing=0")
     if DEVICE_RECIPES[recipe].colour and images.channels != 3:
         raise CrossLevelError(f"augment={recipe} needs colour images; these have {images.channels} channel(s)")
-    augment = DeviceAugment(recipe, cfg.image_size or images.size, images.mean, images.std)
+    device_recipe = dataclasses.replace(DEVICE_RECIPES[recipe], erasing_p=cfg.random_erasing)
+    if recipe == "v2":
+        device_recipe = dataclasses.replace(device_recipe, blur_p=cfg.blur)
+    augment = DeviceAugment(device_recipe, cfg.image_size or images.size, images.mean, images.std)
     return DeviceViewSource(torch.from_numpy(images.images), augment, num_views(cfg))
 
 
@@ -196,11 +198,23 @@ def evaluate_knn(module: ContrastiveModule, data: Data, cfg: Config, feature: st
 
 
 class KNNMonitor(Callback):
-    """kNN top-1 / top-5 every ``eval_every`` epochs and after the last epoch, logged as knn_top1/5."""
+    """kNN top-1 / top-5 every ``eval_every`` epochs and after the last epoch, logged as knn_top1/5.
+
+    ``last`` is the latest result (the final epoch's, the headline); ``best`` the evaluated epoch with
+    the highest top-1 (``{"epoch", "top1", "top5"}``, what the reference reports), kept in checkpoints
+    so that it survives a resume.
+    """
 
     def __init__(self, data: Data, cfg: Config) -> None:
         self.data, self.cfg = data, cfg
         self.last: dict[str, float] | None = None
+        self.best: dict[str, float] | None = None
+
+    def state_dict(self) -> dict[str, object]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, object]) -> None:
+        self.best = state_dict.get("best")  # type: ignore[assignment]
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
@@ -211,6 +225,8 @@ class KNNMonitor(Callback):
         # Under DDP rank 0 evaluates (the model is the same on every rank) and shares the result.
         result = evaluate_knn(pl_module, self.data, self.cfg) if trainer.is_global_zero else None  # type: ignore[arg-type]
         self.last = trainer.strategy.broadcast(result, src=0)
+        if self.best is None or self.last["top1"] > self.best["top1"]:
+            self.best = {"epoch": epoch, "top1": self.last["top1"], "top5": self.last["top5"]}
         pl_module.log_dict({f"knn_{name}": value for name, value in self.last.items()}, on_epoch=True, sync_dist=True)
 
 
@@ -343,6 +359,7 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
         "skipped_images": len(data.train.skipped) + (len(data.test.skipped) if data.test is not None else 0),
         "skipped_steps": module.skipped_steps,
         "knn": knn,
+        "knn_best": monitor.best,
     }
     if trainer.is_global_zero:
         (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")

@@ -15,6 +15,8 @@ Equivalence with the torchvision (CPU) path, op by op:
 * ColorJitter: brightness, contrast, saturation and hue in a random order *per image*, exactly as
   torchvision draws ``randperm(4)`` per call; same factor ranges and formulas.
 * RandomGrayscale, GaussianBlur (reflect padding, per-image σ), Normalize: the same formulas.
+* RandomErasing (after normalisation, value 0): the same box sampler (10 attempts, no erasing when
+  none fits), vectorised.
 * Precision: the torchvision recipe runs on uint8 and rounds after the crop and after every colour
   op; here everything stays in float32 after the uint8 → [0, 1] conversion (no rounding), a
   difference below one grey level per op.
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+BLUR_SIGMA = (0.1, 2.0)  # GaussianBlur σ range in pixels (MoCo v2's PIL radius), at every image size
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,10 @@ class DeviceRecipe:
     grayscale_p: float = 0.2
     flip_p: float = 0.5
     blur_p: float = 0.0  # probability of GaussianBlur
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_sigma: tuple[float, float] = BLUR_SIGMA
+    erasing_p: float = 0.0  # probability of RandomErasing (after normalisation, value 0)
+    erasing_scale: tuple[float, float] = (0.02, 0.33)  # erased area fraction
+    erasing_ratio: tuple[float, float] = (0.3, 3.3)  # erased box aspect ratio (height / width)
 
     @property
     def colour(self) -> bool:
@@ -107,6 +113,47 @@ def sample_crops(
     top = torch.where(found, top, (height - crop_h).div(2, rounding_mode="floor"))
     left = torch.where(found, left, (width - crop_w).div(2, rounding_mode="floor"))
     return torch.stack([top, left, crop_h, crop_w], dim=1).long()
+
+
+def sample_erasing(
+    batch: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    device: torch.device,
+    generator: torch.Generator | None = None,
+    attempts: int = 10,
+) -> torch.Tensor:
+    """Boxes of torchvision's ``RandomErasing`` sampler (``make_params``), for ``batch`` images at once.
+
+    Returns:
+        B×4 long ``(top, left, box height, box width)``; an empty box (0 × 0) where no attempt fits.
+    """
+    area = float(height * width) * _uniform((batch, attempts), *scale, device, generator)
+    aspect = _uniform((batch, attempts), math.log(ratio[0]), math.log(ratio[1]), device, generator).exp()
+    box_h = (area * aspect).sqrt().round()
+    box_w = (area / aspect).sqrt().round()
+    fits = (box_h < height) & (box_w < width)
+    first = fits.int().argmax(dim=1, keepdim=True)  # the first attempt that fits
+    found = fits.any(dim=1)
+    box_h = torch.where(found, box_h.gather(1, first).squeeze(1), 0.0)
+    box_w = torch.where(found, box_w.gather(1, first).squeeze(1), 0.0)
+    top = (torch.rand(batch, device=device, generator=generator) * (height - box_h + 1)).floor()
+    left = (torch.rand(batch, device=device, generator=generator) * (width - box_w + 1)).floor()
+    return torch.stack([top, left, box_h, box_w], dim=1).long()
+
+
+def erase(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """``images`` (float B×C×H×W) with the pixels of ``boxes`` (B×4 ``(top, left, height, width)``) set to 0."""
+    _, _, height, width = images.shape
+    top, left, box_h, box_w = boxes[:, :, None].unbind(dim=1)  # each B×1
+    rows = torch.arange(height, device=images.device)[None, :]
+    cols = torch.arange(width, device=images.device)[None, :]
+    inside_rows = (rows >= top) & (rows < top + box_h)  # B×H
+    inside_cols = (cols >= left) & (cols < left + box_w)  # B×W
+    inside = inside_rows[:, None, :, None] & inside_cols[:, None, None, :]  # B×1×H×W
+    return images.masked_fill(inside, 0.0)
 
 
 def resized_crop(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
@@ -212,9 +259,10 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -
     return flat.reshape(batch, channels, height, width)
 
 
-def blur_kernel_size(size: int) -> int:
-    """The blur kernel side for ``size``-pixel views: odd, about a tenth of the side (5 at 32, 23 at 224)."""
-    return 2 * round(0.05 * size) + 1
+def blur_kernel_size(sigma_max: float, size: int) -> int:
+    """The blur kernel side: odd and covering ±3·``sigma_max`` (13 for σ 2), whatever the image size,
+    but at most 2·``size`` − 1 so that reflect padding (pad < side) works on tiny ``size``-pixel views."""
+    return min(2 * math.ceil(3 * sigma_max) + 1, 2 * size - 1)
 
 
 class DeviceAugment(nn.Module):
@@ -236,12 +284,13 @@ class DeviceAugment(nn.Module):
             raise ValueError("colour augmentation needs 3-channel images")
         self.recipe = recipe
         self.size = size
-        self.blur_kernel = blur_kernel_size(size)
+        self.blur_kernel = blur_kernel_size(recipe.blur_sigma[1], size)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32)[None, :, None, None], persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32)[None, :, None, None], persistent=False)
 
     def sample(self, batch: int, height: int, width: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Random parameters of ``batch`` views (all on this module's device)."""
+        """Random parameters of ``batch`` views of height×width images (all on this module's device); the
+        erasing boxes ``erase`` are on the size×size view."""
         r, device = self.recipe, self.mean.device
 
         def coin(p: float) -> torch.Tensor:
@@ -261,6 +310,9 @@ class DeviceAugment(nn.Module):
             "grayscale": coin(r.grayscale_p),
             "blur": coin(r.blur_p),
             "sigma": _uniform((batch,), *r.blur_sigma, device, generator),
+            # an empty box where the image is not erased
+            "erase": sample_erasing(batch, self.size, self.size, r.erasing_scale, r.erasing_ratio, device, generator)
+            * coin(r.erasing_p)[:, None],
         }
 
     def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -274,7 +326,10 @@ class DeviceAugment(nn.Module):
         if r.blur_p > 0:
             blurred = gaussian_blur(views, params["sigma"], self.blur_kernel)
             views = torch.where(params["blur"][:, None, None, None], blurred, views)
-        return (views - self.mean) / self.std
+        views = (views - self.mean) / self.std
+        if r.erasing_p > 0:
+            views = erase(views, params["erase"])
+        return views
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(images, self.sample(images.shape[0], images.shape[2], images.shape[3], generator))

@@ -31,6 +31,7 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # image folders: natural-image statistics, split-independent
 IMAGENET_STD = (0.229, 0.224, 0.225)
+STL10_MEAN = STL10_STD = (0.5, 0.5, 0.5)  # the reference's STL-10 normalisation
 
 
 class Images(abc.ABC):
@@ -442,7 +443,7 @@ def load_stl10_split(path: Path, split: str, unlabeled: bool = True) -> ImageSet
         labels = np.concatenate([labels, np.full(len(extra), -1, dtype=np.int64)])
     names = root / "class_names.txt"
     classes = tuple(names.read_text().split()) if names.is_file() else tuple(str(c) for c in range(10))
-    return ImageSet(images, labels, classes, IMAGENET_MEAN, IMAGENET_STD)
+    return ImageSet(images, labels, classes, STL10_MEAN, STL10_STD)
 
 
 def load_split(

@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from ..errors import CrossLevelError
-from .device_views import blur_kernel_size
+from .device_views import BLUR_SIGMA, blur_kernel_size
 from .sources import Images
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -26,6 +26,7 @@ def view_transform(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     random_erasing: float = 0.0,
+    blur: float = 0.5,
 ) -> Transform:
     """The random view of one image: uint8 C×H×W in, normalised float C×size×size out.
 
@@ -33,7 +34,7 @@ def view_transform(
         ``cifar``: RandomResizedCrop(size, scale 0.2–1), ColorJitter(0.4, 0.4, 0.4, 0.4),
         RandomGrayscale(0.2), horizontal flip (DESIGN.md §2, the official NPID/CLD recipe).
         ``v2``: MoCo v2: the same crop, ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8,
-        RandomGrayscale(0.2), GaussianBlur(σ ∈ [0.1, 2]) with p = 0.5, horizontal flip.
+        RandomGrayscale(0.2), GaussianBlur(σ ∈ [0.1, 2] px, kernel ±3σ) with p = ``blur``, horizontal flip.
         ``digits``: small random crops and rotations, no flip and no colour (digits are grey
         and not mirror-symmetric).
         ``none``: no augmentation.
@@ -55,11 +56,12 @@ def view_transform(
             v2.RandomHorizontalFlip(),
         ]
     elif recipe == "v2":
+        gaussian = v2.GaussianBlur(blur_kernel_size(BLUR_SIGMA[1], size), sigma=BLUR_SIGMA)
         steps = [
             v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
             v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
             v2.RandomGrayscale(0.2),
-            v2.RandomApply([v2.GaussianBlur(blur_kernel_size(size), sigma=(0.1, 2.0))], p=0.5),
+            *([v2.RandomApply([gaussian], p=blur)] if blur > 0 else []),
             v2.RandomHorizontalFlip(),
         ]
     elif recipe == "digits":
@@ -75,12 +77,12 @@ def view_transform(
     return v2.Compose(steps + _finish(mean, std) + erasing)
 
 
-def eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Transform:
-    """The deterministic test transform: resize the short side to ``size``, centre-crop a square, normalise.
-
-    Both steps are no-ops for square images at the native size.
+def eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...], resize: int = 0) -> Transform:
+    """The deterministic test transform: resize the short side to ``resize`` (0: ``size``), centre-crop
+    a ``size`` square, normalise. ``resize=256`` with ``size=224`` is the ImageNet protocol of the
+    reference (and of MoCo); both steps are no-ops for square images at the native size.
     """
-    return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), *_finish(mean, std)])
+    return v2.Compose([v2.Resize(resize or size, antialias=True), v2.CenterCrop(size), *_finish(mean, std)])
 
 
 class MultiViewDataset(Dataset):

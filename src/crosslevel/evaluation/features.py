@@ -96,7 +96,8 @@ class Run:
         """Batches of (random view, label) with the run's training augmentation."""
         batch = batch_size or self.batch_size
         size = self.cfg.image_size or self.data.size
-        transform = view_transform(self.cfg.augment, size, self.data.train.channels, self.data.train.mean, self.data.train.std)
+        train, cfg = self.data.train, self.cfg
+        transform = view_transform(cfg.augment, size, train.channels, train.mean, train.std, cfg.random_erasing, cfg.blur)
         return DataLoader(LabelledDataset(images, transform), batch_size=batch, shuffle=shuffle, drop_last=shuffle and len(images) > batch)
 
     def eval_loader(self, images: ImageSet) -> DataLoader:

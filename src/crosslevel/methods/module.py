@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -19,19 +20,26 @@ from .memory_bank import MemoryBank
 from .moco import KeyQueue, MomentumEncoder
 
 
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """LR factor at ``step``: linear warm-up over ``warmup`` steps, then cosine to 0 at ``total``."""
+WARMUP_START = 0.01  # the reference's warm-up (GradualWarmupScheduler, multiplier 100) starts at peak/100
+MIN_LR = 1e-6  # the reference's cosine floor (CosineAnnealingLR eta_min)
+
+
+def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
+    """LR factor at ``step``: linear warm-up from ``WARMUP_START`` to 1 over ``warmup`` steps, then
+    cosine from 1 to ``floor`` at ``total`` (the reference's schedule, with floor = MIN_LR / peak)."""
     if step < warmup:
-        return (step + 1) / warmup
+        return WARMUP_START + (1.0 - WARMUP_START) * step / warmup
     progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 class ContrastiveModule(pl.LightningModule):
     """NPID, CLD, MoCo or CLDm: one backbone, two heads, an instance branch and the optional CLD term.
 
     A batch is ``(views, indices)`` with ``num_views(cfg)`` views. The query encoder (backbone +
-    heads) sees the *query views*: both views for NPID, all but the last view for MoCo.
+    heads) sees the *query views*: every view for NPID (two, or one with ``npid_views=1``), all but
+    the last view for MoCo. Each view has its own forward pass, as in the reference: BatchNorm
+    statistics never mix views (a joint pass would leak them, the leak MoCo's shuffle-BN avoids).
 
     * ``instance = npid``: ``L_inst`` = mean over query views of the bank softmax (paper eq. 3);
       after the optimiser step the bank rows of the batch are updated with each view's f_I.
@@ -55,8 +63,10 @@ class ContrastiveModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters({"cfg": dataclasses.asdict(cfg), "num_train": num_train, "in_channels": in_channels})
         self.cfg = cfg
-        self.backbone = build_backbone(cfg.backbone, in_channels, cfg.width)
+        self.backbone = build_backbone(cfg.backbone, in_channels, cfg.width, cfg.pool_window, cfg.conv_init)
         self.heads = TwoHeads(self.backbone.out_dim, cfg.feature_dim, cfg.normlinear, cfg.mlp)
+        if cfg.channels_last:  # before the key encoder copies the backbone, so that both are NHWC
+            self.backbone.to(memory_format=torch.channels_last)
         if cfg.instance == "moco":
             self.key_encoder = MomentumEncoder(self.backbone, self.heads, cfg.moco_momentum)
             self.queue = KeyQueue(cfg.queue_size, cfg.feature_dim)
@@ -72,10 +82,11 @@ class ContrastiveModule(pl.LightningModule):
         on_device = [f"views.{name}" for name, _ in views.named_buffers()] if views is not None else []
         self._ddp_params_and_buffers_to_ignore = [*shared, *unused, *on_device]
         self.views = views
-        if cfg.channels_last:
-            self.backbone.to(memory_format=torch.channels_last)
         if cfg.compile:  # in place: parameter names and checkpoints stay those of the plain modules
-            for part in [self.backbone, self.heads] + ([views.augment] if views is not None else []):
+            parts = [self.backbone, self.heads]
+            if cfg.instance == "moco":
+                parts += [self.key_encoder.backbone, self.key_encoder.heads]
+            for part in parts + ([views.augment] if views is not None else []):
                 part.compile()
         self._pending_update: tuple[torch.Tensor, list[torch.Tensor]] | None = None
         self._skip_step = False
@@ -89,11 +100,13 @@ class ContrastiveModule(pl.LightningModule):
                 f"({self.cfg.batch_size} × {world} devices): the queue must hold one step's keys"
             )
 
+    def _layout(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` in the backbone's memory format (NHWC with ``channels_last``)."""
+        return images.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else images
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """B×C×H×W → (pooled f B×d, instance f_I B×D, group f_G B×D); heads are unit-norm."""
-        if self.cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        pooled = self.backbone(images)
+        pooled = self.backbone(self._layout(images))
         instance, group = self.heads(pooled)
         return pooled, instance, group
 
@@ -105,8 +118,8 @@ class ContrastiveModule(pl.LightningModule):
 
     def objective(
         self,
-        instance_views: tuple[torch.Tensor, ...],
-        group: torch.Tensor,
+        instance_views: Sequence[torch.Tensor],
+        group_views: Sequence[torch.Tensor],
         indices: torch.Tensor,
         keys: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -114,7 +127,7 @@ class ContrastiveModule(pl.LightningModule):
 
         Args:
             instance_views: V tensors B×D, f_I of each query view.
-            group: (V·B)×D f_G of all query views, view-major; CLD uses the first two views
+            group_views: V tensors B×D, f_G of each query view; CLD uses the first two
                 (k-means on this device's batch only).
             indices: B data-set indices of the images (the NPID bank rows).
             keys: B×D momentum-encoder keys (``instance = moco``), else None.
@@ -128,7 +141,7 @@ class ContrastiveModule(pl.LightningModule):
             loss = loss_inst
             logs = {"loss_inst": loss_inst}
             if self.cfg.cld_weight > 0:
-                group_a, group_b = group.float().chunk(len(instance_views))[:2]
+                group_a, group_b = (group.float() for group in group_views[:2])
                 loss_cld = cld_loss(group_a, group_b, self.cfg.num_groups, self.cfg.cld_temperature, self.cfg.kmeans_iters)
                 loss = loss + self.cfg.cld_weight * loss_cld
                 logs["loss_cld"] = loss_cld
@@ -144,13 +157,14 @@ class ContrastiveModule(pl.LightningModule):
         views, indices = batch
         moco = self.cfg.instance == "moco"
         query_views = list(views[:-1]) if moco else list(views)
-        _, instance, group = self(torch.cat(query_views))
-        instance_views = instance.float().chunk(len(query_views))
+        outputs = [self(view) for view in query_views]  # one pass per view: BN never mixes views
+        instance_views = [instance.float() for _, instance, _ in outputs]
+        group_views = [group for _, _, group in outputs]
         if moco:  # the key encoder had its EMA step at the end of the previous step (on_train_batch_end)
-            keys = self.key_encoder(views[-1]).float()
-            loss, logs = self.objective(instance_views, group, indices, keys=keys)
+            keys = self.key_encoder(self._layout(views[-1])).float()
+            loss, logs = self.objective(instance_views, group_views, indices, keys=keys)
         else:
-            loss, logs = self.objective(instance_views, group, indices)
+            loss, logs = self.objective(instance_views, group_views, indices)
         self._skip_step = any_rank(~torch.isfinite(loss.detach()))
         if self._skip_step:
             self._on_nonfinite(loss)
@@ -206,5 +220,6 @@ class ContrastiveModule(pl.LightningModule):
         else:
             total = max(1, int(self.trainer.estimated_stepping_batches))
             warmup = int(total * self.cfg.warmup_epochs / self.cfg.epochs)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
+        floor = min(1.0, MIN_LR / optimizer.param_groups[0]["lr"])
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup, floor))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": self.cfg.schedule_interval}}

@@ -43,20 +43,71 @@ def cifar_stem(net: ResNet) -> None:
     net.maxpool = nn.Identity()
 
 
+class TopLeftPool(nn.Module):
+    """The reference's ``F.avg_pool2d(x, window)`` where it yields one position: B×C×H×W → B×C×1×1,
+    the mean of the top-left window×window of the map.
+
+    It equals global pooling when the map is window×window (CIFAR at 32 px: 4×4). On STL-10's
+    12×12 map with window 7 (the reference's STL setting) it ignores 95 of the 144 positions.
+    """
+
+    def __init__(self, window: int) -> None:
+        super().__init__()
+        self.window = window
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        if not (self.window <= min(height, width) and max(height, width) < 2 * self.window):
+            raise CrossLevelError(
+                f"pool_window={self.window} pools one {self.window}×{self.window} corner, as the reference's "
+                f"avg_pool2d; it needs a feature map of {self.window}..{2 * self.window - 1} positions a side, "
+                f"got {height}×{width} (pool_window=0 pools globally)"
+            )
+        return x[..., : self.window, : self.window].mean(dim=(-2, -1), keepdim=True)
+
+
+def pytorch_default_init(net: nn.Module) -> None:
+    """Re-initialise every conv with PyTorch's layer default (kaiming-uniform, a = √5), as the reference's
+    CIFAR ResNet does, instead of torchvision's kaiming-normal fan_out."""
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            module.reset_parameters()
+
+
 class ResNetTrunk(nn.Module):
     """A torchvision ResNet without its classifier: B×C×H×W → B×d pooled features.
 
     ``self.net`` is a plain torchvision ``ResNet`` (``fc`` = Identity), so its ``state_dict``
     loads into ``torchvision.models.resnet18()`` / ``resnet50()`` (with the same stem).
+
+    Args:
+        depth: 18 or 50.
+        in_channels: image channels.
+        width: channels of the first stage (64: the standard network).
+        cifar: the CIFAR stem (3×3 stride-1 conv, no max-pool).
+        pool_window: 0: global average pool; N: the reference's ``avg_pool2d(out, N)`` (:class:`TopLeftPool`).
+        conv_init: ``torchvision`` (kaiming-normal fan_out) or ``pytorch`` (the layer default).
     """
 
-    def __init__(self, depth: int, in_channels: int = 3, width: int = 64, cifar: bool = False) -> None:
+    def __init__(
+        self,
+        depth: int,
+        in_channels: int = 3,
+        width: int = 64,
+        cifar: bool = False,
+        pool_window: int = 0,
+        conv_init: str = "torchvision",
+    ) -> None:
         super().__init__()
         self.net: ResNet = {18: resnet18, 50: resnet50}[depth]()
         if width != 64 or in_channels != 3:
             _rebuild_width(self.net, width, in_channels)
         if cifar:
             cifar_stem(self.net)
+        if pool_window:
+            self.net.avgpool = TopLeftPool(pool_window)
+        if conv_init == "pytorch":
+            pytorch_default_init(self.net)
         self.out_dim = self.net.fc.in_features if width == 64 else width * 8 * self.net.layer1[0].expansion
         self.net.fc = nn.Identity()
 
@@ -87,14 +138,17 @@ class SmallCNN(nn.Module):
         return self.features(x)
 
 
-def build_backbone(name: str, in_channels: int = 3, width: int = 64) -> nn.Module:
-    """Backbone ``name`` (resnet18_cifar | resnet18 | resnet50 | smallcnn); it has ``out_dim``."""
-    if name == "resnet18_cifar":
-        return ResNetTrunk(18, in_channels, width, cifar=True)
-    if name == "resnet18":
-        return ResNetTrunk(18, in_channels, width)
-    if name == "resnet50":
-        return ResNetTrunk(50, in_channels, width)
+def build_backbone(
+    name: str, in_channels: int = 3, width: int = 64, pool_window: int = 0, conv_init: str = "torchvision"
+) -> nn.Module:
+    """Backbone ``name`` (resnet18_cifar | resnet18 | resnet50 | smallcnn); it has ``out_dim``.
+
+    ``pool_window`` and ``conv_init`` apply to the ResNets (see :class:`ResNetTrunk`).
+    """
+    resnets = {"resnet18_cifar": (18, True), "resnet18": (18, False), "resnet50": (50, False)}
+    if name in resnets:
+        depth, cifar = resnets[name]
+        return ResNetTrunk(depth, in_channels, width, cifar, pool_window, conv_init)
     if name == "smallcnn":
         return SmallCNN(in_channels, width)
     raise CrossLevelError(f"unknown backbone '{name}' (resnet18_cifar, resnet18, resnet50, smallcnn)")
