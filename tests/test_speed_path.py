@@ -16,6 +16,7 @@ from crosslevel.cli import main
 from crosslevel.config import apply_overrides, load_preset
 from crosslevel.errors import CrossLevelError
 from crosslevel.evaluation.knn import knn_scores
+from crosslevel.losses import cld_loss
 from crosslevel.methods import module as module_file
 
 
@@ -100,3 +101,19 @@ def test_knn_scores_do_not_depend_on_chunking(chunk_size: int | None) -> None:
     top, neighbours = sims.topk(20, dim=1)
     reference = torch.zeros(50, 5, dtype=torch.float64).scatter_add_(1, labels[neighbours], (top / 0.1).exp())
     torch.testing.assert_close(scores.double(), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_cld_term_equals_the_eager_one() -> None:
+    """``compile=true`` also compiles k-means + CLD loss: same value and gradients as eager."""
+    module = training.ContrastiveModule(dataclasses.replace(load_preset("digits-cld"), compile=True, num_groups=4), 10, 1)
+    generator = torch.Generator().manual_seed(0)
+    groups = [torch.nn.functional.normalize(torch.randn(16, 8, generator=generator), dim=1) for _ in range(2)]
+    eager = [g.clone().requires_grad_() for g in groups]
+    compiled = [g.clone().requires_grad_() for g in groups]
+    want = cld_loss(*eager, 4, 0.2, 5)
+    got = module._cld_loss(*compiled, 4, 0.2, 5)
+    want.backward()
+    got.backward()
+    torch.testing.assert_close(got, want)
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a.grad, b.grad)

@@ -86,8 +86,12 @@ class ContrastiveModule(pl.LightningModule):
             parts = [self.backbone, self.heads]
             if cfg.instance == "moco":
                 parts += [self.key_encoder.backbone, self.key_encoder.heads]
-            for part in parts + ([views.augment] if views is not None else []):
+            for part in parts:
                 part.compile()
+            if views is not None:  # one graph per batch shape: random sizes do not trace symbolically
+                views.augment.compile(dynamic=False)
+        # k-means + CLD are ~80 small kernels per step: compiled, they fuse into a few (launch-bound on GPUs)
+        self._cld_loss = torch.compile(cld_loss) if cfg.compile else cld_loss
         self._pending_update: tuple[torch.Tensor, list[torch.Tensor]] | None = None
         self._skip_step = False
         self.skipped_steps = 0
@@ -142,7 +146,7 @@ class ContrastiveModule(pl.LightningModule):
             logs = {"loss_inst": loss_inst}
             if self.cfg.cld_weight > 0:
                 group_a, group_b = (group.float() for group in group_views[:2])
-                loss_cld = cld_loss(group_a, group_b, self.cfg.num_groups, self.cfg.cld_temperature, self.cfg.kmeans_iters)
+                loss_cld = self._cld_loss(group_a, group_b, self.cfg.num_groups, self.cfg.cld_temperature, self.cfg.kmeans_iters)
                 loss = loss + self.cfg.cld_weight * loss_cld
                 logs["loss_cld"] = loss_cld
         return loss, logs
