@@ -122,8 +122,9 @@ def main() -> None:
     print(f"\n| setting | method | top-1 | top-5 | many | medium | few | top-1 k={args.lt_k} | many | medium | few | s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for setting, method, knn, seconds in rows:
-        cells = [knn["top1"], knn["top5"], *(knn.get(f"top1_{g}") for g in groups), knn.get(f"k{args.lt_k}_top1"),
-                 *(knn.get(f"k{args.lt_k}_top1_{g}") for g in groups)]
+        shots = knn.get("shots") or {}
+        cells = [knn["top1"], knn["top5"], *(shots.get(g) for g in groups), knn.get(f"k{args.lt_k}_top1"),
+                 *((knn.get(f"k{args.lt_k}_shots") or {}).get(g) for g in groups)]
         text = " | ".join("" if value is None else f"{value:.1f}" for value in cells)
         print(f"| {setting} | {method} | {text} | {seconds:.0f} |")
 

@@ -46,7 +46,7 @@ def test_train_eval_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     assert code == 0, out
     resumed = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert resumed["epoch"] == 2 and resumed["global_step"] == 6
-    assert not torch.equal(resumed["state_dict"]["bank.memory"], checkpoint["state_dict"]["bank.memory"])
+    assert not torch.equal(resumed["state_dict"]["branch.bank.memory"], checkpoint["state_dict"]["branch.bank.memory"])
     assert json.loads((run / "config.json").read_text())["epochs"] == 2
     merged = list(csv.DictReader(open(run / "metrics.csv")))
     assert {r["epoch"] for r in merged if r.get("loss_epoch")} == {"0", "1"}  # the first attempt's log is kept

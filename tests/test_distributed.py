@@ -65,7 +65,7 @@ def step_worker(rank: int, world_size: int) -> dict[str, torch.Tensor]:
     """One DDP training step of the real module: gradients after the all-reduce and the updated bank."""
     module = tiny_module()
     model = DistributedDataParallel(module)  # honours the module's list of buffers DDP must not broadcast
-    assert not any(buffer is module.bank.memory for buffer in model.modules_buffers)
+    assert not any(buffer is module.branch.bank.memory for buffer in model.modules_buffers)
     views, indices = global_views(world_size)
     share = slice(rank * 6, (rank + 1) * 6)
     outputs = [model(v[share]) for v in views]  # one pass per view, as in training_step
@@ -73,9 +73,9 @@ def step_worker(rank: int, world_size: int) -> dict[str, torch.Tensor]:
     loss, _ = module.objective(instance_views, [group for _, _, group in outputs], indices[share])
     loss.backward()
     for features in instance_views:
-        module.bank.update(indices[share], features.detach())
+        module.branch.bank.update(indices[share], features.detach())
     result = {f"grad.{name}": p.grad for name, p in module.named_parameters()}
-    result["bank"] = module.bank.memory
+    result["bank"] = module.branch.bank.memory
     result["nonfinite_anywhere"] = torch.tensor(any_rank(torch.tensor(rank == 1)))
     return result
 
@@ -93,9 +93,9 @@ def test_gradients_and_bank_under_ddp_equal_single_process() -> None:
         features.append(instance_views)
     torch.stack(losses).mean().backward()
     for view in range(2):  # the bank sees the whole global batch, view by view, in rank order
-        module.bank.update(indices, torch.cat([f[view] for f in features]).detach())
+        module.branch.bank.update(indices, torch.cat([f[view] for f in features]).detach())
     reference = {f"grad.{name}": p.grad for name, p in module.named_parameters()}
-    reference["bank"] = module.bank.memory
+    reference["bank"] = module.branch.bank.memory
     reference["nonfinite_anywhere"] = torch.tensor(True)  # rank 1 alone raised the flag
     assert_ranks_match(run_on_ranks(step_worker), reference, atol=1e-6, rtol=1e-5)
 
@@ -147,6 +147,6 @@ def test_training_with_lightning_ddp_on_two_cpu_processes(tmp_path: Path, preset
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 2
     pl.seed_everything(cfg.seed, verbose=False)  # as train() does before building the module
-    initial = ContrastiveModule(cfg, len(saved["state_dict"]["bank.memory"]), in_channels=1).bank.memory
-    updated = (saved["state_dict"]["bank.memory"] != initial).any(dim=1)
+    initial = ContrastiveModule(cfg, len(saved["state_dict"]["branch.bank.memory"]), in_channels=1).branch.bank.memory
+    updated = (saved["state_dict"]["branch.bank.memory"] != initial).any(dim=1)
     assert int(updated.sum()) == 2 * 2 * 16  # 2 steps × 2 ranks × 16 images, each image once

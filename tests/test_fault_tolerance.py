@@ -46,8 +46,8 @@ def poison_from_step(monkeypatch: pytest.MonkeyPatch, step: int, only: bool = Fa
     """Make the loss NaN at global step ``step`` (and after it, unless ``only``)."""
     original = ContrastiveModule.objective
 
-    def objective(self, instance_views, group_views, indices):
-        loss, logs = original(self, instance_views, group_views, indices)
+    def objective(self, instance_views, group_views, indices, targets=None):
+        loss, logs = original(self, instance_views, group_views, indices, targets)
         current = self.trainer.global_step
         return (loss * float("nan") if current == step or (current > step and not only) else loss), logs
 
@@ -126,7 +126,7 @@ def test_nonfinite_loss_stops_naming_step_and_checkpoint(tmp_path: Path, monkeyp
         train(tiny_config(tmp_path, "nan"))
     saved = checkpoint_of(tmp_path / "nan")  # the epoch-0 checkpoint is intact
     assert saved["global_step"] == 2
-    assert torch.isfinite(saved["state_dict"]["bank.memory"]).all()
+    assert torch.isfinite(saved["state_dict"]["branch.bank.memory"]).all()
 
 
 def test_skip_nonfinite_skips_the_step_and_keeps_the_bank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

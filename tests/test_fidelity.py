@@ -77,7 +77,7 @@ def test_batchnorm_sees_one_view_at_a_time(preset: str, extra: list[str]) -> Non
 def test_key_encoder_follows_channels_last() -> None:
     cfg = apply_overrides(load_preset("digits-cld"), TINY + ["instance=moco", "queue_size=64", "channels_last=true"])
     module = ContrastiveModule(cfg, 100, 1)
-    conv = next(m for m in module.key_encoder.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1)
+    conv = next(m for m in module.branch.key_encoder.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -151,9 +151,9 @@ def test_one_view_npid_updates_each_bank_row_once() -> None:
     loader = data.train_loader(cfg)
     views, indices = next(iter(loader))
     assert len(views) == 1
-    bank_before = module.bank.memory.clone()
+    bank_before = module.branch.bank.memory.clone()
     fit_two_steps(module, loader)
-    assert (module.bank.memory != bank_before).any(dim=1).sum() == 2 * cfg.batch_size
+    assert (module.branch.bank.memory != bank_before).any(dim=1).sum() == 2 * cfg.batch_size
 
 
 @pytest.mark.parametrize("extra", [["cld_weight=1"], ["instance=moco", "cld_weight=0"]])

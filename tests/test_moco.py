@@ -132,26 +132,26 @@ def test_moco_and_cldm_steps(cld_weight: float) -> None:
     assert len(views) == (3 if cld_weight else 2)
     module = ContrastiveModule(cfg, len(data.train), data.train.channels)
     assert not hasattr(module, "bank")
-    keys_before = module.queue.keys.clone()
-    key_weights_before = [p.clone() for p in module.key_encoder.parameters()]
+    keys_before = module.branch.queue.keys.clone()
+    key_weights_before = [p.clone() for p in module.branch.key_encoder.parameters()]
     trainer = _fit(cfg, module, data)
     logged = trainer.logged_metrics
     assert torch.isfinite(logged["loss_epoch"]) and ("loss_cld" in logged) == (cld_weight > 0)
-    assert module.queue.pointer.item() == 64
-    changed = (module.queue.keys != keys_before).any(dim=1)
+    assert module.branch.queue.pointer.item() == 64
+    changed = (module.branch.queue.keys != keys_before).any(dim=1)
     assert changed[:64].all() and not changed[64:].any()
-    torch.testing.assert_close(module.queue.keys[:64].norm(dim=1), torch.ones(64))
-    moved = [not torch.equal(a, b) for a, b in zip(key_weights_before, module.key_encoder.parameters())]
+    torch.testing.assert_close(module.branch.queue.keys[:64].norm(dim=1), torch.ones(64))
+    moved = [not torch.equal(a, b) for a, b in zip(key_weights_before, module.branch.key_encoder.parameters())]
     assert any(moved)
     query = list(module.backbone.parameters()) + list(module.heads.parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(query, module.key_encoder.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(query, module.branch.key_encoder.parameters()))
 
 
 def test_npid_and_cld_keep_the_bank_and_have_no_key_encoder() -> None:
     cfg = apply_overrides(load_preset("digits-cld"), TINY)
     module = ContrastiveModule(cfg, 100, 1)
-    assert module.bank.memory.shape == (100, 16)
-    assert not hasattr(module, "key_encoder") and not hasattr(module, "queue")
+    assert module.branch.bank.memory.shape == (100, 16)
+    assert not hasattr(module.branch, "key_encoder") and not hasattr(module.branch, "queue")
 
 
 def test_cldm_run_resumes_its_queue_from_the_checkpoint(tmp_path) -> None:
@@ -162,8 +162,8 @@ def test_cldm_run_resumes_its_queue_from_the_checkpoint(tmp_path) -> None:
     run_dir, knn = train(cfg)
     assert knn is not None and 0 <= knn["top1"] <= 100
     _, module, _ = load_run(run_dir)
-    assert module.queue.pointer.item() == 64 % 80
-    assert module.key_encoder.momentum == cfg.moco_momentum
+    assert module.branch.queue.pointer.item() == 64 % 80
+    assert module.branch.key_encoder.momentum == cfg.moco_momentum
 
 
 ISSUE_PRESETS = (

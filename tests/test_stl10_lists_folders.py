@@ -57,7 +57,7 @@ def test_stl10_trains_on_train_plus_unlabeled_with_labelled_train_as_knn_support
     cfg = apply_overrides(load_preset("stl10-cld"), TINY + [f"data={root}", f"out={tmp_path}", "name=stl"])
     data = load_data(cfg)
     assert len(data.train) == 10 and len(data.knn_support) == 6 and len(data.test) == 5
-    assert ContrastiveModule(cfg, len(data.train), 3).bank.memory.shape[0] == 10  # the bank fits the data used
+    assert ContrastiveModule(cfg, len(data.train), 3).branch.bank.memory.shape[0] == 10  # the bank fits the data used
     run_dir, knn = train(cfg)
     assert knn is not None and 0 <= knn["top1"] <= 100
     # the evaluation commands fit on the labelled train split, not on the unlabelled images

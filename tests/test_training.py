@@ -22,7 +22,7 @@ def test_two_steps_change_weights_and_bank(preset: str) -> None:
     cfg = apply_overrides(load_preset(preset), TINY)
     data = load_data(cfg)
     module = ContrastiveModule(cfg, len(data.train), data.train.channels)
-    bank_before = module.bank.memory.clone()
+    bank_before = module.branch.bank.memory.clone()
     weights_before = [p.detach().clone() for p in module.parameters()]
     trainer = pl.Trainer(
         max_epochs=1, limit_train_batches=2, logger=False, enable_checkpointing=False,
@@ -32,9 +32,9 @@ def test_two_steps_change_weights_and_bank(preset: str) -> None:
     losses = trainer.logged_metrics
     assert torch.isfinite(losses["loss_epoch"]) and losses["loss_epoch"] > 0
     assert ("loss_cld" in losses) == (cfg.cld_weight > 0)
-    changed_rows = (module.bank.memory != bank_before).any(dim=1)
+    changed_rows = (module.branch.bank.memory != bank_before).any(dim=1)
     assert changed_rows.sum() == 2 * 32  # two batches of 32 distinct images
-    torch.testing.assert_close(module.bank.memory[changed_rows].norm(dim=1), torch.ones(64))
+    torch.testing.assert_close(module.branch.bank.memory[changed_rows].norm(dim=1), torch.ones(64))
     assert any(not torch.equal(a, b) for a, b in zip(weights_before, module.parameters()))
 
 
@@ -87,3 +87,18 @@ def test_heads_are_unit_norm_and_normlinear() -> None:
         instance, group = heads(torch.randn(5, 32))
         torch.testing.assert_close(instance.norm(dim=1), torch.ones(5))
         torch.testing.assert_close(group.norm(dim=1), torch.ones(5))
+
+
+@pytest.mark.parametrize("extra", [[], ["instance=moco", "queue_size=64"]])
+def test_checkpoints_with_the_old_branch_names_still_load(extra: list[str]) -> None:
+    """Before the branches were objects the bank, queue and key encoder sat at the top level."""
+    cfg = apply_overrides(load_preset("digits-cld"), TINY + extra)
+    trained = ContrastiveModule(cfg, 100, 1)
+    for buffer in trained.branch.buffers():
+        buffer.add_(1)
+    old = {key.removeprefix("branch."): value for key, value in trained.state_dict().items()}
+    assert any(key.startswith(("bank.", "queue.")) for key in old)
+    loaded = ContrastiveModule(cfg, 100, 1)
+    loaded.load_state_dict(old)
+    for key, value in trained.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

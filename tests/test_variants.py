@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,13 @@ def test_cli_reports_knn_per_shot_group(tmp_path: Path, capsys: pytest.CaptureFi
     printed = capsys.readouterr().out
     assert "top-1 per shot group: many" in printed and "medium" in printed and "few" in printed
     summary = (tmp_path / "lt" / "summary.json").read_text()
-    assert '"top1_few"' in summary
+    trained = json.loads(summary)["knn"]
+    assert trained["shots"]["few"] is not None
+    # one kNN path, one schema: `eval knn` of the run gives what training reported
+    assert main(["eval", "knn", str(tmp_path / "lt")]) == 0
+    evaluated = json.loads((tmp_path / "lt" / "knn_f_I.json").read_text())
+    assert {key: evaluated[key] for key in ("top1", "top5")} == pytest.approx({key: trained[key] for key in ("top1", "top5")})
+    assert evaluated["shots"] == pytest.approx(trained["shots"])
 
 
 def digits_hc(frames: int = 6, mode: str = "walk", seed: int = 0, base: int = 40):

@@ -12,9 +12,9 @@ from .config import DEFAULT_PRESET, FEATURES, Config, apply_overrides, describe_
 from .errors import CrossLevelError, TrainingInterrupted
 
 
-def _shot_line(knn: dict[str, float]) -> str:
+def _shot_line(knn: dict) -> str:
     """'  many/medium/few top-1: ...' for long-tailed support sets, else ''."""
-    groups = [(g, knn[f"top1_{g}"]) for g in ("many", "medium", "few") if f"top1_{g}" in knn]
+    groups = [(g, value) for g, value in (knn.get("shots") or {}).items() if value is not None]
     return ("\n  top-1 per shot group: " + "  ".join(f"{g} {v:.2f}%" for g, v in groups)) if groups else ""
 
 

@@ -25,8 +25,7 @@ from .data.device_views import DEVICE_RECIPES, DeviceAugment, DeviceViewSource
 from .data.sampling import ResumableSampler
 from .data.variants import high_correlation, long_tail
 from .errors import CrossLevelError, MissingSplit
-from .evaluation import extract_features, knn_scores, topk_accuracy
-from .evaluation.longtail import is_long_tailed, shot_accuracy
+from .evaluation import extract_features, knn_accuracy
 from .methods import ContrastiveModule
 
 CONFIG_FILE = "config.json"
@@ -173,10 +172,10 @@ class EpochTimer(Callback):
         self.seconds.append(round(self._now(pl_module) - self._start, 3))
 
 
-def evaluate_knn(module: ContrastiveModule, data: Data, cfg: Config, feature: str = "f_I") -> dict[str, float]:
+def evaluate_knn(module: ContrastiveModule, data: Data, cfg: Config, feature: str = "f_I") -> dict:
     """Weighted kNN of ``feature``: support = the labelled training images with the test transform,
-    eval-mode BN. Returns ``top1``, ``top5`` and, for a long-tailed support set, the top-1 of each
-    many / medium / few-shot group (``top1_many``, ...; :mod:`.evaluation.longtail`)."""
+    eval-mode BN. Returns :func:`~crosslevel.evaluation.knn.knn_accuracy`'s result (``top1``,
+    ``top5``; ``shots`` for a long-tailed support set), the schema of ``eval knn`` too."""
     if data.test is None:
         raise CrossLevelError("kNN needs a labelled training set and a labelled test split")
     was_training = module.training
@@ -187,14 +186,8 @@ def evaluate_knn(module: ContrastiveModule, data: Data, cfg: Config, feature: st
     train_x, train_y = extract_features(embed, data.eval_loader(support, cfg), device, "kNN support", cfg.progress)
     test_x, test_y = extract_features(embed, data.eval_loader(data.test, cfg), device, "kNN queries", cfg.progress)
     module.train(was_training)
-    classes = max(len(support.classes), len(data.test.classes), int(max(train_y.max(), test_y.max())) + 1)
-    scores = knn_scores(train_x, train_y, test_x, cfg.knn_k, cfg.knn_temperature, classes)
-    accuracy = topk_accuracy(scores, test_y)
-    result = {"top1": accuracy[1], "top5": accuracy[5]}
-    if is_long_tailed(train_y):
-        shots = shot_accuracy(scores.argmax(dim=1), test_y, train_y)
-        result.update({f"top1_{group}": value for group, value in shots.items() if value is not None})
-    return result
+    classes = max(len(support.classes), len(data.test.classes))
+    return knn_accuracy(train_x, train_y, test_x, test_y, cfg.knn_k, cfg.knn_temperature, classes)
 
 
 class KNNMonitor(Callback):
@@ -227,7 +220,9 @@ class KNNMonitor(Callback):
         self.last = trainer.strategy.broadcast(result, src=0)
         if self.best is None or self.last["top1"] > self.best["top1"]:
             self.best = {"epoch": epoch, "top1": self.last["top1"], "top5": self.last["top5"]}
-        pl_module.log_dict({f"knn_{name}": value for name, value in self.last.items()}, on_epoch=True, sync_dist=True)
+        shots = {f"top1_{group}": value for group, value in (self.last.get("shots") or {}).items() if value is not None}
+        logged = {"top1": self.last["top1"], "top5": self.last["top5"], **shots}
+        pl_module.log_dict({f"knn_{name}": value for name, value in logged.items()}, on_epoch=True, sync_dist=True)
 
 
 def _loggers(cfg: Config, run_dir: Path) -> list[Logger]:

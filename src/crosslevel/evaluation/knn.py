@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .longtail import is_long_tailed, shot_accuracy
+
 
 CHUNK_ELEMENTS = 1 << 26  # similarities held at once by knn_scores (256 MB of float32)
 
@@ -79,6 +81,17 @@ def extract_features(
     return torch.cat(features), torch.cat(labels)
 
 
+def accuracy_report(scores: torch.Tensor, labels: torch.Tensor, train_labels: torch.Tensor) -> dict:
+    """The result schema of every classifier (kNN, linear probe, fine-tuning): ``top1``, ``top5`` (%)
+    and, when the training labels are long-tailed, ``shots``: top-1 of the many / medium / few-shot
+    classes (:mod:`.longtail`; None for a group without classes)."""
+    accuracy = topk_accuracy(scores, labels)
+    result: dict = {"top1": accuracy[1], "top5": accuracy[5]}
+    if is_long_tailed(train_labels):
+        result["shots"] = shot_accuracy(scores.argmax(dim=1), labels, train_labels)
+    return result
+
+
 def knn_accuracy(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
@@ -87,9 +100,10 @@ def knn_accuracy(
     k: int = 200,
     temperature: float = 0.1,
     num_classes: int | None = None,
-) -> dict[str, float]:
-    """``{"top1": %, "top5": %}`` of weighted kNN."""
-    classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
+) -> dict:
+    """Weighted kNN, the one path of training and ``eval knn``: :func:`accuracy_report` of
+    :func:`knn_scores`. Classes: at least ``num_classes`` (the data set's named classes) and at
+    least every label seen."""
+    classes = max(num_classes or 0, int(max(train_labels.max(), test_labels.max())) + 1)
     scores = knn_scores(train_features, train_labels, test_features, k, temperature, classes)
-    accuracy = topk_accuracy(scores, test_labels)
-    return {"top1": accuracy[1], "top5": accuracy[5]}
+    return accuracy_report(scores, test_labels, train_labels)

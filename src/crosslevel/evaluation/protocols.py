@@ -11,9 +11,8 @@ from torch import nn
 
 from ..errors import CrossLevelError
 from .features import Run
-from .knn import knn_scores, topk_accuracy
+from .knn import accuracy_report, knn_accuracy
 from .linear import classify, linear_probe, train_classifier
-from .longtail import is_long_tailed, shot_accuracy
 from .nmi import feature_nmi
 from .retrieval import label_retrieval
 from .semi import balanced_fraction
@@ -36,20 +35,12 @@ def _classifier_head(dim: int, classes: int) -> nn.Module:
     return nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, classes))
 
 
-def _accuracy(scores: torch.Tensor, labels: torch.Tensor, train_labels: torch.Tensor) -> dict:
-    accuracy = topk_accuracy(scores, labels)
-    result: dict = {"top1": accuracy[1], "top5": accuracy[5]}
-    if is_long_tailed(train_labels):
-        result["shots"] = shot_accuracy(scores.argmax(1), labels, train_labels)
-    return result
-
-
 def knn(run: Run, feature: str = "f_I") -> dict:
     """Weighted kNN (k, σ from the run's config) of test features against training features."""
     train_x, train_y = run.features("support", feature)
     test_x, test_y = run.features("test", feature)
-    scores = knn_scores(train_x, train_y, test_x, run.cfg.knn_k, run.cfg.knn_temperature, run.num_classes())
-    return {"feature": feature, "k": run.cfg.knn_k, "temperature": run.cfg.knn_temperature, **_accuracy(scores, test_y, train_y)}
+    result = knn_accuracy(train_x, train_y, test_x, test_y, run.cfg.knn_k, run.cfg.knn_temperature, run.num_classes())
+    return {"feature": feature, "k": run.cfg.knn_k, "temperature": run.cfg.knn_temperature, **result}
 
 
 def linear(run: Run, feature: str = "f", augmented: bool = False, epochs: int = 10, weight_decay: float = 1e-4) -> dict:
@@ -63,7 +54,7 @@ def linear(run: Run, feature: str = "f", augmented: bool = False, epochs: int = 
         train_x, train_y = run.features("support", feature)
         test_x, test_y = run.features("test", feature)
         _, scores = linear_probe(train_x, train_y, test_x, test_y, classes, weight_decay)
-        return {"feature": feature, "protocol": "cached", "weight_decay": weight_decay, **_accuracy(scores, test_y, train_y)}
+        return {"feature": feature, "protocol": "cached", "weight_decay": weight_decay, **accuracy_report(scores, test_y, train_y)}
     torch.manual_seed(run.cfg.seed)
     net = FeatureNet(run.module, feature)
     dim = run.module.backbone.out_dim if feature == "f" else run.cfg.feature_dim
@@ -72,7 +63,7 @@ def linear(run: Run, feature: str = "f", augmented: bool = False, epochs: int = 
     train_classifier(net, head, loader, epochs, lr=0.1, weight_decay=weight_decay, device=run.device, desc="linear probe")
     scores, test_y = classify(net, head, run.eval_loader(run.split("test")), run.device)
     train_y = torch.as_tensor(run.split("support").labels)
-    return {"feature": feature, "protocol": "augmented", "epochs": epochs, "weight_decay": weight_decay, **_accuracy(scores, test_y, train_y)}
+    return {"feature": feature, "protocol": "augmented", "epochs": epochs, "weight_decay": weight_decay, **accuracy_report(scores, test_y, train_y)}
 
 
 def nmi(run: Run, feature: str = "f_I", seed: int = 0) -> dict:
@@ -98,7 +89,7 @@ def semi(run: Run, fraction: float, epochs: int = 20, seed: int = 0, lr: float =
     loader = run.view_loader(labelled, shuffle=True, batch_size=min(run.cfg.batch_size, 256))
     train_classifier(net, head, loader, epochs, lr, backbone_lr, 5e-4, run.device, desc=f"fine-tune {fraction:g}")
     scores, test_y = classify(net, head, run.eval_loader(run.split("test")), run.device)
-    return {"fraction": fraction, "labelled_images": len(keep), "epochs": epochs, "seed": seed, **_accuracy(scores, test_y, torch.as_tensor(train.labels))}
+    return {"fraction": fraction, "labelled_images": len(keep), "epochs": epochs, "seed": seed, **accuracy_report(scores, test_y, torch.as_tensor(train.labels))}
 
 
 def score(run: Run, feature: str = "f_I", k: int = 10, seed: int = 0, max_images: int = 2000) -> dict:

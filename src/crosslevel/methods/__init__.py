@@ -1,8 +1,10 @@
-"""Training methods: the NPID memory bank, MoCo's momentum encoder and queue, and the Lightning module
-composing backbone, heads, instance branch and CLD term."""
+"""Training methods: the instance branches (NPID's memory bank, MoCo's momentum encoder and queue),
+each one :class:`InstanceBranch`, and the Lightning module composing backbone, heads, a branch and
+the CLD term."""
 
-from .memory_bank import MemoryBank
-from .moco import KeyQueue, MomentumEncoder
+from .branch import InstanceBranch
+from .moco import KeyQueue, MoCoBranch, MomentumEncoder
 from .module import ContrastiveModule
+from .npid import MemoryBank, NPIDBranch
 
-__all__ = ["ContrastiveModule", "KeyQueue", "MemoryBank", "MomentumEncoder"]
+__all__ = ["ContrastiveModule", "InstanceBranch", "KeyQueue", "MemoryBank", "MoCoBranch", "MomentumEncoder", "NPIDBranch"]

@@ -1,16 +1,21 @@
-"""MoCo's instance branch: a momentum (EMA) copy of the encoder and a queue of negative keys."""
+"""MoCo's instance branch: a momentum (EMA) copy of the encoder and a queue of negative keys
+(He et al. 2020); with the CLD term this is the paper's CLDm."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import Config
 from ..distributed import gather, world_size
 from ..errors import CrossLevelError
+from ..losses import moco_loss
+from .branch import InstanceBranch
 
 
 class KeyQueue(nn.Module):
@@ -104,3 +109,58 @@ class MomentumEncoder(nn.Module):
             images, restore = _shuffle_across_devices(images)
         keys, _ = self.heads(self.backbone(images))
         return _unshuffle_across_devices(keys, restore) if shuffled else keys
+
+
+class MoCoBranch(InstanceBranch):
+    """The key encoder embeds the last view into keys; each query view's f_I is classified against
+    its own key (positive) and the queue (negatives) at temperature T. After the step the key
+    encoder takes its EMA step towards the query encoder -- the same keys as MoCo's EMA at the start
+    of the next step, and a skipped step moves nothing -- and the keys of all ranks are enqueued.
+    """
+
+    key_views = 1
+
+    def __init__(
+        self, backbone: nn.Module, heads: nn.Module, queue_size: int, dim: int, temperature: float, momentum: float
+    ) -> None:
+        super().__init__()
+        self.key_encoder = MomentumEncoder(backbone, heads, momentum)
+        self.queue = KeyQueue(queue_size, dim)
+        self.temperature = temperature
+        self._pending: torch.Tensor | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Config, num_train: int, backbone: nn.Module, heads: nn.Module) -> MoCoBranch:
+        return cls(backbone, heads, cfg.queue_size, cfg.feature_dim, cfg.temperature, cfg.moco_momentum)
+
+    def check(self, cfg: Config, world_size: int) -> None:
+        if len(self.queue) < cfg.batch_size * world_size:
+            raise CrossLevelError(
+                f"queue_size={len(self.queue)} is smaller than the global batch "
+                f"({cfg.batch_size} × {world_size} devices): the queue must hold one step's keys"
+            )
+
+    def ddp_ignore(self) -> list[str]:
+        return ["queue.keys", "queue.pointer"]
+
+    def compile_encoders(self) -> None:
+        self.key_encoder.backbone.compile()
+        self.key_encoder.heads.compile()
+
+    def targets(self, key_images: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.key_encoder(key_images[-1]).float()
+
+    def loss(self, queries: Sequence[torch.Tensor], indices: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        if targets is None:
+            raise ValueError("MoCo's loss needs the keys of the key view (targets)")
+        self._pending = targets
+        return torch.stack([moco_loss(q, targets, self.queue.keys, self.temperature) for q in queries]).mean()
+
+    def after_step(self, backbone: nn.Module, heads: nn.Module) -> None:
+        if self._pending is not None:
+            self.key_encoder.update(backbone, heads)
+            self.queue.enqueue(self._pending)
+        self._pending = None
+
+    def discard(self) -> None:
+        self._pending = None

@@ -1,4 +1,4 @@
-"""The one training module: backbone + two heads + instance branch (NPID or MoCo) + optional CLD term."""
+"""The one training module: backbone + two heads + an instance branch (NPID, MoCo) + the optional CLD term."""
 
 from __future__ import annotations
 
@@ -14,14 +14,20 @@ from ..config import Config, peak_lr
 from ..distributed import any_rank
 from ..errors import CrossLevelError
 from ..data.device_views import DeviceViewSource
-from ..losses import bank_softmax_loss, cld_loss, moco_loss
+from ..losses import cld_loss
 from ..models import TwoHeads, build_backbone
-from .memory_bank import MemoryBank
-from .moco import KeyQueue, MomentumEncoder
+from .branch import InstanceBranch
+from .moco import MoCoBranch
+from .npid import NPIDBranch
 
 
 WARMUP_START = 0.01  # the reference's warm-up (GradualWarmupScheduler, multiplier 100) starts at peak/100
 MIN_LR = 1e-6  # the reference's cosine floor (CosineAnnealingLR eta_min)
+
+
+# ``instance=`` → the branch's constructor from (cfg, num_train, backbone, heads): a new method is one
+# file with an InstanceBranch and one line here (and its name in the config's choices).
+BRANCHES = {"npid": NPIDBranch.from_config, "moco": MoCoBranch.from_config}
 
 
 def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
@@ -37,17 +43,15 @@ class ContrastiveModule(pl.LightningModule):
     """NPID, CLD, MoCo or CLDm: one backbone, two heads, an instance branch and the optional CLD term.
 
     A batch is ``(views, indices)`` with ``num_views(cfg)`` views. The query encoder (backbone +
-    heads) sees the *query views*: every view for NPID (two, or one with ``npid_views=1``), all but
-    the last view for MoCo. Each view has its own forward pass, as in the reference: BatchNorm
-    statistics never mix views (a joint pass would leak them, the leak MoCo's shuffle-BN avoids).
+    heads) sees the *query views*: all but the branch's last ``key_views`` (NPID: every view, two
+    or one with ``npid_views=1``; MoCo: all but the key view). Each view has its own forward pass,
+    as in the reference: BatchNorm statistics never mix views (a joint pass would leak them, the
+    leak MoCo's shuffle-BN avoids). Then
 
-    * ``instance = npid``: ``L_inst`` = mean over query views of the bank softmax (paper eq. 3);
-      after the optimiser step the bank rows of the batch are updated with each view's f_I.
-    * ``instance = moco``: the momentum encoder embeds the last view into keys;
-      ``L_inst`` = mean over query views of InfoNCE against the keys and the queue; after the
-      step the key encoder takes its EMA step and the keys (gathered across devices) are enqueued.
-      MoCo: 2 views; CLDm: 3 views.
-    * ``cld_weight = λ > 0`` adds ``λ · cld_loss(f_G(view 1), f_G(view 2))`` of the query encoder.
+        loss = branch.loss(f_I of the query views) + λ · cld_loss(f_G(view 1), f_G(view 2))
+
+    and after the optimiser step ``branch.after_step`` (NPID: bank update; MoCo: EMA + enqueue).
+    The branch is ``BRANCHES[cfg.instance]`` (:mod:`.npid`, :mod:`.moco`).
 
     The k-means and the losses run in float32 even under bf16/fp16 autocast.
 
@@ -67,42 +71,30 @@ class ContrastiveModule(pl.LightningModule):
         self.heads = TwoHeads(self.backbone.out_dim, cfg.feature_dim, cfg.normlinear, cfg.mlp)
         if cfg.channels_last:  # before the key encoder copies the backbone, so that both are NHWC
             self.backbone.to(memory_format=torch.channels_last)
-        if cfg.instance == "moco":
-            self.key_encoder = MomentumEncoder(self.backbone, self.heads, cfg.moco_momentum)
-            self.queue = KeyQueue(cfg.queue_size, cfg.feature_dim)
-            shared = ["queue.keys", "queue.pointer"]
-        else:
-            self.bank = MemoryBank(num_train, cfg.feature_dim, cfg.bank_momentum)
-            shared = ["bank.memory"]
+        self.branch: InstanceBranch = BRANCHES[cfg.instance](cfg, num_train, self.backbone, self.heads)
+        self._register_load_state_dict_pre_hook(_rename_old_branch_keys)
         # DDP would broadcast the N×D bank (or the queue) from rank 0 before every forward; every rank
         # applies the same gathered updates instead, so they are left out of DDP's buffer sync. Without
         # the CLD term (NPID, MoCo) f_G gets no gradient, and DDP must not wait for one.
         unused = [f"heads.group.{name}" for name, _ in self.heads.group.named_parameters()] if cfg.cld_weight == 0 else []
         # On-device views keep the whole data set as a buffer: the same on every rank, never broadcast.
         on_device = [f"views.{name}" for name, _ in views.named_buffers()] if views is not None else []
+        shared = [f"branch.{name}" for name in self.branch.ddp_ignore()]
         self._ddp_params_and_buffers_to_ignore = [*shared, *unused, *on_device]
         self.views = views
         if cfg.compile:  # in place: parameter names and checkpoints stay those of the plain modules
-            parts = [self.backbone, self.heads]
-            if cfg.instance == "moco":
-                parts += [self.key_encoder.backbone, self.key_encoder.heads]
-            for part in parts:
-                part.compile()
+            self.backbone.compile()
+            self.heads.compile()
+            self.branch.compile_encoders()
             if views is not None:  # one graph per batch shape: random sizes do not trace symbolically
                 views.augment.compile(dynamic=False)
         # k-means + CLD are ~80 small kernels per step: compiled, they fuse into a few (launch-bound on GPUs)
         self._cld_loss = torch.compile(cld_loss) if cfg.compile else cld_loss
-        self._pending_update: tuple[torch.Tensor, list[torch.Tensor]] | None = None
         self._skip_step = False
         self.skipped_steps = 0
 
     def setup(self, stage: str) -> None:
-        world = self.trainer.world_size
-        if self.cfg.instance == "moco" and self.cfg.queue_size < self.cfg.batch_size * world:
-            raise CrossLevelError(
-                f"queue_size={self.cfg.queue_size} is smaller than the global batch "
-                f"({self.cfg.batch_size} × {world} devices): the queue must hold one step's keys"
-            )
+        self.branch.check(self.cfg, self.trainer.world_size)
 
     def _layout(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` in the backbone's memory format (NHWC with ``channels_last``)."""
@@ -125,7 +117,7 @@ class ContrastiveModule(pl.LightningModule):
         instance_views: Sequence[torch.Tensor],
         group_views: Sequence[torch.Tensor],
         indices: torch.Tensor,
-        keys: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of one local batch and its parts.
 
@@ -134,14 +126,11 @@ class ContrastiveModule(pl.LightningModule):
             group_views: V tensors B×D, f_G of each query view; CLD uses the first two
                 (k-means on this device's batch only).
             indices: B data-set indices of the images (the NPID bank rows).
-            keys: B×D momentum-encoder keys (``instance = moco``), else None.
+            targets: what the branch compares the queries with (MoCo: B×D keys), from
+                ``branch.targets``; None for NPID.
         """
         with torch.autocast(self.device.type, enabled=False):  # instance loss, k-means and CLD in float32
-            if keys is None:
-                losses = [bank_softmax_loss(v, self.bank.memory, indices, self.cfg.temperature) for v in instance_views]
-            else:
-                losses = [moco_loss(q, keys.float(), self.queue.keys, self.cfg.temperature) for q in instance_views]
-            loss_inst = torch.stack(losses).mean()
+            loss_inst = self.branch.loss([v.float() for v in instance_views], indices, targets)
             loss = loss_inst
             logs = {"loss_inst": loss_inst}
             if self.cfg.cld_weight > 0:
@@ -159,21 +148,14 @@ class ContrastiveModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[list[torch.Tensor], torch.Tensor], batch_idx: int) -> torch.Tensor:
         views, indices = batch
-        moco = self.cfg.instance == "moco"
-        query_views = list(views[:-1]) if moco else list(views)
-        outputs = [self(view) for view in query_views]  # one pass per view: BN never mixes views
-        instance_views = [instance.float() for _, instance, _ in outputs]
-        group_views = [group for _, _, group in outputs]
-        if moco:  # the key encoder had its EMA step at the end of the previous step (on_train_batch_end)
-            keys = self.key_encoder(self._layout(views[-1])).float()
-            loss, logs = self.objective(instance_views, group_views, indices, keys=keys)
-        else:
-            loss, logs = self.objective(instance_views, group_views, indices)
+        split = len(views) - self.branch.key_views
+        outputs = [self(view) for view in views[:split]]  # one pass per view: BN never mixes views
+        targets = self.branch.targets([self._layout(view) for view in views[split:]])
+        loss, logs = self.objective([o[1] for o in outputs], [o[2] for o in outputs], indices, targets)
         self._skip_step = any_rank(~torch.isfinite(loss.detach()))
         if self._skip_step:
+            self.branch.discard()
             self._on_nonfinite(loss)
-        else:  # applied after the optimiser step: enqueue the keys, or update the bank view by view
-            self._pending_update = (indices, [keys] if moco else [v.detach() for v in instance_views])
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(indices), sync_dist=True)
         self.log_dict(logs, on_step=False, on_epoch=True, batch_size=len(indices), sync_dist=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=len(indices))
@@ -199,23 +181,12 @@ class ContrastiveModule(pl.LightningModule):
             optimizer.zero_grad(set_to_none=True)
 
     def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
-        """After the optimiser step: enqueue the keys (MoCo) or update the bank one view after the other (NPID)."""
-        if self._pending_update is None:
-            return
-        indices, features = self._pending_update
-        if self.cfg.instance == "moco":
-            # EMA towards the updated query encoder: the same keys as MoCo's EMA at the start of the next
-            # step, and a skipped (non-finite) step leaves the key encoder untouched too.
-            self.key_encoder.update(self.backbone, self.heads)
-            self.queue.enqueue(features[0])
-        else:
-            for view in features:
-                self.bank.update(indices, view)
-        self._pending_update = None
+        """After the optimiser step: the branch's update (NPID: bank rows; MoCo: EMA, then enqueue)."""
+        self.branch.after_step(self.backbone, self.heads)
 
     def configure_optimizers(self) -> dict:
         world = self.trainer.world_size if self._trainer is not None else 1
-        trainable = [p for p in self.parameters() if p.requires_grad]  # not the momentum encoder
+        trainable = [p for p in self.parameters() if p.requires_grad]  # not a branch's frozen encoder
         optimizer = torch.optim.SGD(
             trainable, lr=peak_lr(self.cfg, world), momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay
         )
@@ -227,3 +198,13 @@ class ContrastiveModule(pl.LightningModule):
         floor = min(1.0, MIN_LR / optimizer.param_groups[0]["lr"])
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup, floor))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": self.cfg.schedule_interval}}
+
+
+OLD_BRANCH_PREFIXES = ("bank.", "queue.", "key_encoder.")
+
+
+def _rename_old_branch_keys(state_dict: dict, prefix: str, *args: object) -> None:
+    """Checkpoints written before the branches were objects name ``bank.memory``, ``queue.keys``,
+    ``key_encoder.*`` at the top level: load them as ``branch.*``."""
+    for key in [k for k in state_dict if k[len(prefix) :].startswith(OLD_BRANCH_PREFIXES)]:
+        state_dict[f"{prefix}branch.{key[len(prefix):]}"] = state_dict.pop(key)
