@@ -34,7 +34,9 @@ import torch
 from crosslevel.config import Config, apply_overrides, load_preset
 from crosslevel.data.sources import load_folder_split
 from crosslevel.methods import ContrastiveModule
-from crosslevel.training import CHECKPOINT_DIR, LAST_CHECKPOINT, Data, evaluate_knn, load_data, load_run, train
+from crosslevel.data.datamodule import Data, load_data
+from crosslevel.run_dir import checkpoint_of, open_run
+from crosslevel.training import evaluate_knn, train
 
 METHODS = {
     "init": "cifar10-npid", "NPID": "cifar10-npid", "CLD": "cifar10-cld", "MoCo": "cifar10-moco", "CLDm": "cifar10-cldm"
@@ -48,9 +50,9 @@ def trained_model(cfg: Config, method: str, reuse: bool) -> tuple[ContrastiveMod
         pl.seed_everything(cfg.seed, verbose=False)
         data = load_data(cfg)
         return ContrastiveModule(cfg, len(data.train), data.train.channels), data
-    if not (reuse and (run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file()):
+    if not (reuse and checkpoint_of(run_dir).is_file()):
         train(cfg)
-    _, module, data = load_run(run_dir)
+    _, module, data = open_run(run_dir, with_data=True)
     return module, data
 
 

@@ -48,7 +48,8 @@ from crosslevel.config import Config, apply_overrides, load_preset, preset_names
 from crosslevel.data.sources import CIFAR_MEAN, CIFAR_STD, ImageSet
 from crosslevel.errors import CrossLevelError
 from crosslevel.losses import bank_softmax_loss, cld_loss
-from crosslevel.training import Data, build_module
+from crosslevel.data.datamodule import ContrastiveDataModule, Data
+from crosslevel.training import build_module
 
 METHOD_PRESETS = {"npid": "cifar10-npid", "cld": "cifar10-cld", "moco": "cifar10-moco", "cldm": "cifar10-cldm"}
 
@@ -124,7 +125,7 @@ class DeviceProbe(pl.Callback):
                 cld_loss(*groups, cfg.num_groups, cfg.cld_temperature, cfg.kmeans_iters).backward()
 
             self.timings["cld_ms"] = 1000 * time_call(kmeans_and_loss, device, self.repeats)
-        views = pl_module.views
+        views = trainer.datamodule.views
         if views is not None:
             indices = torch.arange(cfg.batch_size, device=device)
             self.timings["device_views_ms"] = 1000 * time_call(lambda: views(indices), device, self.repeats)
@@ -167,7 +168,7 @@ def measure_method(method: str, cfg: Config, data: Data, args: argparse.Namespac
         num_sanity_val_steps=0,
         benchmark=True,
     )
-    trainer.fit(module, train_dataloaders=data.train_loader(cfg))
+    trainer.fit(module, datamodule=ContrastiveDataModule(cfg, data))
     step = timer.seconds_per_step
     row = {"method": method, "preset": METHOD_PRESETS[method], "ms_per_step": 1000 * step, "images_per_s": cfg.batch_size / step}
     row["epoch_s"] = args.train_size / row["images_per_s"]
@@ -212,12 +213,13 @@ def check_no_sync(cfg: Config, device: torch.device) -> str:
     data = Data(synthetic_images(cfg.batch_size * 2, 32), None)
     every_op = dataclasses.replace(cfg, augment_device="device", augment="v2", blur=0.5, random_erasing=0.5)
     module = build_module(every_op, data).to(device)
+    views = ContrastiveDataModule(every_op, data).views.to(device)
     indices = torch.arange(cfg.batch_size, device=device)
     groups = [random_features(cfg, device) for _ in range(2)]
     torch.cuda.synchronize(device)
     torch.cuda.set_sync_debug_mode("error")
     try:
-        module.views(indices)
+        views(indices)
         bank_softmax_loss(groups[0], module.branch.bank.memory, indices, cfg.temperature).backward()
         cld_loss(*groups, cfg.num_groups, cfg.cld_temperature, cfg.kmeans_iters).backward()
     except RuntimeError as err:

@@ -27,7 +27,7 @@ from crosslevel.data.device_views import (
 from crosslevel.config import apply_overrides, load_preset
 from crosslevel.data.sources import CIFAR_MEAN, CIFAR_STD, ImageSet
 from crosslevel.data.views import view_transform
-from crosslevel.training import device_views
+from crosslevel.data.datamodule import device_views
 
 
 def smooth_images(count: int, size: int = 32, seed: int = 0) -> torch.Tensor:

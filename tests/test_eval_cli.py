@@ -89,6 +89,29 @@ def test_embed_and_cluster_a_folder(run_dir: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.glob("groups_group*.png")) == [f"groups_group{g}.png" for g in range(3)]
 
 
+def test_embed_and_cluster_never_read_the_training_data(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What using the model needs about its input is in the run (data.json), not re-read from the data set."""
+    import crosslevel.evaluation.features as features
+    import crosslevel.run_dir as run_dir_module
+
+    info = json.loads((run_dir / "data.json").read_text())
+    assert (info["size"], info["channels"], len(info["mean"]), len(info["classes"])) == (8, 1, 1, 10)
+
+    def no_data(cfg: object) -> None:
+        raise AssertionError("the training data was loaded")
+
+    monkeypatch.setattr(features, "load_data", no_data)
+    monkeypatch.setattr(run_dir_module, "load_data", no_data)
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    assert main(["embed", str(run_dir), "--data", str(folder), "--out", str(tmp_path / "f.npy")]) == 0
+    assert main(["cluster", str(run_dir), "--data", str(folder), "--k", "2", "--out", str(tmp_path / "g.csv")]) == 0
+
+
 def test_user_errors_exit_2(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "knn", str(tmp_path)]) == 2
     assert main(["export", str(run_dir), "--out", str(tmp_path / "b.pth")]) == 2

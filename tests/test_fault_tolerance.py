@@ -14,7 +14,8 @@ from crosslevel.cli import main
 from crosslevel.config import apply_overrides, load_preset
 from crosslevel.errors import CrossLevelError, TrainingInterrupted
 from crosslevel.methods import ContrastiveModule
-from crosslevel.training import resolve_resume, train
+from crosslevel.run_dir import resolve_resume
+from crosslevel.training import train
 
 TINY = [
     "width=8", "feature_dim=16", "batch_size=32", "num_groups=4", "epochs=3", "limit_train_batches=2",

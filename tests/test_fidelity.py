@@ -21,7 +21,9 @@ from crosslevel.losses import cld_loss
 from crosslevel.methods import ContrastiveModule
 from crosslevel.models import TwoHeads, build_backbone
 from crosslevel.models.heads import NormLinear
-from crosslevel.training import SUMMARY_FILE, load_data, train
+from crosslevel.data.datamodule import load_data
+from crosslevel.run_dir import SUMMARY_FILE
+from crosslevel.training import train
 
 TINY = ["batch_size=32", "num_groups=4", "epochs=1", "limit_train_batches=2", "progress=false", "width=8", "feature_dim=16"]
 

@@ -17,7 +17,9 @@ from crosslevel.losses import moco_loss
 from crosslevel.methods import ContrastiveModule, KeyQueue, MomentumEncoder
 from crosslevel.methods.moco import momentum_update
 from crosslevel.models import TwoHeads, build_backbone
-from crosslevel.training import load_data, load_run, train
+from crosslevel.data.datamodule import load_data
+from crosslevel.run_dir import open_run
+from crosslevel.training import train
 
 TINY = ["batch_size=32", "num_groups=4", "epochs=1", "limit_train_batches=2", "progress=false", "width=8", "feature_dim=16"]
 
@@ -161,7 +163,7 @@ def test_cldm_run_resumes_its_queue_from_the_checkpoint(tmp_path) -> None:
     )
     run_dir, knn = train(cfg)
     assert knn is not None and 0 <= knn["top1"] <= 100
-    _, module, _ = load_run(run_dir)
+    _, module, _ = open_run(run_dir)
     assert module.branch.queue.pointer.item() == 64 % 80
     assert module.branch.key_encoder.momentum == cfg.moco_momentum
 

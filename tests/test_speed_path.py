@@ -12,12 +12,14 @@ import torch
 from conftest import write_cifar10
 
 from crosslevel import training
+from crosslevel.data.datamodule import ContrastiveDataModule, load_data
 from crosslevel.cli import main
 from crosslevel.config import apply_overrides, load_preset
 from crosslevel.errors import CrossLevelError
 from crosslevel.evaluation.knn import knn_scores
 from crosslevel.losses import cld_loss
 from crosslevel.methods import module as module_file
+from crosslevel.methods import npid as npid_file
 
 
 TINY = ["backbone=smallcnn", "width=4", "feature_dim=16", "batch_size=32", "num_groups=4", "epochs=1",
@@ -36,23 +38,22 @@ def test_cli_trains_cifar_with_device_views_bf16_and_channels_last(tmp_path: Pat
     assert main(["eval", "knn", str(tmp_path / "run")]) == 0
 
 
-def test_device_loader_yields_indices_and_module_makes_views(tmp_path: Path) -> None:
+def test_device_loader_yields_indices_and_the_data_module_makes_views(tmp_path: Path) -> None:
     cfg = apply_overrides(load_preset("cifar10-cld"), TINY + [f"data={write_cifar10(tmp_path, per_batch=20)}", "augment_device=device"])
-    data = training.load_data(cfg)
-    indices = next(iter(data.train_loader(cfg)))
+    datamodule = ContrastiveDataModule(cfg, load_data(cfg))
+    indices = next(iter(datamodule.train_dataloader()))
     assert indices.dtype == torch.long and indices.shape == (32,)
-    module = training.build_module(cfg, data)
-    views, returned = module.on_after_batch_transfer(indices, 0)
+    views, returned = datamodule.on_after_batch_transfer(indices, 0)
     assert len(views) == 2 and views[0].shape == (32, 3, 32, 32) and torch.equal(returned, indices)
     assert not torch.equal(views[0], views[1])  # two independent random views
     plain = (views, indices)
-    assert module.on_after_batch_transfer(plain, 0) is plain  # CPU-made views pass through
+    assert datamodule.on_after_batch_transfer(plain, 0) is plain  # CPU-made views pass through
 
 
 def test_grey_digits_have_no_device_recipe() -> None:
     cfg = apply_overrides(load_preset("digits-cld"), ["augment_device=device"])
     with pytest.raises(CrossLevelError, match="augment=digits has no on-device version"):
-        training.build_module(cfg, training.load_data(cfg))
+        ContrastiveDataModule(cfg, load_data(cfg))
 
 
 def test_losses_run_in_float32_under_bf16_autocast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,7 +67,7 @@ def test_losses_run_in_float32_under_bf16_autocast(tmp_path: Path, monkeypatch: 
         return wrapped
 
     monkeypatch.setattr(module_file, "cld_loss", recording("cld", module_file.cld_loss))
-    monkeypatch.setattr(module_file, "bank_softmax_loss", recording("bank", module_file.bank_softmax_loss))
+    monkeypatch.setattr(npid_file, "bank_softmax_loss", recording("bank", npid_file.bank_softmax_loss))
     forward = module_file.ContrastiveModule.forward
     backbone_dtypes: list[torch.dtype] = []
 

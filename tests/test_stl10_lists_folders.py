@@ -16,7 +16,8 @@ from crosslevel.data import FileImageSet, ImageSet, load_split
 from crosslevel.data.sources import class_list
 from crosslevel.errors import CrossLevelError
 from crosslevel.methods import ContrastiveModule
-from crosslevel.training import load_data, train
+from crosslevel.data.datamodule import load_data
+from crosslevel.training import train
 
 TINY = ["epochs=1", "limit_train_batches=1", "batch_size=4", "num_groups=2", "width=4", "feature_dim=8",
         "backbone=smallcnn", "progress=false", "workers=0", "knn_k=3"]

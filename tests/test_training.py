@@ -12,7 +12,7 @@ from crosslevel.config import apply_overrides, load_preset
 from crosslevel.methods import ContrastiveModule
 from crosslevel.methods.module import warmup_cosine
 from crosslevel.models import build_backbone
-from crosslevel.training import load_data
+from crosslevel.data.datamodule import load_data
 
 TINY = ["batch_size=32", "num_groups=4", "epochs=1", "limit_train_batches=2", "progress=false", "width=8", "feature_dim=16"]
 

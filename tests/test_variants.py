@@ -13,7 +13,7 @@ from crosslevel.cli import main
 from crosslevel.config import apply_overrides, load_preset
 from crosslevel.data import ImageSet, high_correlation, load_split, long_tail, long_tail_counts
 from crosslevel.data.variants import camera_walk
-from crosslevel.training import load_data
+from crosslevel.data.datamodule import load_data
 
 SHARED_CIFAR10 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 

@@ -21,7 +21,8 @@ def _shot_line(knn: dict) -> str:
 def _train(args: argparse.Namespace) -> int:
     from lightning.pytorch.utilities import rank_zero_only
 
-    from .training import resolve_resume, train
+    from .run_dir import resolve_resume
+    from .training import train
 
     if args.help_keys:
         print("config keys (set any with key=value):\n" + describe_keys())
@@ -42,7 +43,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _best_line(run_dir: Path) -> str:
     """The best evaluated epoch of a run (what the reference reports), beside the final-epoch headline."""
-    from .training import SUMMARY_FILE
+    from .run_dir import SUMMARY_FILE
 
     best = json.loads((run_dir / SUMMARY_FILE).read_text()).get("knn_best") or {}
     if not best:
@@ -69,7 +70,11 @@ def _print_table(rows: list[dict], columns: list[str]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
 
 
-def _write_json(path: Path, result: object) -> None:
+def _write_json(run_dir: Path, command: str, detail: str, result: object) -> None:
+    """Write a command's result where the run directory keeps it (:func:`~.run_dir.result_file`)."""
+    from .run_dir import result_file
+
+    path = result_file(run_dir, command, detail)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
 
@@ -95,11 +100,11 @@ def _eval(args: argparse.Namespace) -> int:
             results[metric] = getattr(protocols, metric)(run, feature)
     _print_table([{"metric": metric, **result} for metric, result in results.items()], METRIC_COLUMNS)
     if args.metric == "all":
-        _write_json(run.path / (f"eval_all_{args.feature}.json" if args.feature else "eval_all.json"), results)
+        _write_json(run.path, "eval_all", args.feature or "", results)
     else:
         result = results[args.metric]
         augmented = "_augmented" if result.get("protocol") == "augmented" else ""
-        _write_json(run.path / f"{args.metric}{augmented}_{result['feature']}.json", result)
+        _write_json(run.path, f"{args.metric}{augmented}", result["feature"], result)
     return 0
 
 
@@ -110,7 +115,7 @@ def _eval_semi(args: argparse.Namespace) -> int:
     run = Run.open(Path(args.run_dir))
     result = protocols.semi(run, args.fraction, args.epochs, args.seed)
     _print_table([result], ["fraction", "labelled_images", "epochs", "top1", "top5", "shots"])
-    _write_json(run.path / f"semi_{args.fraction:g}.json", result)
+    _write_json(run.path, "semi", f"{args.fraction:g}", result)
     return 0
 
 
@@ -123,7 +128,7 @@ def _score(args: argparse.Namespace) -> int:
     for run_dir in args.run_dirs:
         run = Run.open(Path(run_dir))
         result = protocols.score(run, args.feature, args.k, args.seed, args.max_images)
-        _write_json(run.path / f"score_{args.feature}.json", result)
+        _write_json(run.path, "score", args.feature, result)
         knn = protocols.knn(run, "f_I")["top1"] if run.data.test is not None else None
         rows.append({"run": str(run_dir), "score": result["score"], "nmi": result["nmi"], "retrieval": result["retrieval"], "knn_top1": knn})
     rows.sort(key=lambda row: -row["score"])

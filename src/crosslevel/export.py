@@ -17,13 +17,13 @@ from .errors import CrossLevelError
 from .evaluation.features import Run
 from .evaluation.nmi import kmeans_labels
 from .models.backbones import ResNetTrunk
-from .training import load_module
+from .run_dir import open_run
 
 
 def export_backbone(run_dir: Path, out: Path) -> dict:
     """Save the backbone of a run as a plain torchvision ResNet ``state_dict`` (no ``fc`` keys) at ``out``,
     with a JSON description next to it (``out`` with suffix ``.json``); return that description."""
-    cfg, module = load_module(run_dir)
+    cfg, module, _ = open_run(run_dir)
     if not isinstance(module.backbone, ResNetTrunk):
         raise CrossLevelError(f"export writes torchvision ResNets; this run's backbone is '{cfg.backbone}'")
     net = module.backbone.net
@@ -49,8 +49,8 @@ def _folder_images(run: Run, folder: Path) -> tuple[list[Path], np.ndarray]:
     paths = image_files(folder)
     if not paths:
         raise CrossLevelError(f"no images found in {folder}")
-    images = decode_images(paths, run.cfg.image_size or run.data.size, f"decoding {folder.name}")
-    if run.data.train.channels == 1:
+    images = decode_images(paths, run.info.size, f"decoding {folder.name}")
+    if run.info.channels == 1:
         images = images.mean(axis=3, keepdims=True).round().astype(np.uint8)
     return paths, images
 
@@ -58,9 +58,7 @@ def _folder_images(run: Run, folder: Path) -> tuple[list[Path], np.ndarray]:
 def embed_folder(run: Run, folder: Path, feature: str = "f") -> tuple[list[Path], np.ndarray, np.ndarray]:
     """(files, uint8 N×H×W×C images, float32 N×D L2-normalised features) of every image under ``folder``."""
     paths, images = _folder_images(run, folder)
-    transform = eval_transform(
-        run.cfg.image_size or run.data.size, run.data.train.mean, run.data.train.std, run.cfg.eval_resize
-    )
+    transform = eval_transform(run.info.size, run.info.mean, run.info.std, run.cfg.eval_resize)
     embed = run.embedder(feature)
     chunks = []
     for start in range(0, len(images), run.batch_size):

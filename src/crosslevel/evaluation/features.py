@@ -1,42 +1,50 @@
 """A trained run opened for evaluation, with its features computed once and cached on disk.
 
-Importing this module imports the training stack (to rebuild the module from its checkpoint);
-the pure metrics in this package do not.
+Importing this module imports the model and data stack (to rebuild the module from its
+checkpoint, :mod:`crosslevel.run_dir`); the pure metrics in this package do not.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
 
 from ..config import FEATURES, Config
 from ..data import ImageSet, LabelledDataset, view_transform
+from ..data.datamodule import Data, load_data
 from ..errors import CrossLevelError
 from ..methods import ContrastiveModule
-from ..training import CHECKPOINT_DIR, LAST_CHECKPOINT, Data, load_run
+from ..run_dir import FEATURE_DIR, DataInfo, checkpoint_of, open_run, read_data_info
 from .knn import extract_features
-
-CACHE_DIR = "features"
 
 
 @dataclass
 class Run:
-    """A run directory's config, trained module (eval mode, on the best device) and data."""
+    """A run directory's config, trained module (eval mode, on the best device), what its input is
+    (``info``, from ``data.json``) and its data, read from the config's source on first use only
+    (``embed``, ``cluster`` and ``export`` never read it)."""
 
     path: Path
     cfg: Config
     module: ContrastiveModule
-    data: Data
+    info: DataInfo
+    _data: Data | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, path: str | Path) -> Run:
-        cfg, module, data = load_run(Path(path))
+        cfg, module, _ = open_run(Path(path))
         module.to("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(Path(path), cfg, module, data)
+        return cls(Path(path), cfg, module, read_data_info(Path(path), cfg))
+
+    @property
+    def data(self) -> Data:
+        if self._data is None:
+            self._data = load_data(self.cfg)
+        return self._data
 
     @property
     def device(self) -> torch.device:
@@ -67,9 +75,9 @@ class Run:
         The cache is keyed by the checkpoint's size and modification time, so a resumed or
         retrained run never reads stale features.
         """
-        checkpoint = self.path / CHECKPOINT_DIR / LAST_CHECKPOINT
+        checkpoint = checkpoint_of(self.path)
         stamp = (checkpoint.stat().st_mtime_ns, checkpoint.stat().st_size)
-        cache = self.path / CACHE_DIR / f"{split}-{feature}.pt"
+        cache = self.path / FEATURE_DIR / f"{split}-{feature}.pt"
         if cache.is_file():
             saved = torch.load(cache, map_location=self.device)
             if tuple(saved["stamp"]) == stamp:
@@ -95,9 +103,8 @@ class Run:
     def view_loader(self, images: ImageSet, shuffle: bool, batch_size: int | None = None) -> DataLoader:
         """Batches of (random view, label) with the run's training augmentation."""
         batch = batch_size or self.batch_size
-        size = self.cfg.image_size or self.data.size
-        train, cfg = self.data.train, self.cfg
-        transform = view_transform(cfg.augment, size, train.channels, train.mean, train.std, cfg.random_erasing, cfg.blur)
+        info, cfg = self.info, self.cfg
+        transform = view_transform(cfg.augment, info.size, info.channels, info.mean, info.std, cfg.random_erasing, cfg.blur)
         return DataLoader(LabelledDataset(images, transform), batch_size=batch, shuffle=shuffle, drop_last=shuffle and len(images) > batch)
 
     def eval_loader(self, images: ImageSet) -> DataLoader:

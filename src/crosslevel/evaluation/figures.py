@@ -9,11 +9,10 @@ import numpy as np
 import torch
 
 from .. import plots
-from ..training import METRICS_FILE
+from ..run_dir import METRICS_FILE, PLOT_DIR
 from .features import Run
 from .nmi import kmeans_labels
 
-PLOT_DIR = "plots"
 
 
 def plot_run(run: Run, feature: str = "f_I", max_points: int = 2000, pairs: int = 1000, seed: int = 0) -> list[Path]:

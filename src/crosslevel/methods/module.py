@@ -13,7 +13,6 @@ import torch
 from ..config import Config, peak_lr
 from ..distributed import any_rank
 from ..errors import CrossLevelError
-from ..data.device_views import DeviceViewSource
 from ..losses import cld_loss
 from ..models import TwoHeads, build_backbone
 from .branch import InstanceBranch
@@ -59,11 +58,9 @@ class ContrastiveModule(pl.LightningModule):
         cfg: the run's config.
         num_train: N, the size of the training set (rows of the NPID bank).
         in_channels: image channels (1 for digits, 3 otherwise).
-        views: on-device view maker (``augment_device=device``): the training loader then yields
-            image indices and the views are made after the batch reached the device.
     """
 
-    def __init__(self, cfg: Config, num_train: int, in_channels: int = 3, views: DeviceViewSource | None = None) -> None:
+    def __init__(self, cfg: Config, num_train: int, in_channels: int = 3) -> None:
         super().__init__()
         self.save_hyperparameters({"cfg": dataclasses.asdict(cfg), "num_train": num_train, "in_channels": in_channels})
         self.cfg = cfg
@@ -77,17 +74,12 @@ class ContrastiveModule(pl.LightningModule):
         # applies the same gathered updates instead, so they are left out of DDP's buffer sync. Without
         # the CLD term (NPID, MoCo) f_G gets no gradient, and DDP must not wait for one.
         unused = [f"heads.group.{name}" for name, _ in self.heads.group.named_parameters()] if cfg.cld_weight == 0 else []
-        # On-device views keep the whole data set as a buffer: the same on every rank, never broadcast.
-        on_device = [f"views.{name}" for name, _ in views.named_buffers()] if views is not None else []
         shared = [f"branch.{name}" for name in self.branch.ddp_ignore()]
-        self._ddp_params_and_buffers_to_ignore = [*shared, *unused, *on_device]
-        self.views = views
+        self._ddp_params_and_buffers_to_ignore = [*shared, *unused]
         if cfg.compile:  # in place: parameter names and checkpoints stay those of the plain modules
             self.backbone.compile()
             self.heads.compile()
             self.branch.compile_encoders()
-            if views is not None:  # one graph per batch shape: random sizes do not trace symbolically
-                views.augment.compile(dynamic=False)
         # k-means + CLD are ~80 small kernels per step: compiled, they fuse into a few (launch-bound on GPUs)
         self._cld_loss = torch.compile(cld_loss) if cfg.compile else cld_loss
         self._skip_step = False
@@ -139,12 +131,6 @@ class ContrastiveModule(pl.LightningModule):
                 loss = loss + self.cfg.cld_weight * loss_cld
                 logs["loss_cld"] = loss_cld
         return loss, logs
-
-    def on_after_batch_transfer(self, batch: object, dataloader_idx: int) -> object:
-        """With on-device views, the training batch arrives as indices; make ``(views, indices)`` here."""
-        if self.views is not None and isinstance(batch, torch.Tensor):
-            return self.views(batch)
-        return batch
 
     def training_step(self, batch: tuple[list[torch.Tensor], torch.Tensor], batch_idx: int) -> torch.Tensor:
         views, indices = batch

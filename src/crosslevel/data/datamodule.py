@@ -1,0 +1,166 @@
+"""The data side of a run: its splits (:class:`Data`, from the config's source, variants and subsets)
+and the :class:`ContrastiveDataModule` that Lightning trains from -- loaders, and the views made on
+the training device after the batch transfer with ``augment_device=device``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import Config, num_views
+from ..errors import CrossLevelError, MissingSplit
+from .device_views import DEVICE_RECIPES, DeviceAugment, DeviceViewSource
+from .sampling import ResumableSampler
+from .sources import Images, ImageSet, load_split
+from .variants import high_correlation, long_tail
+from .views import LabelledDataset, MultiViewDataset, eval_transform, view_transform
+
+
+@dataclass
+class Data:
+    """The splits of one run: training images, the labelled test split (if any) and the kNN
+    support set (``None``: the training set; STL-10: its 5k labelled train images)."""
+
+    train: Images
+    test: Images | None
+    support: Images | None = None
+
+    @property
+    def knn_support(self) -> Images:
+        return self.train if self.support is None else self.support
+
+    @property
+    def size(self) -> int:
+        return self.train.size
+
+    def train_loader(self, cfg: Config) -> DataLoader:
+        """Batches of (views, indices), or of indices alone with ``augment_device=device`` (the module
+        then makes the views on the device), in the :class:`ResumableSampler` order (seeded per epoch,
+        one share per device); the last partial batch is dropped (k-means needs k < B)."""
+        if len(self.train) < cfg.batch_size:
+            raise CrossLevelError(
+                f"the training set has {len(self.train)} images, fewer than batch_size={cfg.batch_size}"
+            )
+        sampler = ResumableSampler(len(self.train), cfg.seed)
+        if cfg.augment_device == "device":
+            return DataLoader(range(len(self.train)), batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
+        size = cfg.image_size or self.size
+        transform = view_transform(
+            cfg.augment, size, self.train.channels, self.train.mean, self.train.std, cfg.random_erasing, cfg.blur
+        )
+        return DataLoader(
+            MultiViewDataset(self.train, transform, num_views(cfg)),
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=cfg.workers,
+            persistent_workers=cfg.workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def eval_loader(self, images: Images, cfg: Config) -> DataLoader:
+        """In-order batches of (image, label) with the test transform."""
+        transform = eval_transform(cfg.image_size or self.size, self.train.mean, self.train.std, cfg.eval_resize)
+        return DataLoader(LabelledDataset(images, transform), batch_size=max(cfg.batch_size, 256), num_workers=0)
+
+
+def load_split_of(cfg: Config, split: str, stl10_unlabeled: bool | None = None) -> Images:
+    """Split ``split`` of the config's data set (before any variant or subset); ``stl10_unlabeled``
+    overrides the config's choice (the kNN support set of STL-10 is its labelled part)."""
+    return load_split(
+        cfg.dataset, cfg.data, split, cfg.image_size, cfg.bad_images,
+        subset=cfg.subset,
+        list_file=cfg.train_list if split == "train" else cfg.test_list,
+        in_memory=cfg.in_memory,
+        stl10_unlabeled=cfg.stl10_unlabeled if stl10_unlabeled is None else stl10_unlabeled,
+    )
+
+
+def training_images(images: Images, cfg: Config) -> Images:
+    """The training set the config asks for: long-tailed (``lt_ratio``), then subset (``train_subset``),
+    then turned into correlated frames (``hc_frames``, ``hc_mode``); all seeded by ``seed``."""
+    if cfg.lt_ratio > 0:
+        images = long_tail(images, cfg.lt_ratio, cfg.seed)
+    images = images.subset(cfg.train_subset, cfg.seed)
+    if cfg.hc_frames > 0:
+        images = high_correlation(images, cfg.hc_frames, cfg.hc_mode, cfg.seed)
+    return images
+
+
+def load_data(cfg: Config) -> Data:
+    """Load the training set (with its variants and subset), the labelled test split when it
+    exists, and the labelled kNN support set (STL-10: the labelled train split)."""
+    train = training_images(load_split_of(cfg, "train"), cfg)
+    try:
+        test: Images | None = load_split_of(cfg, "test")
+    except MissingSplit:
+        test = None
+    support = None
+    if cfg.dataset == "stl10" and not train.labelled:
+        support = load_split_of(cfg, "train", stl10_unlabeled=False)
+    labelled_support = (train if support is None else support).labelled
+    if test is not None:
+        test = test.subset(cfg.test_subset, cfg.seed) if test.labelled and labelled_support else None
+    return Data(train, test, support)
+
+
+def device_views(cfg: Config, images: Images) -> DeviceViewSource:
+    """The on-device view maker of ``augment_device=device``: ``images`` kept as uint8 on the device;
+    ``random_erasing`` and (``augment=v2``) ``blur`` set the recipe's probabilities."""
+    if not isinstance(images, ImageSet):
+        raise CrossLevelError(
+            "augment_device=device needs decoded images in memory (not in_memory=false or hc_frames); "
+            "set augment_device=cpu"
+        )
+    recipe = cfg.augment if cfg.augment != "auto" else ("cifar" if images.channels == 3 else "digits")
+    if recipe not in DEVICE_RECIPES:
+        raise CrossLevelError(
+            f"augment={recipe} has no on-device version (on-device recipes: {', '.join(DEVICE_RECIPES)}); "
+            "set augment_device=cpu"
+        )
+    if DEVICE_RECIPES[recipe].colour and images.channels != 3:
+        raise CrossLevelError(f"augment={recipe} needs colour images; these have {images.channels} channel(s)")
+    device_recipe = dataclasses.replace(DEVICE_RECIPES[recipe], erasing_p=cfg.random_erasing)
+    if recipe == "v2":
+        device_recipe = dataclasses.replace(device_recipe, blur_p=cfg.blur)
+    augment = DeviceAugment(device_recipe, cfg.image_size or images.size, images.mean, images.std)
+    return DeviceViewSource(torch.from_numpy(images.images), augment, num_views(cfg))
+
+
+
+class ContrastiveDataModule(pl.LightningDataModule):
+    """The training batches of a run: ``(views, indices)``.
+
+    With ``augment_device=device`` the loader yields image indices only; the images live on the
+    training device as uint8 (:class:`~.device_views.DeviceViewSource`, moved there with the first
+    batch) and :meth:`on_after_batch_transfer` -- which Lightning calls after moving each batch --
+    makes the views there. The loader is built once, so its :class:`ResumableSampler` is the one
+    the checkpoints record.
+    """
+
+    def __init__(self, cfg: Config, data: Data) -> None:
+        super().__init__()
+        self.cfg, self.data = cfg, data
+        self.views = device_views(cfg, data.train) if cfg.augment_device == "device" else None
+        if self.views is not None and cfg.compile:  # one graph per batch shape: random sizes do not trace symbolically
+            self.views.augment.compile(dynamic=False)
+        self.loader = data.train_loader(cfg)
+
+    @property
+    def sampler(self) -> ResumableSampler:
+        return self.loader.sampler  # type: ignore[return-value]
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader
+
+    def on_after_batch_transfer(self, batch: object, dataloader_idx: int) -> object:
+        """On-device views: B indices (already on the device) → ``(views, indices)``."""
+        if self.views is None or not isinstance(batch, torch.Tensor):
+            return batch
+        if self.views.images.device != batch.device:
+            self.views.to(batch.device)
+        return self.views(batch)

@@ -1,0 +1,159 @@
+"""The run directory: its layout, its name, and reopening a run.
+
+::
+
+    <out>/<name>/
+      config.json            the resolved config (preset + overrides)
+      data.json              what using the model needs about its input: image size, channels,
+                             mean, std, class names (written when training starts)
+      checkpoints/last.ckpt  the Lightning checkpoint (weights, optimiser, schedule, bank or queue)
+      logs/version_*/        one CSV log per attempt; metrics.csv joins them at the end
+      summary.json           epochs, times, final and best kNN
+      features/              evaluation features, cached per checkpoint
+      plots/                 figures of ``crosslevel plot``
+      *.json                 results of the eval / score commands (:func:`result_file`)
+
+:func:`open_run` reopens a run for evaluation and use: config, trained module and -- only when
+asked for -- its data.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpointing import check_compatible, read_checkpoint
+from .config import Config, apply_overrides, load_config
+from .data.datamodule import Data, load_data
+from .errors import CrossLevelError
+from .methods import ContrastiveModule
+
+CONFIG_FILE = "config.json"
+DATA_FILE = "data.json"
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.csv"
+LOG_DIR = "logs"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+FEATURE_DIR = "features"
+PLOT_DIR = "plots"
+RUN_NAME_ENV = "CROSSLEVEL_RUN_NAME"  # passes a generated run name to the processes Lightning launches
+
+
+def checkpoint_of(run_dir: Path) -> Path:
+    """The checkpoint a run directory resumes from and is evaluated with."""
+    return Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
+
+
+def result_file(run_dir: Path, command: str, detail: str = "") -> Path:
+    """Where a command writes its result: ``<command>[_<detail>].json`` (e.g. ``knn_f_I.json``)."""
+    return Path(run_dir) / (f"{command}_{detail}.json" if detail else f"{command}.json")
+
+
+def run_dir_of(cfg: Config) -> Path:
+    """``out/name``; without a name ``<preset>-<time>``, or ``<preset>-job<id>`` when a multi-process
+    launcher (torchrun, SLURM) started every rank, so that all ranks agree."""
+    name = cfg.name or os.environ.get(RUN_NAME_ENV, "")
+    if not name:
+        job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID")
+        several = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) > 1
+        stamp = f"job{job}" if several and job and job != "none" else time.strftime("%Y%m%d-%H%M%S")
+        name = f"{cfg.preset or 'run'}-{stamp}"
+    return Path(cfg.out).expanduser() / name
+
+
+def resolve_resume(cfg: Config, overrides: list[str]) -> tuple[Config, Path]:
+    """For ``resume=PATH`` (a checkpoint or a run directory): the run's saved config with
+    ``overrides`` on top, and the checkpoint to continue from."""
+    assert cfg.resume is not None
+    target = Path(cfg.resume).expanduser()
+    checkpoint = checkpoint_of(target) if target.is_dir() else target
+    if not checkpoint.is_file():
+        raise CrossLevelError(f"no checkpoint to resume from at {checkpoint}")
+    run_dir = checkpoint.parent.parent
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise CrossLevelError(f"{checkpoint} is not inside a run directory (no {CONFIG_FILE} in {run_dir})")
+    saved = load_config(run_dir / CONFIG_FILE)
+    resumed = apply_overrides(saved, [o for o in overrides if not o.startswith("resume=")])
+    return dataclasses.replace(resumed, resume=str(checkpoint), out=str(run_dir.parent), name=run_dir.name), checkpoint
+
+
+def merge_metrics(run_dir: Path) -> Path | None:
+    """Join the CSV logs of every attempt (``logs/version_*/metrics.csv``) into ``run_dir/metrics.csv``."""
+    parts = sorted((run_dir / LOG_DIR).glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    rows = [row for part in parts for row in csv.DictReader(open(part, newline=""))]
+    if not rows:
+        return None
+    keys = sorted({key for row in rows for key in row})
+    target = run_dir / METRICS_FILE
+    with open(target, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    return target
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What using a trained model needs about its input: images of ``size``×``size`` with ``channels``
+    channels, normalised with ``mean`` / ``std``; ``classes`` names the labels (may be empty);
+    ``num_train`` is the size of the training set (the NPID bank's rows)."""
+
+    size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...]
+    num_train: int
+
+    @classmethod
+    def of(cls, cfg: Config, data: Data) -> DataInfo:
+        train = data.train
+        return cls(cfg.image_size or data.size, train.channels, tuple(train.mean), tuple(train.std), tuple(train.classes), len(train))
+
+
+def save_data_info(run_dir: Path, info: DataInfo) -> None:
+    (Path(run_dir) / DATA_FILE).write_text(json.dumps(dataclasses.asdict(info), indent=2) + "\n")
+
+
+def read_data_info(run_dir: Path, cfg: Config) -> DataInfo:
+    """The run's ``data.json``; runs trained before it existed load their data once to find out."""
+    path = Path(run_dir) / DATA_FILE
+    if not path.is_file():
+        return DataInfo.of(cfg, load_data(cfg))
+    values = json.loads(path.read_text())
+    return DataInfo(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
+
+
+def restore(module: ContrastiveModule, saved: dict, checkpoint: Path, cfg: Config, num_train: int, in_channels: int) -> None:
+    """Load ``saved``'s weights into ``module`` after checking it is a checkpoint of the same model."""
+    check_compatible(saved, checkpoint, cfg, num_train, in_channels)
+    try:
+        module.load_state_dict(saved["state_dict"])
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[-1].strip()
+        raise CrossLevelError(f"checkpoint {checkpoint} does not fit this model: {reason}") from None
+
+
+def open_run(run_dir: Path, with_data: bool = False) -> tuple[Config, ContrastiveModule, Data | None]:
+    """Config, trained module (last checkpoint, eval mode, on the CPU) and, with ``with_data``, the
+    run's data (its splits rebuilt from the config); clear errors for a missing config or checkpoint."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise CrossLevelError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
+    checkpoint = checkpoint_of(run_dir)
+    if not checkpoint.is_file():
+        raise CrossLevelError(f"no checkpoint in {run_dir} (expected {checkpoint})")
+    cfg, saved = load_config(run_dir / CONFIG_FILE), read_checkpoint(checkpoint)
+    data = load_data(cfg) if with_data else None
+    hparams = saved.get("hyper_parameters", {})
+    num_train = len(data.train) if data is not None else hparams.get("num_train", 0)
+    in_channels = data.train.channels if data is not None else hparams.get("in_channels", 0)
+    module = ContrastiveModule(cfg, num_train, in_channels)
+    restore(module, saved, checkpoint, cfg, num_train, in_channels)
+    return cfg, module.eval(), data
