@@ -6,8 +6,10 @@ import argparse
 import csv
 import json
 import sys
+from importlib import metadata
 from pathlib import Path
 
+from . import __version__
 from .config import DEFAULT_PRESET, FEATURES, Config, apply_overrides, describe_keys, load_preset, preset_summary
 from .errors import CrossLevelError, TrainingInterrupted
 
@@ -218,8 +220,17 @@ def count(minimum: int):  # noqa: ANN201 - an argparse type
     return parse
 
 
+def version() -> str:
+    """The installed package's version, or the source tree's when crosslevel runs uninstalled (PYTHONPATH=src)."""
+    try:
+        return metadata.version("crosslevel")
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crosslevel", description="Cross-Level Discrimination (CLD), NPID and MoCo.")
+    parser.add_argument("--version", action="version", version=f"crosslevel {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model from a preset plus key=value overrides")
