@@ -70,6 +70,15 @@ def test_folder_without_images(tmp_path: Path, capsys) -> None:
     fails(capsys, tmp_path / "runs", ["train", *FOLDER, f"data={tmp_path / 'data'}"], "no images found in .*train")
 
 
+def test_images_of_mixed_sizes(tmp_path: Path, capsys) -> None:
+    root = write_folder(tmp_path / "data")
+    Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(root / "train" / "c1" / "3.png")
+    fails(
+        capsys, tmp_path / "runs", ["train", *FOLDER, f"data={root}"],
+        r"differ in size: .*c0/0\.png is 8×8, .*c1/3\.png is 12×8; set image_size=N",
+    )  # fmt: skip
+
+
 def corrupt(root: Path) -> tuple[Path, Path]:
     truncated = root / "train" / "c0" / "0.png"
     truncated.write_bytes(truncated.read_bytes()[:40])
