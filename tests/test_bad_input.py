@@ -70,6 +70,15 @@ def test_folder_without_images(tmp_path: Path, capsys) -> None:
     fails(capsys, tmp_path / "runs", ["train", *FOLDER, f"data={tmp_path / 'data'}"], "no images found in .*train")
 
 
+def test_images_of_mixed_sizes(tmp_path: Path, capsys) -> None:
+    root = write_folder(tmp_path / "data")
+    Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(root / "train" / "c1" / "3.png")
+    fails(
+        capsys, tmp_path / "runs", ["train", *FOLDER, f"data={root}"],
+        r"differ in size: .*c0/0\.png is 8×8, .*c1/3\.png is 12×8; set image_size=N",
+    )  # fmt: skip
+
+
 def corrupt(root: Path) -> tuple[Path, Path]:
     truncated = root / "train" / "c0" / "0.png"
     truncated.write_bytes(truncated.read_bytes()[:40])
@@ -164,6 +173,35 @@ def test_unknown_names_and_wrong_types(tmp_path: Path, capsys, args: list[str], 
 
 def test_sync_bn_on_the_cpu(tmp_path: Path, capsys) -> None:
     fails(capsys, tmp_path / "runs", ["train", "accelerator=cpu", "sync_bn=true", *SMALL], "sync_bn=true needs GPUs")
+
+
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        ("devices=abc", "devices must be a count"),
+        ("workers=-1", "'workers' must be >= 0, got -1"),
+        ("precision=fp17", "'precision' must be one of 32-true, .*; got 'fp17'"),
+        ("strategy=foo", "'strategy' must be one of auto, ddp, .*; got 'foo'"),
+        ("accelerator=gpu", "accelerator=gpu, but PyTorch sees no CUDA GPU here: use accelerator=cpu or auto"),
+    ],
+)
+def test_lightning_keys_before_any_data_is_read(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, key: str, message: str) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only machine, wherever the test runs
+    fails(capsys, tmp_path / "runs", ["train", *FOLDER, f"data={tmp_path / 'not read'}", key], message)
+
+
+def test_output_folder_that_cannot_hold_runs(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "locked").mkdir(mode=0o555)
+    if os.geteuid() == 0:  # root writes everywhere: deny it the way a user would be denied
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "locked" and real_access(path, mode))
+    cases = [("file", "file is a file"), ("file/runs", "file is a file"), ("locked/runs", "locked is not writable \\(permission denied\\)")]
+    for out, message in cases:
+        assert main(["train", *FOLDER, f"data={tmp_path / 'not read'}", f"out={tmp_path / out}"]) == 2
+        err = capsys.readouterr().err
+        assert re.fullmatch(f"crosslevel: error: out=.*{out} cannot hold run directories: .*{message}\n", err), err
+    assert list((tmp_path / "locked").iterdir()) == []
 
 
 TRAIN_ONE_STEP = ["train", *SMALL, "batch_size=32", "num_groups=4"]

@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,24 @@ def test_presets_and_help_keys(capsys: pytest.CaptureFixture) -> None:
     assert code == 0 and "cifar10-cld" in out and "digits-npid" in out
     code, out, _ = run_cli(capsys, "train", "--help-keys")
     assert code == 0 and "num_groups" in out and "cld_weight" in out
+
+
+def test_version_from_the_installed_metadata_else_the_source(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import crosslevel
+
+    def printed() -> str:
+        with pytest.raises(SystemExit) as stop:
+            main(["--version"])
+        assert stop.value.code == 0
+        return capsys.readouterr().out
+
+    assert printed() == f"crosslevel {metadata.version('crosslevel')}\n"
+
+    def not_installed(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    assert printed() == f"crosslevel {crosslevel.__version__}\n"
 
 
 def test_console_entry_point_exit_code() -> None:

@@ -51,12 +51,35 @@ def test_overrides_are_typed() -> None:
         ("epochs=0", "'epochs' must be >= 1"),
         ("num_groups=128", "num_groups (k=128) must be smaller than the per-device batch"),
         ("bank_momentum=1.5", "bank_momentum"),
+        ("devices=abc", "devices must be a count (1, 4), -1 or auto (all), or device indices like 0,1; got 'abc'"),
+        ("devices=0", "got '0'"),
+        ("workers=-1", "config key 'workers' must be >= 0, got -1"),
+        ("precision=fp17", "'precision' must be one of 32-true, 16-mixed, bf16-mixed"),
+        ("strategy=foo", "'strategy' must be one of auto, ddp"),
+        ("accelerator=tpu", "'accelerator' must be one of auto, cpu, gpu, cuda, mps; got 'tpu'"),
     ],
 )
 def test_bad_overrides_are_clear_errors(override: str, message: str) -> None:
     with pytest.raises(CrossLevelError) as err:
         apply_overrides(load_preset("digits-cld"), [override])
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("devices", ["auto", "-1", "1", "4", "0,1", "1,", "0,1,"])
+def test_device_forms_lightning_accepts(devices: str) -> None:
+    assert apply_overrides(load_preset("digits-cld"), [f"devices={devices}"]).devices == devices
+
+
+def test_lightning_choices_are_names_lightning_knows() -> None:
+    import typing
+
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    from crosslevel.config import CHOICES
+
+    assert set(CHOICES["precision"]) <= set(typing.get_args(_PRECISION_INPUT_STR))
+    assert set(CHOICES["strategy"]) - {"auto"} <= set(StrategyRegistry.available_strategies())
 
 
 def test_npid_allows_any_k() -> None:

@@ -54,6 +54,26 @@ def test_image_folder(tmp_path) -> None:
     assert train.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
 
 
+@pytest.mark.parametrize("first,other", [((4, 4), (6, 4)), ((6, 4), (4, 4)), ((6, 4), (6, 5))])
+def test_mixed_sizes_are_an_error_naming_two_files(tmp_path, first: tuple[int, int], other: tuple[int, int]) -> None:
+    from PIL import Image
+
+    from crosslevel.data import decode_images
+
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for name, size in (("a.png", first), ("b.png", first), ("c.png", other)):
+        Image.new("RGB", size, (9, 9, 9)).save(folder / name)
+    message = rf"differ in size: .*a\.png is {first[0]}×{first[1]}, .*c\.png is {other[0]}×{other[1]}; set image_size=N"
+    with pytest.raises(CrossLevelError, match=message):
+        load_split("folder", str(folder), "train")
+    with pytest.raises(CrossLevelError, match=message):
+        decode_images(sorted(folder.iterdir()))
+    assert load_split("folder", str(folder), "train", image_size=5).images.shape == (3, 5, 5, 3)
+    (folder / "c.png").unlink()
+    assert load_split("folder", str(folder), "train").images.shape == (2, first[1], first[0], 3)  # one size: kept as it is
+
+
 @pytest.mark.parametrize(
     "dataset,path,message",
     [

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
+from importlib import metadata
 from pathlib import Path
 
+from . import __version__
 from .config import DEFAULT_PRESET, FEATURES, Config, apply_overrides, describe_keys, load_preset, preset_summary
 from .errors import CrossLevelError, TrainingInterrupted
 
@@ -31,6 +34,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg: Config = apply_overrides(load_preset(args.config), overrides)
     if cfg.resume:
         cfg, _ = resolve_resume(cfg, overrides)
+    check_environment(cfg)
     run_dir, knn = train(cfg)
     if rank_zero_only.rank != 0:  # under torchrun / SLURM every rank runs this command; one reports
         return 0
@@ -39,6 +43,23 @@ def _train(args: argparse.Namespace) -> int:
         print(f"kNN top-1: {knn['top1']:.2f}%  top-5: {knn['top5']:.2f}%  (k={cfg.knn_k}, σ={cfg.knn_temperature}, f_I)" + _shot_line(knn))
         print(_best_line(run_dir))
     return 0
+
+
+def check_environment(cfg: Config) -> None:
+    """What a config alone cannot tell, checked before any data is loaded: the accelerator exists
+    and the run directory can be created under ``out``."""
+    import torch
+
+    if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise CrossLevelError(f"accelerator={cfg.accelerator}, but PyTorch sees no CUDA GPU here: use accelerator=cpu or auto")
+    if cfg.accelerator == "mps" and not torch.backends.mps.is_available():
+        raise CrossLevelError("accelerator=mps, but PyTorch has no MPS device (Apple GPU) here: use accelerator=cpu or auto")
+    out = Path(cfg.out).expanduser()
+    existing = next(folder for folder in (out, *out.parents) if folder.exists())
+    if not existing.is_dir():
+        raise CrossLevelError(f"out={cfg.out} cannot hold run directories: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CrossLevelError(f"out={cfg.out} cannot hold run directories: {existing} is not writable (permission denied)")
 
 
 def _best_line(run_dir: Path) -> str:
@@ -223,8 +244,17 @@ def count(minimum: int):  # noqa: ANN201 - an argparse type
     return parse
 
 
+def version() -> str:
+    """The installed package's version, or the source tree's when crosslevel runs uninstalled (PYTHONPATH=src)."""
+    try:
+        return metadata.version("crosslevel")
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crosslevel", description="Cross-Level Discrimination (CLD), NPID and MoCo.")
+    parser.add_argument("--version", action="version", version=f"crosslevel {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model from a preset plus key=value overrides")

@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -126,6 +127,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "schedule_interval": ("step", "epoch"),
     "logger": ("csv", "tensorboard", "both"),
     "bad_images": ("error", "skip"),
+    "accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
+    "strategy": ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"),  # the method's bank/queue sync is DDP's
+    "precision": ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"),  # Lightning's names
 }
 
 
@@ -261,8 +265,13 @@ def validate(cfg: Config) -> Config:
         raise CrossLevelError("in_memory=false decodes images on the fly and needs image_size=N (e.g. 224)")
     if cfg.dataset != "digits" and not cfg.data:
         raise CrossLevelError(f"dataset '{cfg.dataset}' needs a path: add --data PATH (or data=PATH)")
-    if cfg.eval_every < 0 or cfg.train_subset < 0 or cfg.test_subset < 0 or cfg.warmup_epochs < 0:
-        raise CrossLevelError("eval_every, train_subset, test_subset and warmup_epochs must be >= 0")
+    for key in ("eval_every", "train_subset", "test_subset", "warmup_epochs", "workers"):
+        if getattr(cfg, key) < 0:
+            raise CrossLevelError(f"config key '{key}' must be >= 0, got {getattr(cfg, key)}")
+    if not re.fullmatch(r"auto|-1|[1-9]\d*|\d+,(\d+,?)*", cfg.devices):
+        raise CrossLevelError(
+            f"devices must be a count (1, 4), -1 or auto (all), or device indices like 0,1; got '{cfg.devices}'"
+        )
     return cfg
 
 

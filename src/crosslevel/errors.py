@@ -1,5 +1,7 @@
 """The one exception type for problems a user can fix (bad path, bad key, bad value)."""
 
+import shlex
+
 
 class CrossLevelError(Exception):
     """A user-facing error: the CLI prints its message and exits non-zero, no traceback."""
@@ -16,5 +18,5 @@ class TrainingInterrupted(Exception):
         self.signal_name, self.exit_code, self.checkpoint, self.run_dir = signal_name, exit_code, checkpoint, run_dir
         super().__init__(
             f"stopped by {signal_name}; resumable checkpoint: {checkpoint}\n"
-            f"continue with: crosslevel train resume={run_dir}"
+            f"continue with: crosslevel train resume={shlex.quote(str(run_dir))}"
         )

@@ -241,15 +241,15 @@ def _decode(path: Path, size: int | None) -> np.ndarray | None:
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def _first_size(paths: list[Path]) -> int | None:
-    """The side of the first readable image when it is square, else None (no resizing)."""
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                return image.size[0] if image.size[0] == image.size[1] else None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            continue
-    return None
+def _one_size(paths: list[Path], arrays: list[np.ndarray], where: object) -> None:
+    """Without ``image_size`` every image must have the first one's size: else an error naming two files."""
+    first = arrays[0].shape
+    for path, array in zip(paths, arrays):
+        if array.shape != first:
+            raise CrossLevelError(
+                f"images in {where} differ in size: {paths[0]} is {first[1]}×{first[0]}, {path} is "
+                f"{array.shape[1]}×{array.shape[0]}; set image_size=N to resize every image to N×N"
+            )
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -266,14 +266,13 @@ def _decode_all(paths: list[Path], size: int | None, desc: str) -> list[np.ndarr
 def decode_images(paths: list[Path], image_size: int = 0, desc: str = "decoding") -> np.ndarray:
     """Decode ``paths`` to RGB uint8 N×H×W×3; an unreadable file is an error naming it.
 
-    All images must share one square size unless ``image_size`` > 0, which resizes each to that side.
+    All images must share one size unless ``image_size`` > 0, which resizes each to a square of that side.
     """
-    arrays = _decode_all(paths, image_size or _first_size(paths), desc)
+    arrays = _decode_all(paths, image_size or None, desc)
     bad = [str(path) for path, array in zip(paths, arrays) if array is None]
     if bad:
         raise CrossLevelError(f"cannot decode {len(bad)} image(s), first: {bad[0]} (corrupt, truncated or not an image)")
-    if len({a.shape for a in arrays}) > 1:
-        raise CrossLevelError(f"images in {Path(paths[0]).parent} differ in size: set an image size")
+    _one_size(paths, arrays, Path(paths[0]).parent)
     return np.stack(arrays)
 
 
@@ -304,8 +303,7 @@ def _materialise(
     if not in_memory:
         labels = np.asarray([c for _, c in entries], dtype=np.int64)
         return FileImageSet(tuple(f for f, _ in entries), labels, classes, IMAGENET_MEAN, IMAGENET_STD, image_size)
-    size = image_size or _first_size([f for f, _ in entries])
-    arrays = _decode_all([f for f, _ in entries], size, f"decoding {where.name}")
+    arrays = _decode_all([f for f, _ in entries], image_size or None, f"decoding {where.name}")
     bad = [str(f) for (f, _), a in zip(entries, arrays) if a is None]
     if bad and bad_images != "skip":
         raise CrossLevelError(
@@ -318,9 +316,7 @@ def _materialise(
         arrays = [a for a in arrays if a is not None]
         if not arrays:
             raise CrossLevelError(f"none of the images in {where} can be decoded")
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise CrossLevelError(f"images in {where} differ in size ({sorted(shapes)[:3]}...): set image_size=N")
+    _one_size([f for f, _ in entries], arrays, where)
     images = np.stack(arrays)
     labels = np.asarray([c for _, c in entries], dtype=np.int64)
     return ImageSet(images, labels, classes, IMAGENET_MEAN, IMAGENET_STD, tuple(bad))
