@@ -220,7 +220,7 @@ def check_no_sync(cfg: Config, device: torch.device) -> str:
     torch.cuda.set_sync_debug_mode("error")
     try:
         views(indices)
-        bank_softmax_loss(groups[0], module.branch.bank.memory, indices, cfg.temperature).backward()
+        bank_softmax_loss(groups[0], module.branch.bank.memory, indices, cfg.instance_temperature).backward()
         cld_loss(*groups, cfg.num_groups, cfg.cld_temperature, cfg.kmeans_iters).backward()
     except RuntimeError as err:
         return f"FAILED: {err}"

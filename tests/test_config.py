@@ -19,9 +19,9 @@ def test_required_presets_exist() -> None:
 @pytest.mark.parametrize("name,groups", [("cifar10-cld", 128), ("cifar100-cld", 200)])
 def test_official_cifar_settings(name: str, groups: int) -> None:
     cfg = load_preset(name)
-    assert (cfg.batch_size, cfg.base_lr, cfg.weight_decay, cfg.momentum) == (256, 0.03, 7e-4, 0.9)
+    assert (cfg.batch_size, cfg.base_lr, cfg.weight_decay, cfg.sgd_momentum) == (256, 0.03, 7e-4, 0.9)
     assert (cfg.warmup_epochs, cfg.epochs, cfg.num_groups, cfg.kmeans_iters) == (5, 200, groups, 5)
-    assert (cfg.cld_weight, cfg.temperature, cfg.cld_temperature) == (1.0, 0.1, 0.2)
+    assert (cfg.cld_weight, cfg.instance_temperature, cfg.cld_temperature) == (1.0, 0.1, 0.2)
     assert (cfg.backbone, cfg.feature_dim, cfg.knn_k, cfg.knn_temperature) == ("resnet18_cifar", 128, 200, 0.1)
     assert peak_lr(cfg, world_size=1) == pytest.approx(0.06)
 
@@ -102,3 +102,31 @@ def test_config_round_trip(tmp_path) -> None:
     save_config(cfg, tmp_path / "config.json")
     assert load_config(tmp_path / "config.json") == cfg
     assert Config().resume is None
+
+
+def test_every_key_says_what_it_means_and_choices_come_from_its_type() -> None:
+    from crosslevel.config import CHOICES, FIELDS
+
+    assert all(spec.metadata.get("help") for spec in FIELDS.values())
+    assert CHOICES["instance"] == ("npid", "moco") and CHOICES["precision"][0] == "32-true"
+    with pytest.raises(CrossLevelError, match="'instance' must be one of npid, moco"):
+        apply_overrides(load_preset("digits-cld"), ["instance=simclr"])
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [("blur=1.5", "'blur' must be <= 1"), ("bank_momentum=1", "'bank_momentum' must be < 1"),
+     ("cld_temperature=0", "'cld_temperature' must be > 0"), ("workers=-1", "'workers' must be >= 0")],
+)  # fmt: skip
+def test_bounds_live_with_their_keys(override: str, message: str) -> None:
+    with pytest.raises(CrossLevelError, match=message):
+        apply_overrides(load_preset("digits-cld"), [override])
+
+
+def test_earlier_names_and_the_papers_symbols_are_accepted(tmp_path) -> None:  # noqa: ANN001
+    cfg = apply_overrides(load_preset("digits-cld"), ["temperature=0.2", "momentum=0.8", "lambda=0.5", "T_G=0.3", "subset=x"])
+    assert (cfg.instance_temperature, cfg.sgd_momentum, cfg.cld_weight, cfg.cld_temperature, cfg.class_subset) == (0.2, 0.8, 0.5, 0.3, "x")
+    old = tmp_path / "config.json"  # a run directory written before the renames
+    old.write_text('{"temperature": 0.07, "momentum": 0.9, "subset": "imagenet100"}')
+    loaded = load_config(old)
+    assert (loaded.instance_temperature, loaded.class_subset) == (0.07, "imagenet100")

@@ -187,9 +187,9 @@ def test_paper_presets_are_valid_and_described(name: str) -> None:
 
 def test_imagenet_presets_follow_design() -> None:
     imagenet = load_preset("imagenet-cldm")
-    assert (imagenet.num_groups, imagenet.cld_temperature, imagenet.temperature, imagenet.cld_weight) == (120, 0.4, 0.2, 0.25)
+    assert (imagenet.num_groups, imagenet.cld_temperature, imagenet.instance_temperature, imagenet.cld_weight) == (120, 0.4, 0.2, 0.25)
     assert imagenet.mlp and imagenet.normlinear and imagenet.augment == "v2" and imagenet.queue_size == 65536
-    assert load_preset("imagenet100-cldm").subset == "imagenet100"
+    assert load_preset("imagenet100-cldm").class_subset == "imagenet100"
     assert load_preset("cifar10lt-cld").lt_ratio == 100
 
 

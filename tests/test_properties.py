@@ -43,7 +43,7 @@ def test_coerce_round_trips_every_field_through_its_text(name: str, data: st.Dat
 @FAST
 @given(st.sampled_from(sorted(FIELDS)), st.text(max_size=30))
 @example("base_lr", "nan")
-@example("temperature", "-inf")
+@example("instance_temperature", "-inf")
 @example("epochs", "1.5")
 @example("epochs", "9" * 5000)
 @example("progress", "2")

@@ -28,7 +28,8 @@ def _train(args: argparse.Namespace) -> int:
     from .training import train
 
     if args.help_keys:
-        print("config keys (set any with key=value):\n" + describe_keys())
+        cfg = load_preset(args.config)
+        print(f"config keys of preset {args.config} (set any with key=value; name, type, value, meaning):\n" + describe_keys(cfg))
         return 0
     overrides = list(args.overrides) + ([f"data={args.data}"] if args.data else [])
     cfg: Config = apply_overrides(load_preset(args.config), overrides)

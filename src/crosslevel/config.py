@@ -10,10 +10,10 @@ import re
 import tomllib
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .errors import CrossLevelError
 
@@ -21,84 +21,112 @@ DEFAULT_PRESET = "digits-cld"
 FEATURES = ("f", "f_I", "f_G")  # what evaluation can read: pooled backbone output, instance head, group head
 
 
+def key(default: Any, help: str, **bounds: float) -> Any:
+    """A config field: its default, its one-line meaning (``--help-keys``) and its bounds
+    (``min`` / ``max``: inclusive, ``gt`` / ``lt``: exclusive), checked by :func:`validate`."""
+    return field(default=default, metadata={"help": help, **bounds})
+
+
+Dataset = Literal["digits", "cifar10", "cifar100", "stl10", "folder", "lists"]
+Recipe = Literal["auto", "cifar", "v2", "digits", "none"]
+Backbone = Literal["resnet18_cifar", "resnet18", "resnet50", "smallcnn"]
+Instance = Literal["npid", "moco"]  # the instance branches of methods/module.py's BRANCHES
+Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
+Strategy = Literal["auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"]  # the bank/queue sync is DDP's
+Precision = Literal["32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"]  # Lightning's names
+
+
 @dataclass
 class Config:
-    """Everything a training run needs; every field can be set with ``key=value``."""
+    """Everything a training run needs; every field can be set with ``key=value``. Each field carries
+    its meaning and bounds (:func:`key`); choices are its ``Literal`` type; :func:`validate` checks
+    both, and the rules between keys."""
 
     # --- data ---
-    dataset: str = "digits"  # digits | cifar10 | cifar100 | stl10 | folder | lists
-    data: str | None = None  # path of the data set (not needed for digits)
-    subset: str = ""  # folder/lists: '' (all classes), 'imagenet100' (the CMC list) or a file of class names
-    train_list: str = ""  # lists: file of "relative/path label" lines (e.g. ImageNet_LT_train.txt)
-    test_list: str = ""  # lists: the same for the test split (e.g. ImageNet_LT_test.txt)
-    stl10_unlabeled: bool = True  # stl10: train on train (5k) + unlabeled (100k); False: train only
-    in_memory: bool = True  # decode every image once into memory; False: decode files on the fly
-    train_subset: int = 0  # >0: train on a seeded, class-stratified subset of this many images
-    test_subset: int = 0  # >0: evaluate on a seeded, class-stratified subset of the test split
-    lt_ratio: float = 0.0  # >0: long-tail the training set, n_c = n_max·ρ^(-c/(C-1)) with ρ = lt_ratio
-    hc_frames: int = 0  # >0: turn every training image into this many correlated frames
-    hc_mode: str = "walk"  # walk (smooth random camera walk) | repeat (exact copies)
-    augment: str = "auto"  # view recipe: auto | cifar | v2 | digits | none
-    random_erasing: float = 0.0  # probability of RandomErasing after normalisation (0: off)
-    blur: float = 0.5  # augment=v2: probability of GaussianBlur(σ ∈ [0.1, 2] px) (0: off)
-    image_size: int = 0  # 0: the data set's own size
-    eval_resize: int = 0  # test transform: short side resized to this, then centre crop image_size (0: image_size)
-    workers: int = 2  # data-loader worker processes
-    bad_images: str = "error"  # an unreadable image in a folder: error (stop) | skip (warn, count in summary.json)
-    augment_device: str = "cpu"  # cpu: torchvision in loader workers | device: batched on the training device
+    dataset: Dataset = key("digits", "data source")
+    data: str | None = key(None, "path of the data set (not needed for digits)")
+    class_subset: str = key("", "folder/lists: '' (all classes), 'imagenet100' (the CMC list) or a file of class names")
+    train_list: str = key("", "lists: file of 'relative/path label' lines (e.g. ImageNet_LT_train.txt)")
+    test_list: str = key("", "lists: the same for the test split (e.g. ImageNet_LT_test.txt)")
+    stl10_unlabeled: bool = key(True, "stl10: train on train (5k) + unlabeled (100k); false: train only")
+    in_memory: bool = key(True, "decode every image once into memory; false: decode files on the fly")
+    train_subset: int = key(0, ">0: train on a seeded, class-stratified subset of this many images", min=0)
+    test_subset: int = key(0, ">0: evaluate on a seeded, class-stratified subset of the test split", min=0)
+    lt_ratio: float = key(0.0, ">0: long-tail the training set, n_c = n_max·ρ^(-c/(C-1)) with ρ = lt_ratio (>= 1)")
+    hc_frames: int = key(0, ">0: turn every training image into this many correlated frames", min=0)
+    hc_mode: Literal["walk", "repeat"] = key("walk", "walk: smooth random camera walk; repeat: exact copies")
+    augment: Recipe = key("auto", "view recipe (auto: cifar for colour, digits for grey images)")
+    random_erasing: float = key(0.0, "probability of RandomErasing after normalisation (0: off)", min=0, max=1)
+    blur: float = key(0.5, "augment=v2: probability of GaussianBlur(σ ∈ [0.1, 2] px) (0: off)", min=0, max=1)
+    image_size: int = key(0, "side of the views (0: the data set's own size)", min=0)
+    eval_resize: int = key(0, "test transform: short side resized to this, then centre crop image_size (0: image_size)", min=0)
+    workers: int = key(2, "data-loader worker processes", min=0)
+    bad_images: Literal["error", "skip"] = key("error", "an unreadable image: error (stop) or skip (warn, count in summary.json)")
+    augment_device: Literal["cpu", "device"] = key("cpu", "cpu: torchvision in loader workers; device: batched on the training device")
     # --- model ---
-    backbone: str = "resnet18_cifar"  # resnet18_cifar | resnet18 | resnet50 | smallcnn
-    width: int = 64  # channels of the first stage (64 = the standard ResNet-18)
-    feature_dim: int = 128  # output size of both heads
-    normlinear: bool = False  # cosine-layer heads instead of Linear (columns start at unit norm, as the reference)
-    mlp: bool = False  # shared Linear(d, d)+ReLU trunk before the heads
-    pool_window: int = 0  # 0: global average pool; N: the reference's avg_pool2d(N) (STL-10: 7, top-left 7×7 of 12×12)
-    conv_init: str = "torchvision"  # torchvision: kaiming-normal fan_out | pytorch: layer default (reference CIFAR ResNet)
-    # --- instance branch: NPID memory bank or MoCo momentum encoder + queue ---
-    instance: str = "npid"  # npid | moco
-    npid_views: int = 2  # NPID: views per image (1: the original NPID; CLD needs 2)
-    temperature: float = 0.1  # T_I (MoCo: 0.07 CIFAR, 0.2 ImageNet)
-    bank_momentum: float = 0.5  # NPID: row <- normalise(m·row + (1-m)·f)
-    queue_size: int = 4096  # MoCo: negatives in the queue (>= the global batch)
-    moco_momentum: float = 0.999  # MoCo: key encoder <- m·key + (1-m)·query
+    backbone: Backbone = key("resnet18_cifar", "the network before the heads")
+    width: int = key(64, "channels of the first stage (64: the standard ResNet)", min=1)
+    feature_dim: int = key(128, "output size of both heads", min=1)
+    normlinear: bool = key(False, "cosine-layer heads instead of Linear (columns start at unit norm, as the reference)")
+    mlp: bool = key(False, "shared Linear(d, d)+ReLU trunk before the heads")
+    pool_window: int = key(0, "0: global average pool; N: the reference's avg_pool2d(N) (STL-10: 7)", min=0)
+    conv_init: Literal["torchvision", "pytorch"] = key("torchvision", "torchvision: kaiming-normal fan_out; pytorch: the layer default (reference CIFAR ResNet)")
+    # --- instance branch ---
+    instance: Instance = key("npid", "instance branch: npid (memory bank) or moco (momentum encoder + queue)")
+    npid_views: int = key(2, "NPID: views per image (1: the original NPID; CLD needs 2)", min=1, max=2)
+    instance_temperature: float = key(0.1, "T_I of the instance loss (MoCo: 0.07 CIFAR, 0.2 ImageNet)", gt=0)
+    bank_momentum: float = key(0.5, "NPID: row <- normalise(m·row + (1-m)·f)", min=0, lt=1)
+    queue_size: int = key(4096, "MoCo: negatives in the queue (>= the global batch)", min=1)
+    moco_momentum: float = key(0.999, "MoCo: key encoder <- m·key + (1-m)·query", min=0, lt=1)
     # --- cross-level term ---
-    cld_weight: float = 1.0  # λ; 0 = plain NPID
-    cld_temperature: float = 0.2  # T_G
-    num_groups: int = 128  # k of the batch k-means
-    groups_above_batch: str = "error"  # k >= per-device batch: error | cap (the reference's ImageNet arithmetic)
-    kmeans_iters: int = 5
+    cld_weight: float = key(1.0, "λ, the weight of the CLD term (0: the instance method alone)", min=0)
+    cld_temperature: float = key(0.2, "T_G of the CLD term", gt=0)
+    num_groups: int = key(128, "k of the batch k-means (< the per-device batch)", min=1)
+    groups_above_batch: Literal["error", "cap"] = key("error", "k >= per-device batch: error, or cap (the reference's ImageNet arithmetic)")
+    kmeans_iters: int = key(5, "k-means iterations", min=1)
     # --- optimisation ---
-    epochs: int = 200
-    batch_size: int = 256  # per device
-    base_lr: float = 0.03  # lr = base_lr · global batch / 128
-    weight_decay: float = 7e-4
-    momentum: float = 0.9
-    warmup_epochs: int = 5
-    schedule_interval: str = "step"  # warm-up + cosine updated every step or every epoch
+    epochs: int = key(200, "training epochs", min=1)
+    batch_size: int = key(256, "images per device and step", min=1)
+    base_lr: float = key(0.03, "lr = base_lr · global batch / 128", gt=0)
+    weight_decay: float = key(7e-4, "SGD weight decay (every parameter)", min=0)
+    sgd_momentum: float = key(0.9, "SGD momentum", min=0, lt=1)
+    warmup_epochs: int = key(5, "linear warm-up from lr/100, then cosine to 1e-6", min=0)
+    schedule_interval: Literal["step", "epoch"] = key("step", "warm-up + cosine updated every step or every epoch")
     # --- evaluation ---
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    eval_every: int = 0  # kNN every N epochs (0: only at the end)
+    knn_k: int = key(200, "kNN neighbours", min=1)
+    knn_temperature: float = key(0.1, "kNN σ of exp(cos/σ)", gt=0)
+    eval_every: int = key(0, "kNN every N epochs (0: only at the end)", min=0)
     # --- run ---
-    seed: int = 0
-    out: str = "runs"  # parent folder of run directories
-    name: str = ""  # run directory name ('' : <preset>-<time>)
-    preset: str = ""
-    accelerator: str = "auto"
-    devices: str = "1"  # number, list "0,1" or "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
-    sync_bn: bool = False  # SyncBatchNorm across devices (BN statistics of the global batch)
-    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed (k-means and losses always run in fp32)
-    channels_last: bool = False  # NHWC memory layout for the backbone (faster convolutions on GPUs)
-    compile: bool = False  # torch.compile the backbone, heads and on-device augmentation
-    logger: str = "csv"  # csv | tensorboard | both
-    progress: bool = True
-    limit_train_batches: float = 1.0  # <1: fraction, >1: count of batches per epoch (tests)
-    resume: str | None = None  # checkpoint to continue from
-    skip_nonfinite: bool = False  # a NaN/inf loss skips the step (no update, bank untouched) instead of stopping
-    description: str = ""
+    seed: int = key(0, "seed of everything (sampler, augmentations, initialisation)")
+    out: str = key("runs", "parent folder of run directories")
+    name: str = key("", "run directory name ('': <preset>-<time>)")
+    preset: str = key("", "the preset this config came from (set by --config)")
+    accelerator: Accelerator = key("auto", "Lightning accelerator")
+    devices: str = key("1", "number, list '0,1', -1 or auto")
+    num_nodes: int = key(1, "nodes (Lightning / torchrun / SLURM)", min=1)
+    strategy: Strategy = key("auto", "Lightning strategy")
+    sync_bn: bool = key(False, "SyncBatchNorm across devices (BN statistics of the global batch)")
+    precision: Precision = key("32-true", "Lightning precision (k-means and losses always run in fp32)")
+    channels_last: bool = key(False, "NHWC memory layout for the backbone (faster convolutions on GPUs)")
+    compile: bool = key(False, "torch.compile the backbone, heads, on-device views and k-means + CLD")
+    logger: Literal["csv", "tensorboard", "both"] = key("csv", "training logs")
+    progress: bool = key(True, "progress bars")
+    limit_train_batches: float = key(1.0, "<1: fraction, >1: count of batches per epoch (tests)", gt=0)
+    resume: str | None = key(None, "checkpoint or run directory to continue from")
+    skip_nonfinite: bool = key(False, "a NaN/inf loss skips the step (no update) instead of stopping")
+    description: str = key("", "the preset's one-line description")
 
+
+# Earlier names, and the paper's symbols, accepted wherever a key is read (overrides, presets, config.json).
+ALIASES = {
+    "temperature": "instance_temperature",
+    "T_I": "instance_temperature",
+    "momentum": "sgd_momentum",
+    "subset": "class_subset",
+    "lambda": "cld_weight",
+    "λ": "cld_weight",
+    "T_G": "cld_temperature",
+}
 
 
 def num_views(cfg: Config) -> int:
@@ -115,39 +143,35 @@ def peak_lr(cfg: Config, world_size: int) -> float:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+HINTS = typing.get_type_hints(Config)
 CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": ("digits", "cifar10", "cifar100", "stl10", "folder", "lists"),
-    "augment": ("auto", "cifar", "v2", "digits", "none"),
-    "augment_device": ("cpu", "device"),
-    "hc_mode": ("walk", "repeat"),
-    "backbone": ("resnet18_cifar", "resnet18", "resnet50", "smallcnn"),
-    "instance": ("npid", "moco"),
-    "groups_above_batch": ("error", "cap"),
-    "conv_init": ("torchvision", "pytorch"),
-    "schedule_interval": ("step", "epoch"),
-    "logger": ("csv", "tensorboard", "both"),
-    "bad_images": ("error", "skip"),
-    "accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
-    "strategy": ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"),  # the method's bank/queue sync is DDP's
-    "precision": ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"),  # Lightning's names
+    name: typing.get_args(hint) for name, hint in HINTS.items() if typing.get_origin(hint) is Literal
 }
 
 
 def _field_type(name: str) -> type:
-    hint = typing.get_type_hints(Config)[name]
+    hint = HINTS[name]
     if isinstance(hint, types.UnionType):  # "str | None"
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is Literal:
+        return type(typing.get_args(hint)[0])
     return hint
 
 
+def canonical(name: str) -> str:
+    """The config key ``name`` stands for (itself, or the key an alias names)."""
+    return ALIASES.get(name, name)
+
+
 def coerce(name: str, raw: Any) -> Any:
-    """Convert ``raw`` (a CLI string or a TOML value) to the type of config field ``name``."""
+    """Convert ``raw`` (a CLI string or a TOML value) to the type of config field ``name`` (or an alias's)."""
+    name = canonical(name)
     if name not in FIELDS:
-        close = difflib.get_close_matches(name, FIELDS, n=1)
+        close = difflib.get_close_matches(name, [*FIELDS, *ALIASES], n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise CrossLevelError(f"unknown config key '{name}'{hint}; `crosslevel train --help-keys` lists them")
     kind = _field_type(name)
-    optional = type(None) in typing.get_args(typing.get_type_hints(Config)[name])
+    optional = type(None) in typing.get_args(HINTS[name])
     if optional and (raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", ""))):
         return None
     try:
@@ -193,7 +217,7 @@ def _preset_table(name: str) -> dict[str, Any]:
 
 def load_preset(name: str = DEFAULT_PRESET) -> Config:
     """The config of preset ``name`` (a file ``presets/<name>.toml``, which may ``extends`` another)."""
-    values = {key: coerce(key, value) for key, value in _preset_table(name).items()}
+    values = {canonical(key): coerce(canonical(key), value) for key, value in _preset_table(name).items()}
     return Config(**{**values, "preset": name})
 
 
@@ -204,7 +228,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise CrossLevelError(f"override {item!r} is not of the form key=value")
-        changes[key.strip()] = coerce(key.strip(), value)
+        name = canonical(key.strip())
+        changes[name] = coerce(name, value)
     return validate(dataclasses.replace(cfg, **changes))
 
 
@@ -213,19 +238,8 @@ def validate(cfg: Config) -> Config:
     for key, allowed in CHOICES.items():
         if getattr(cfg, key) not in allowed:
             raise CrossLevelError(f"config key '{key}' must be one of {', '.join(allowed)}; got '{getattr(cfg, key)}'")
-    positive = (
-        "epochs", "batch_size", "feature_dim", "width", "kmeans_iters", "knn_k", "num_groups", "num_nodes", "queue_size"
-    )
-    for key in positive:
-        if getattr(cfg, key) < 1:
-            raise CrossLevelError(f"config key '{key}' must be >= 1, got {getattr(cfg, key)}")
-    for key in ("temperature", "cld_temperature", "knn_temperature", "base_lr"):
-        if getattr(cfg, key) <= 0:
-            raise CrossLevelError(f"config key '{key}' must be > 0, got {getattr(cfg, key)}")
-    if not 0.0 <= cfg.bank_momentum < 1.0:
-        raise CrossLevelError(f"bank_momentum must be in [0, 1), got {cfg.bank_momentum}")
-    if cfg.cld_weight < 0:
-        raise CrossLevelError(f"cld_weight (λ) must be >= 0, got {cfg.cld_weight}")
+    for key, spec in FIELDS.items():
+        _check_bounds(key, getattr(cfg, key), spec.metadata)
     if cfg.cld_weight > 0 and cfg.num_groups >= cfg.batch_size and cfg.groups_above_batch == "error":
         raise CrossLevelError(
             f"num_groups (k={cfg.num_groups}) must be smaller than the per-device batch "
@@ -233,20 +247,12 @@ def validate(cfg: Config) -> Config:
             "degenerates to in-batch instance discrimination (groups_above_batch=cap allows it on purpose, "
             "as the reference's ImageNet run did)"
         )
-    if cfg.npid_views not in (1, 2):
-        raise CrossLevelError(f"npid_views must be 1 (the original NPID) or 2, got {cfg.npid_views}")
     if cfg.npid_views == 1 and (cfg.instance != "npid" or cfg.cld_weight > 0):
         raise CrossLevelError(
             "npid_views=1 is the original one-view NPID: it needs instance=npid and cld_weight=0 "
             "(CLD compares two views)"
         )
-    if cfg.eval_resize < 0:
-        raise CrossLevelError(f"eval_resize must be 0 (= image_size) or a side in pixels, got {cfg.eval_resize}")
-    if cfg.pool_window < 0:
-        raise CrossLevelError(f"pool_window must be 0 (global pooling) or a window side >= 1, got {cfg.pool_window}")
     if cfg.instance == "moco":
-        if not 0.0 <= cfg.moco_momentum < 1.0:
-            raise CrossLevelError(f"moco_momentum must be in [0, 1), got {cfg.moco_momentum}")
         if cfg.queue_size < cfg.batch_size:
             raise CrossLevelError(
                 f"queue_size={cfg.queue_size} is smaller than batch_size={cfg.batch_size}: "
@@ -254,25 +260,27 @@ def validate(cfg: Config) -> Config:
             )
     if cfg.lt_ratio != 0 and cfg.lt_ratio < 1:
         raise CrossLevelError(f"lt_ratio (ρ) must be 0 (off) or >= 1, e.g. 10, 50, 100; got {cfg.lt_ratio}")
-    if cfg.hc_frames < 0:
-        raise CrossLevelError(f"hc_frames must be >= 0, got {cfg.hc_frames}")
-    for key in ("random_erasing", "blur"):
-        if not 0.0 <= getattr(cfg, key) <= 1.0:
-            raise CrossLevelError(f"{key} is a probability in [0, 1], got {getattr(cfg, key)}")
     if cfg.dataset == "lists" and not cfg.train_list:
         raise CrossLevelError("dataset 'lists' needs train_list=FILE (lines of 'relative/path label')")
     if not cfg.in_memory and not cfg.image_size:
         raise CrossLevelError("in_memory=false decodes images on the fly and needs image_size=N (e.g. 224)")
     if cfg.dataset != "digits" and not cfg.data:
         raise CrossLevelError(f"dataset '{cfg.dataset}' needs a path: add --data PATH (or data=PATH)")
-    for key in ("eval_every", "train_subset", "test_subset", "warmup_epochs", "workers"):
-        if getattr(cfg, key) < 0:
-            raise CrossLevelError(f"config key '{key}' must be >= 0, got {getattr(cfg, key)}")
     if not re.fullmatch(r"auto|-1|[1-9]\d*|\d+,(\d+,?)*", cfg.devices):
         raise CrossLevelError(
             f"devices must be a count (1, 4), -1 or auto (all), or device indices like 0,1; got '{cfg.devices}'"
         )
     return cfg
+
+
+BOUNDS = {"min": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b), "max": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def _check_bounds(key: str, value: Any, metadata: typing.Mapping[str, Any]) -> None:
+    """Raise if ``value`` breaks a bound of its field (:func:`key`'s ``min``, ``gt``, ``max``, ``lt``)."""
+    for bound, (symbol, holds) in BOUNDS.items():
+        if bound in metadata and value is not None and not holds(value, metadata[bound]):
+            raise CrossLevelError(f"config key '{key}' must be {symbol} {metadata[bound]:g}, got {value}")
 
 
 def save_config(cfg: Config, path: Path) -> None:
@@ -286,18 +294,20 @@ def load_config(path: Path) -> Config:
         values = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CrossLevelError(f"cannot read config {path}: {err}") from None
-    return Config(**{key: coerce(key, value) for key, value in values.items()})
+    return Config(**{canonical(key): coerce(canonical(key), value) for key, value in values.items()})
 
 
-def describe_keys() -> str:
-    """One line per config key with its type and default, for ``--help-keys``."""
-    defaults = Config()
+def describe_keys(cfg: Config | None = None) -> str:
+    """One line per config key: name, type, value in ``cfg`` (default: the base defaults), choices
+    and meaning, for ``--help-keys``; then the aliases."""
+    cfg = cfg or Config()
     lines = []
-    for name in FIELDS:
+    for name, spec in FIELDS.items():
         kind = _field_type(name).__name__
-        choices = f" one of {'|'.join(CHOICES[name])}" if name in CHOICES else ""
-        lines.append(f"  {name:<22} {kind:<6} default {getattr(defaults, name)!r}{choices}")
-    return "\n".join(lines)
+        choices = f" ({'|'.join(CHOICES[name])})" if name in CHOICES else ""
+        lines.append(f"  {name:<20} {kind:<5} {getattr(cfg, name)!r:<16} {spec.metadata['help']}{choices}")
+    aliases = ", ".join(f"{old} = {new}" for old, new in ALIASES.items())
+    return "\n".join(lines + [f"  also accepted: {aliases}"])
 
 
 def preset_summary() -> list[tuple[str, str]]:

@@ -73,7 +73,7 @@ def load_split_of(cfg: Config, split: str, stl10_unlabeled: bool | None = None) 
     overrides the config's choice (the kNN support set of STL-10 is its labelled part)."""
     return load_split(
         cfg.dataset, cfg.data, split, cfg.image_size, cfg.bad_images,
-        subset=cfg.subset,
+        subset=cfg.class_subset,
         list_file=cfg.train_list if split == "train" else cfg.test_list,
         in_memory=cfg.in_memory,
         stl10_unlabeled=cfg.stl10_unlabeled if stl10_unlabeled is None else stl10_unlabeled,

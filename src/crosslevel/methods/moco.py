@@ -131,7 +131,7 @@ class MoCoBranch(InstanceBranch):
 
     @classmethod
     def from_config(cls, cfg: Config, num_train: int, backbone: nn.Module, heads: nn.Module) -> MoCoBranch:
-        return cls(backbone, heads, cfg.queue_size, cfg.feature_dim, cfg.temperature, cfg.moco_momentum)
+        return cls(backbone, heads, cfg.queue_size, cfg.feature_dim, cfg.instance_temperature, cfg.moco_momentum)
 
     def check(self, cfg: Config, world_size: int) -> None:
         if len(self.queue) < cfg.batch_size * world_size:

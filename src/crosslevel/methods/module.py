@@ -174,7 +174,7 @@ class ContrastiveModule(pl.LightningModule):
         world = self.trainer.world_size if self._trainer is not None else 1
         trainable = [p for p in self.parameters() if p.requires_grad]  # not a branch's frozen encoder
         optimizer = torch.optim.SGD(
-            trainable, lr=peak_lr(self.cfg, world), momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay
+            trainable, lr=peak_lr(self.cfg, world), momentum=self.cfg.sgd_momentum, weight_decay=self.cfg.weight_decay
         )
         if self.cfg.schedule_interval == "epoch":
             total, warmup = self.cfg.epochs, self.cfg.warmup_epochs

@@ -53,7 +53,7 @@ class NPIDBranch(InstanceBranch):
 
     @classmethod
     def from_config(cls, cfg: Config, num_train: int, backbone: nn.Module, heads: nn.Module) -> NPIDBranch:
-        return cls(num_train, cfg.feature_dim, cfg.temperature, cfg.bank_momentum)
+        return cls(num_train, cfg.feature_dim, cfg.instance_temperature, cfg.bank_momentum)
 
     def ddp_ignore(self) -> list[str]:
         return ["bank.memory"]
