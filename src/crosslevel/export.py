@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from . import plots
-from .data import ImageSet, eval_transform
+from .data import eval_transform
 from .data.sources import decode_images, image_files
 from .errors import CrossLevelError
 from .evaluation.features import Run
@@ -53,22 +53,23 @@ def _folder_images(run: Run, folder: Path) -> tuple[list[Path], np.ndarray]:
     paths = image_files(folder)
     if not paths:
         raise CrossLevelError(f"no images found in {folder}")
-    images = decode_images(paths, run.cfg.image_size or run.data.size, f"decoding {folder.name}")
-    mismatch = _input_mismatch(run, paths, colour=bool((images[..., :1] != images[..., 1:]).any()))
+    side, channels = run.cfg.image_size or run.data.size, run.data.train.channels
+    images = decode_images(paths, side, f"decoding {folder.name}")
+    colour = bool((images[..., :1] != images[..., 1:]).any())
+    mismatch = _input_mismatch(paths, colour, channels, side, one_size=run.cfg.in_memory)
     if mismatch:
         warnings.warn(f"the images in {folder} do not look like the input of the model in {run.path}: {mismatch}; its features may say little about them")
-    if run.data.train.channels == 1:
+    if channels == 1:
         images = images.mean(axis=3, keepdims=True).round().astype(np.uint8)
     return paths, images
 
 
-def _input_mismatch(run: Run, paths: list[Path], colour: bool) -> str:
-    """How images differ from what the run's model was trained on ('' when they do not): colour for a grey
-    model, a short side under half the model's input side, or (a model trained on images of exactly that
-    side, decoded in memory) over twice it."""
-    side = run.cfg.image_size or run.data.size
-    largest = 2 * side if isinstance(run.data.train, ImageSet) else math.inf  # on-the-fly data: crops of any size
-    problems = ["they are colour, the model's images grey (they are made grey)"] if colour and run.data.train.channels == 1 else []
+def _input_mismatch(paths: list[Path], colour: bool, channels: int, side: int, one_size: bool) -> str:
+    """How images differ from what a model of ``channels``×``side``×``side`` input was trained on ('' when
+    they do not): colour for a grey model, a short side under half ``side``, or over twice it for a model
+    trained on images decoded to ``one_size`` (in memory; on-the-fly training crops images of any size)."""
+    problems = ["they are colour, the model's images grey (they are made grey)"] if colour and channels == 1 else []
+    largest = 2 * side if one_size else math.inf
     for path in paths:
         with Image.open(path) as image:
             width, height = image.size
