@@ -28,10 +28,46 @@ def test_read_metrics_splits_epoch_and_step_columns(tmp_path: Path) -> None:
     log = tmp_path / "metrics.csv"
     log.write_text("epoch,loss_cld,loss_epoch,knn_top1,lr,step\n0,,,,0.1,4\n0,2.0,9.0,,,9\n1,1.5,8.0,55.0,,19\n")
     series = plots.read_metrics(log)
-    assert series == {"lr": [(4.0, 0.1)], "loss_cld": [(1.0, 2.0), (2.0, 1.5)], "loss_epoch": [(1.0, 9.0), (2.0, 8.0)], "knn_top1": [(2.0, 55.0)]}
+    assert series == {"lr": [(4.0, 0.1)], "loss_cld": [(0.0, 2.0), (1.0, 1.5)], "loss_epoch": [(0.0, 9.0), (1.0, 8.0)], "knn_top1": [(1.0, 55.0)]}
     plots.training_curves(log, "curves", tmp_path / "curves.png")
     with pytest.raises(CrossLevelError, match="no training log"):
         plots.read_metrics(tmp_path / "absent.csv")
+
+
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The figures the plot functions save, kept open for inspection."""
+    figures: list = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    return figures
+
+
+def test_similarity_axes_span_the_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    features = torch.ones(30, 8) + 0.02 * torch.randn(30, 8, generator=torch.Generator().manual_seed(0))
+    figures = drawn(monkeypatch)
+    plots.similarity_histograms(features, features.flip(0), "sims", tmp_path / "sims.png")
+    left, right = figures[0].axes
+    assert 0.99 < left.get_xlim()[0] and left.get_xlim()[1] < 1.01  # all cosines lie in [0.998, 1]
+    assert -0.02 < right.get_xlim()[0] and right.get_xlim()[1] < 0.02
+
+
+def test_training_curves_count_epochs_as_the_log_does(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    log = tmp_path / "metrics.csv"
+    log.write_text("epoch,loss_epoch,knn_top1,lr,step\n0,,,0.1,0\n0,,,0.2,1\n0,9.0,50.0,,1\n1,8.0,60.0,,3\n2,7.5,65.0,,5\n")
+    figures = drawn(monkeypatch)
+    plots.training_curves(log, "curves", tmp_path / "curves.png")
+    loss, knn, lr = figures[0].axes
+    assert list(loss.lines[0].get_xdata()) == [0, 1, 2] and list(knn.lines[0].get_xdata()) == [0, 1, 2]
+    for ax in (loss, knn, lr):
+        assert all(float(tick).is_integer() for tick in ax.get_xticks()), ax.get_xticks()
+    assert "metrics.csv" in loss.get_xlabel() and lr.lines[0].get_marker() == "."
+
+
+def test_contact_sheet_names_each_thumbnail(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    figures = drawn(monkeypatch)
+    names = ["a.png", "sub/b.png", "a_very_long_folder_name/and_a_long_file_name.jpg"]
+    plots.contact_sheet(np.zeros((3, 8, 8, 3), dtype=np.uint8), "sheet", tmp_path / "sheet.png", columns=2, names=names)
+    texts = [text.get_text() for ax in figures[0].axes for text in ax.texts]
+    assert texts == ["a.png", "sub/b.png", "…_long_file_name.jpg"]  # the end of a long name
 
 
 def test_figures_are_written(tmp_path: Path) -> None:

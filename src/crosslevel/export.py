@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from . import plots
 from .data import eval_transform
@@ -43,16 +46,37 @@ def export_backbone(run_dir: Path, out: Path) -> dict:
 
 
 def _folder_images(run: Run, folder: Path) -> tuple[list[Path], np.ndarray]:
-    """Every image under ``folder`` decoded at the run's image size and channel count (grey: mean of RGB)."""
+    """Every image under ``folder`` decoded at the run's image size and channel count (grey: mean of RGB),
+    with a warning when they do not look like the model's input."""
     if not folder.is_dir():
         raise CrossLevelError(f"not a folder: {folder}")
     paths = image_files(folder)
     if not paths:
         raise CrossLevelError(f"no images found in {folder}")
-    images = decode_images(paths, run.info.size, f"decoding {folder.name}")
-    if run.info.channels == 1:
+    side, channels = run.info.size, run.info.channels
+    images = decode_images(paths, side, f"decoding {folder.name}")
+    colour = bool((images[..., :1] != images[..., 1:]).any())
+    mismatch = _input_mismatch(paths, colour, channels, side, one_size=run.cfg.in_memory)
+    if mismatch:
+        warnings.warn(f"the images in {folder} do not look like the input of the model in {run.path}: {mismatch}; its features may say little about them")
+    if channels == 1:
         images = images.mean(axis=3, keepdims=True).round().astype(np.uint8)
     return paths, images
+
+
+def _input_mismatch(paths: list[Path], colour: bool, channels: int, side: int, one_size: bool) -> str:
+    """How images differ from what a model of ``channels``×``side``×``side`` input was trained on ('' when
+    they do not): colour for a grey model, a short side under half ``side``, or over twice it for a model
+    trained on images decoded to ``one_size`` (in memory; on-the-fly training crops images of any size)."""
+    problems = ["they are colour, the model's images grey (they are made grey)"] if colour and channels == 1 else []
+    largest = 2 * side if one_size else math.inf
+    for path in paths:
+        with Image.open(path) as image:
+            width, height = image.size
+        if not side / 2 <= min(width, height) <= largest:
+            problems.append(f"{path.name} is {width}×{height}, the model's input {side}×{side} (every image is resized to it)")
+            break
+    return "; ".join(problems)
 
 
 def embed_folder(run: Run, folder: Path, feature: str = "f") -> tuple[list[Path], np.ndarray, np.ndarray]:
@@ -84,6 +108,6 @@ def cluster_folder(run: Run, folder: Path, k: int, out: Path, feature: str = "f"
         members = np.flatnonzero(groups == group)[:per_sheet]
         plots.contact_sheet(
             images[members], f"group {group}: {sizes[group]} images" + (f" (first {per_sheet})" if sizes[group] > per_sheet else ""),
-            out.with_name(f"{out.stem}_group{group}.png"),
+            out.with_name(f"{out.stem}_group{group}.png"), names=[str(paths[i].relative_to(folder)) for i in members],
         )
     return sizes

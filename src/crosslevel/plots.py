@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
@@ -53,19 +54,29 @@ def pair_similarities(features: torch.Tensor, view_features: torch.Tensor) -> tu
     return positive.cpu().numpy(), negative.cpu().numpy(), gap.cpu().numpy()
 
 
+def _bins(*samples: np.ndarray, count: int = 80) -> np.ndarray:
+    """``count`` equal bins spanning the samples' range, with a small margin (the axes follow the data)."""
+    low, high = min(float(s.min()) for s in samples), max(float(s.max()) for s in samples)
+    margin = max(0.02 * (high - low), 1e-3)
+    return np.linspace(low - margin, high + margin, count + 1)
+
+
 def similarity_histograms(features: torch.Tensor, view_features: torch.Tensor, title: str, path: Path) -> Path:
-    """Paper Fig. 6: densities of positive A_ii vs negative A_ij similarities, and of the gaps A_ii − A_ij."""
+    """Paper Fig. 6: densities of positive A_ii vs negative A_ij similarities, and of the gaps A_ii − A_ij;
+    each axis spans its data (features of a small run can all lie within a few hundredths)."""
     positive, negative, gap = pair_similarities(features, view_features)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    bins = np.linspace(-1, 1, 81)
+    bins = _bins(positive, negative)
     left.hist(negative, bins=bins, density=True, alpha=0.6, color="tab:red", label=f"negative A_ij, mean {negative.mean():.2f}")
     left.hist(positive, bins=bins, density=True, alpha=0.6, color="tab:green", label=f"positive A_ii, mean {positive.mean():.2f}")
     left.set_xlabel("cosine similarity")
     left.set_ylabel("density")
     left.legend(fontsize=8)
     left.set_title("positive vs negative pairs")
-    right.hist(gap, bins=np.linspace(-2, 2, 81), density=True, color="tab:blue")
-    right.axvline(0, color="black", linewidth=0.8)
+    gap_bins = _bins(gap)
+    right.hist(gap, bins=gap_bins, density=True, color="tab:blue")
+    if gap_bins[0] < 0 < gap_bins[-1]:
+        right.axvline(0, color="black", linewidth=0.8)
     right.set_xlabel("A_ii − A_ij")
     right.set_title(f"gap, {100 * (gap > 0).mean():.1f}% > 0")
     fig.suptitle(title)
@@ -73,7 +84,8 @@ def similarity_histograms(features: torch.Tensor, view_features: torch.Tensor, t
 
 
 def read_metrics(metrics_csv: Path) -> dict[str, list[tuple[float, float]]]:
-    """Lightning's CSV log as ``{column: [(epoch or step, value), ...]}``; ``lr`` and ``loss_step`` are per step."""
+    """Lightning's CSV log as ``{column: [(epoch or step, value), ...]}``: epochs numbered as in the
+    file (from 0); ``lr`` and ``loss_step`` are per step."""
     if not metrics_csv.is_file():
         raise CrossLevelError(f"no training log at {metrics_csv} (was the run trained with logger=csv?)")
     series: dict[str, list[tuple[float, float]]] = {}
@@ -82,44 +94,48 @@ def read_metrics(metrics_csv: Path) -> dict[str, list[tuple[float, float]]]:
             for column, value in row.items():
                 if column in ("epoch", "step") or value in ("", None):
                     continue
-                x = float(row["step"]) if column in ("lr", "loss_step") else float(row["epoch"]) + 1
+                x = float(row["step"] if column in ("lr", "loss_step") else row["epoch"])
                 series.setdefault(column, []).append((x, float(value)))
     return series
 
 
 def training_curves(metrics_csv: Path, title: str, path: Path) -> Path:
-    """Loss terms and kNN accuracy per epoch, learning rate per step."""
+    """Loss terms and kNN accuracy per epoch (integer ticks, numbered as in metrics.csv), learning rate
+    per step (with markers when there are few points)."""
     series = read_metrics(metrics_csv)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for column, label in (("loss_epoch", "total loss"), ("loss_inst", "instance loss"), ("loss_cld", "CLD loss")):
         if column in series:
             axes[0].plot(*zip(*series[column]), marker=".", label=label)
-    axes[0].set_xlabel("epoch")
     axes[0].set_title("training loss (epoch mean)")
     axes[0].legend(fontsize=8)
     for column in ("knn_top1", "knn_top5"):
         if column in series:
             axes[1].plot(*zip(*series[column]), marker="o", label=column.replace("_", " "))
-    axes[1].set_xlabel("epoch")
     axes[1].set_ylabel("%")
     axes[1].set_title("kNN accuracy" if "knn_top1" in series else "kNN accuracy (not logged)")
     if "knn_top1" in series:
         axes[1].legend(fontsize=8)
     if "lr" in series:
-        axes[2].plot(*zip(*series["lr"]))
+        axes[2].plot(*zip(*series["lr"]), marker="." if len(series["lr"]) <= 50 else None)
     axes[2].set_xlabel("step")
     axes[2].set_title("learning rate")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes[:2]:
+        ax.set_xlabel("epoch (as in metrics.csv: the first is 0)")
     fig.suptitle(title)
     return _save(fig, path)
 
 
-def contact_sheet(images: np.ndarray, title: str, path: Path, columns: int = 8) -> Path:
-    """A grid of uint8 N×H×W×C images (C = 1 or 3) under ``title``."""
+def contact_sheet(images: np.ndarray, title: str, path: Path, columns: int = 8, names: list[str] | None = None) -> Path:
+    """A grid of uint8 N×H×W×C images (C = 1 or 3) under ``title``, each with its name (e.g. its file) below."""
     rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.1 + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * (1.3 if names else 1.1) + 0.5), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image in zip(axes.flat, images):
+    for ax, image, name in zip(axes.flat, images, names or [""] * len(images)):
         ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", interpolation="nearest")
+        ax.text(0.5, -0.04, name if len(name) <= 20 else "…" + name[-19:], transform=ax.transAxes, ha="center", va="top", fontsize=6)
     fig.suptitle(title)
     return _save(fig, path)

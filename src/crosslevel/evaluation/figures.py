@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +41,7 @@ def plot_run(run: Run, feature: str = "f_I", max_points: int = 2000, pairs: int 
         )
     ]
     paired = np.sort(rng.choice(len(images), min(pairs, len(images)), replace=False))
-    subset = dataclasses.replace(images, images=images.images[paired], labels=np.full(len(paired), -1))
-    view_features, _ = run.view_features(subset, feature, seed)
+    view_features, _ = run.view_features(images.select(paired), feature, seed)
     paths.append(
         plots.similarity_histograms(
             features[torch.as_tensor(paired, device=features.device)], view_features,

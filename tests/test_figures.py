@@ -1,0 +1,23 @@
+"""``crosslevel plot`` end to end on a run whose images are decoded on the fly (in_memory=false)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from conftest import write_image_folder
+from crosslevel.cli import main
+
+TINY = ["epochs=1", "limit_train_batches=1", "batch_size=4", "num_groups=2", "width=4", "feature_dim=8",
+        "backbone=smallcnn", "progress=false", "workers=0", "knn_k=3"]  # fmt: skip
+
+
+def test_plot_a_run_decoded_on_the_fly(tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "data", classes=3, per_class=4, size=20)
+    lazy = ["dataset=folder", f"data={data}", "in_memory=false", "image_size=16", f"out={tmp_path}", "name=lazy"]
+    assert main(["train", *TINY, *lazy]) == 0
+    assert main(["plot", str(tmp_path / "lazy"), "--max-points", "12", "--pairs", "8"]) == 0
+    for name in ("tsne_f_I.png", "similarity_f_I.png", "training_curves.png"):
+        with Image.open(tmp_path / "lazy" / "plots" / name) as image:
+            assert image.format == "PNG"
