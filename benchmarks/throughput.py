@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from crosslevel.config import Config, apply_overrides, load_preset, preset_names
-from crosslevel.data.sources import CIFAR_MEAN, CIFAR_STD, ImageSet
+from crosslevel.data.sources import CIFAR_MEAN, CIFAR_STD, InMemoryImages
 from crosslevel.errors import CrossLevelError
 from crosslevel.losses import bank_softmax_loss, cld_loss
 from crosslevel.data.datamodule import ContrastiveDataModule, Data
@@ -54,11 +54,11 @@ from crosslevel.training import build_module
 METHOD_PRESETS = {"npid": "cifar10-npid", "cld": "cifar10-cld", "moco": "cifar10-moco", "cldm": "cifar10-cldm"}
 
 
-def synthetic_images(count: int, size: int, seed: int = 0) -> ImageSet:
+def synthetic_images(count: int, size: int, seed: int = 0) -> InMemoryImages:
     """``count`` random uint8 size×size RGB images with CIFAR's normalisation statistics."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
-    return ImageSet(images, np.zeros(count, dtype=np.int64), (), CIFAR_MEAN, CIFAR_STD)
+    return InMemoryImages(images, np.zeros(count, dtype=np.int64), (), CIFAR_MEAN, CIFAR_STD)
 
 
 def synchronize(device: torch.device) -> None:

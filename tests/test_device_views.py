@@ -25,7 +25,7 @@ from crosslevel.data.device_views import (
     shift_hue,
 )
 from crosslevel.config import apply_overrides, load_preset
-from crosslevel.data.sources import CIFAR_MEAN, CIFAR_STD, ImageSet
+from crosslevel.data.sources import CIFAR_MEAN, CIFAR_STD, InMemoryImages
 from crosslevel.data.views import view_transform
 from crosslevel.data.datamodule import device_views
 
@@ -147,7 +147,7 @@ def test_blur_zero_means_no_blur_on_both_paths() -> None:
     cpu = view_transform("v2", 32, 3, CIFAR_MEAN, CIFAR_STD, blur=0.0)
     steps = [inner for step in cpu.transforms for inner in getattr(step, "transforms", [step])]
     assert not any(isinstance(step, v2.GaussianBlur) for step in steps)
-    images = ImageSet(smooth_images(8).permute(0, 2, 3, 1).numpy(), np.zeros(8, dtype=np.int64), (), CIFAR_MEAN, CIFAR_STD)
+    images = InMemoryImages(smooth_images(8).permute(0, 2, 3, 1).numpy(), np.zeros(8, dtype=np.int64), (), CIFAR_MEAN, CIFAR_STD)
     for blur in (0.0, 1.0):
         cfg = apply_overrides(load_preset("cifar10-moco"), ["data=unused", "augment_device=device", f"blur={blur}"])
         augment = device_views(cfg, images).augment
@@ -258,7 +258,7 @@ def test_device_views_match_the_torchvision_recipe_in_distribution() -> None:
 
 
 def test_view_source_keeps_uint8_images_out_of_checkpoints() -> None:
-    images = smooth_images(10, 16).permute(0, 2, 3, 1)  # N×H×W×C as an ImageSet holds them
+    images = smooth_images(10, 16).permute(0, 2, 3, 1)  # N×H×W×C as an InMemoryImages holds them
     source = DeviceViewSource(images, DeviceAugment("cifar", 16, CIFAR_MEAN, CIFAR_STD), num_views=3)
     assert source.images.dtype == torch.uint8 and source.images.shape == (10, 3, 16, 16)
     assert source.state_dict() == {}

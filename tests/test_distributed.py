@@ -101,7 +101,7 @@ def test_gradients_and_bank_under_ddp_equal_single_process() -> None:
 
 
 def test_sampler_deals_disjoint_equal_shares_in_a_seeded_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    sampler = ResumableSampler(size=11, seed=3)
+    sampler = ResumableSampler(count=11, seed=3)
     monkeypatch.setattr(sampling, "world_size", lambda: 2)
     shares = []
     for r in (0, 1):
@@ -118,7 +118,7 @@ def test_sampler_deals_disjoint_equal_shares_in_a_seeded_order(monkeypatch: pyte
 
 
 def test_sampler_fast_forward_continues_the_epoch_and_resets_at_the_next() -> None:
-    sampler = ResumableSampler(size=12, seed=0)
+    sampler = ResumableSampler(count=12, seed=0)
     sampler.set_epoch(2)
     whole = list(sampler)
     sampler.fast_forward(2, consumed=5)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from crosslevel.config import apply_overrides, load_preset
-from crosslevel.data import FileImageSet, ImageSet, load_split
+from crosslevel.data import ImageFiles, InMemoryImages, load_split
 from crosslevel.data.sources import class_list
 from crosslevel.errors import CrossLevelError
 from crosslevel.methods import ContrastiveModule
@@ -44,7 +44,7 @@ def write_stl10(root: Path, train: int = 6, test: int = 5, unlabeled: int = 4, s
 def test_stl10_binary_reads_images_in_the_right_orientation(tmp_path: Path) -> None:
     root, arrays = write_stl10(tmp_path)
     train = load_split("stl10", str(root), "train")
-    assert len(train) == 10 and train.size == 96 and train.classes[0] == "class0"
+    assert len(train) == 10 and train.side == 96 and train.classes[0] == "class0"
     assert np.array_equal(train.images[:6], arrays["train"]) and np.array_equal(train.images[6:], arrays["unlabeled"])
     assert train.labels.tolist() == arrays["train_y"].tolist() + [-1] * 4
     test = load_split("stl10", str(root / "stl10_binary"), "test")
@@ -91,7 +91,7 @@ def test_list_files_in_the_imagenet_lt_format(tmp_path: Path) -> None:
         lines.append(f"train/n0{i % 3}/{i}.png {i % 3}")
     (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
     images = load_split("lists", str(tmp_path), "train", list_file=str(tmp_path / "train.txt"))
-    assert isinstance(images, ImageSet) and len(images) == 6 and images.labels.tolist() == [0, 1, 2, 0, 1, 2]
+    assert isinstance(images, InMemoryImages) and len(images) == 6 and images.labels.tolist() == [0, 1, 2, 0, 1, 2]
     assert images.classes == ("0", "1", "2")
     (tmp_path / "bad.txt").write_text("train/n00/0.png\n")
     with pytest.raises(CrossLevelError, match="bad.txt:1"):
@@ -146,7 +146,7 @@ def test_imagenet100_subset_reads_only_the_cmc_classes(tmp_path: Path) -> None:
     wanted = sorted(class_list("imagenet100"))
     write_imagenet_like(tmp_path, wanted + ["n99999999"], sizes=((8, 8),))
     train = load_split("folder", str(tmp_path), "train", subset="imagenet100", in_memory=False)
-    assert isinstance(train, FileImageSet) and train.classes == tuple(wanted) and len(train) == 100
+    assert isinstance(train, ImageFiles) and train.classes == tuple(wanted) and len(train) == 100
     test = load_split("folder", str(tmp_path), "test", subset="imagenet100", in_memory=False)  # reads val/
     assert len(test) == 100 and test.classes == train.classes
     (tmp_path / "mine.txt").write_text("n99999999\n" + wanted[0] + "\n")
@@ -168,7 +168,7 @@ def test_files_decoded_on_the_fly_keep_their_size_and_train(tmp_path: Path) -> N
                 "random_erasing=0.5", f"out={tmp_path / 'runs'}", "name=lazy"],
     )
     data = load_data(cfg)
-    assert isinstance(data.train, FileImageSet) and data.train.image(0).shape == (3, 14, 20)
+    assert isinstance(data.train, ImageFiles) and data.train.image(0).shape == (3, 14, 20)
     views, _ = next(iter(data.train_loader(cfg)))
     assert views[0].shape == (4, 3, 12, 12)
     images, _ = next(iter(data.eval_loader(data.test, cfg)))

@@ -11,18 +11,18 @@ import torch
 
 from crosslevel.cli import main
 from crosslevel.config import apply_overrides, load_preset
-from crosslevel.data import ImageSet, high_correlation, load_split, long_tail, long_tail_counts
+from crosslevel.data import InMemoryImages, high_correlation, load_split, long_tail, long_tail_counts
 from crosslevel.data.variants import camera_walk
 from crosslevel.data.datamodule import load_data
 
 SHARED_CIFAR10 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 
 
-def balanced_set(classes: int = 10, per_class: int = 50, size: int = 4) -> ImageSet:
+def balanced_set(classes: int = 10, per_class: int = 50, size: int = 4) -> InMemoryImages:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(classes * per_class, size, size, 3), dtype=np.uint8)
     labels = np.repeat(np.arange(classes), per_class)
-    return ImageSet(images, labels, tuple(map(str, range(classes))), (0.5,) * 3, (0.25,) * 3)
+    return InMemoryImages(images, labels, tuple(map(str, range(classes))), (0.5,) * 3, (0.25,) * 3)
 
 
 def test_long_tail_counts_are_the_published_cifar_lt_profiles() -> None:
@@ -126,7 +126,7 @@ def test_frames_of_one_image_are_more_similar_than_frames_of_different_images() 
 def test_high_correlation_training_set_and_selection() -> None:
     cfg = apply_overrides(load_preset("digits-cld"), ["train_subset=100", "hc_frames=5"])
     data = load_data(cfg)
-    assert len(data.train) == 500 and data.train.size == 8 and data.train.channels == 1
+    assert len(data.train) == 500 and data.train.side == 8 and data.train.channels == 1
     picked = data.train.select(np.array([7, 3]))
     assert torch.equal(picked.image(0), data.train.image(7)) and picked.labels.tolist() == data.train.labels[[7, 3]].tolist()
     views, _ = next(iter(data.train_loader(apply_overrides(cfg, ["workers=0"]))))
@@ -134,19 +134,19 @@ def test_high_correlation_training_set_and_selection() -> None:
 
 
 @pytest.fixture(scope="module")
-def shared_cifar10_test() -> ImageSet:
+def shared_cifar10_test() -> InMemoryImages:
     if not (SHARED_CIFAR10 / "test").is_dir():
         pytest.skip(f"shared CIFAR-10 folder not found at {SHARED_CIFAR10} (only present in the project workspace)")
     return load_split("folder", str(SHARED_CIFAR10), "test")
 
 
 @pytest.mark.shared_data
-def test_cifar10_test_split_long_tail(shared_cifar10_test: ImageSet) -> None:
+def test_cifar10_test_split_long_tail(shared_cifar10_test: InMemoryImages) -> None:
     tail = long_tail(shared_cifar10_test, 100.0)
     assert tail.class_counts().tolist() == [1000, 599, 359, 215, 129, 77, 46, 27, 16, 10]
 
 
 @pytest.mark.shared_data
-def test_cifar10_hc_frames_are_correlated(shared_cifar10_test: ImageSet) -> None:
+def test_cifar10_hc_frames_are_correlated(shared_cifar10_test: InMemoryImages) -> None:
     within, across = _mean_similarities(high_correlation(shared_cifar10_test.subset(60, 0), 5, "walk", 0))
     assert within > across + 0.2

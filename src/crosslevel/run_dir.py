@@ -114,7 +114,7 @@ class DataInfo:
     @classmethod
     def of(cls, cfg: Config, data: Data) -> DataInfo:
         train = data.train
-        return cls(cfg.image_size or data.size, train.channels, tuple(train.mean), tuple(train.std), tuple(train.classes), len(train))
+        return cls(cfg.image_size or data.side, train.channels, tuple(train.mean), tuple(train.std), tuple(train.classes), len(train))
 
 
 def save_data_info(run_dir: Path, info: DataInfo) -> None:

@@ -1,13 +1,13 @@
 """Data: sources (digits, CIFAR, STL-10, image folders, list files), variants (long tail, high
 correlation), view recipes and datasets."""
 
-from .sources import FileImageSet, Images, ImageSet, decode_images, image_files, load_split
+from .sources import ImageFiles, Images, InMemoryImages, decode_images, image_files, load_split
 from .variants import high_correlation, long_tail, long_tail_counts
 from .views import LabelledDataset, MultiViewDataset, eval_transform, view_transform
 
 __all__ = [
-    "FileImageSet",
-    "ImageSet",
+    "ImageFiles",
+    "InMemoryImages",
     "Images",
     "LabelledDataset",
     "MultiViewDataset",

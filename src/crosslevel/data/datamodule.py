@@ -15,7 +15,7 @@ from ..config import Config, num_views
 from ..errors import CrossLevelError, MissingSplit
 from .device_views import DEVICE_RECIPES, DeviceAugment, DeviceViewSource
 from .sampling import ResumableSampler
-from .sources import Images, ImageSet, load_split
+from .sources import Images, InMemoryImages, load_split
 from .variants import high_correlation, long_tail
 from .views import LabelledDataset, MultiViewDataset, eval_transform, view_transform
 
@@ -34,8 +34,9 @@ class Data:
         return self.train if self.support is None else self.support
 
     @property
-    def size(self) -> int:
-        return self.train.size
+    def side(self) -> int:
+        """The side (pixels) of the training images' views."""
+        return self.train.side
 
     def train_loader(self, cfg: Config) -> DataLoader:
         """Batches of (views, indices), or of indices alone with ``augment_device=device`` (the module
@@ -48,7 +49,7 @@ class Data:
         sampler = ResumableSampler(len(self.train), cfg.seed)
         if cfg.augment_device == "device":
             return DataLoader(range(len(self.train)), batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
-        size = cfg.image_size or self.size
+        size = cfg.image_size or self.side
         transform = view_transform(
             cfg.augment, size, self.train.channels, self.train.mean, self.train.std, cfg.random_erasing, cfg.blur
         )
@@ -64,7 +65,7 @@ class Data:
 
     def eval_loader(self, images: Images, cfg: Config) -> DataLoader:
         """In-order batches of (image, label) with the test transform."""
-        transform = eval_transform(cfg.image_size or self.size, self.train.mean, self.train.std, cfg.eval_resize)
+        transform = eval_transform(cfg.image_size or self.side, self.train.mean, self.train.std, cfg.eval_resize)
         return DataLoader(LabelledDataset(images, transform), batch_size=max(cfg.batch_size, 256), num_workers=0)
 
 
@@ -111,7 +112,7 @@ def load_data(cfg: Config) -> Data:
 def device_views(cfg: Config, images: Images) -> DeviceViewSource:
     """The on-device view maker of ``augment_device=device``: ``images`` kept as uint8 on the device;
     ``random_erasing`` and (``augment=v2``) ``blur`` set the recipe's probabilities."""
-    if not isinstance(images, ImageSet):
+    if not isinstance(images, InMemoryImages):
         raise CrossLevelError(
             "augment_device=device needs decoded images in memory (not in_memory=false or hc_frames); "
             "set augment_device=cpu"
@@ -127,7 +128,7 @@ def device_views(cfg: Config, images: Images) -> DeviceViewSource:
     device_recipe = dataclasses.replace(DEVICE_RECIPES[recipe], erasing_p=cfg.random_erasing)
     if recipe == "v2":
         device_recipe = dataclasses.replace(device_recipe, blur_p=cfg.blur)
-    augment = DeviceAugment(device_recipe, cfg.image_size or images.size, images.mean, images.std)
+    augment = DeviceAugment(device_recipe, cfg.image_size or images.side, images.mean, images.std)
     return DeviceViewSource(torch.from_numpy(images.images), augment, num_views(cfg))
 
 

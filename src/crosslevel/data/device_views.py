@@ -344,7 +344,7 @@ class DeviceViewSource(nn.Module):
     written to a checkpoint.
 
     Args:
-        images: uint8 N×H×W×C (an :class:`~crosslevel.data.ImageSet`'s array).
+        images: uint8 N×H×W×C (an :class:`~crosslevel.data.InMemoryImages`'s array).
         augment: the view maker.
         num_views: views per image.
     """

@@ -25,8 +25,8 @@ class ResumableSampler(Sampler[int]):
     distributed processes start.
     """
 
-    def __init__(self, size: int, seed: int = 0) -> None:
-        self.size = size
+    def __init__(self, count: int, seed: int = 0) -> None:
+        self.count = count
         self.seed = seed
         self.epoch = 0
         self.skip = 0  # images of this rank's share of ``epoch`` already consumed
@@ -43,13 +43,13 @@ class ResumableSampler(Sampler[int]):
     def permutation(self, epoch: int) -> torch.Tensor:
         """The global order of ``epoch`` (N long indices), the same on every rank."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.size, generator=generator)
+        return torch.randperm(self.count, generator=generator)
 
     def __len__(self) -> int:
         """This rank's share of a whole epoch (constant, also while fast-forwarded)."""
-        return self.size // world_size()
+        return self.count // world_size()
 
     def __iter__(self) -> Iterator[int]:
         world = world_size()
-        share = self.permutation(self.epoch)[rank() :: world][: self.size // world]
+        share = self.permutation(self.epoch)[rank() :: world][: self.count // world]
         return iter(share[self.skip :].tolist())

@@ -1,5 +1,5 @@
-"""Data sources: each returns :class:`Images` -- decoded uint8 images in memory (:class:`ImageSet`)
-or, for large images, files decoded on the fly (:class:`FileImageSet`).
+"""Data sources: each returns :class:`Images` -- decoded uint8 images in memory (:class:`InMemoryImages`)
+or, for large images, files decoded on the fly (:class:`ImageFiles`).
 
 Supported: scikit-learn's digits (built in), CIFAR-10 / CIFAR-100 from the standard python
 folders (``cifar-10-batches-py``, ``cifar-100-python``), STL-10 from ``stl10_binary``, image
@@ -38,7 +38,7 @@ class Images(abc.ABC):
     """What training and evaluation read from a set of images.
 
     ``labels`` int64 N (-1 = unlabelled), ``classes`` names, ``mean`` / ``std`` per channel for
-    normalisation; ``image(i)`` is a uint8 C×H×W tensor; ``size`` the side views are cropped to.
+    normalisation; ``image(i)`` is a uint8 C×H×W tensor; ``side`` the side (pixels) views are cropped to.
     """
 
     labels: np.ndarray
@@ -56,7 +56,8 @@ class Images(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def size(self) -> int: ...
+    def side(self) -> int:
+        """The side, in pixels, of the square views and test crops made from these images."""
 
     @abc.abstractmethod
     def image(self, index: int) -> torch.Tensor:
@@ -91,7 +92,7 @@ class Images(abc.ABC):
 
 
 @dataclass(frozen=True)
-class ImageSet(Images):
+class InMemoryImages(Images):
     """Decoded images in memory: ``images`` uint8 N×H×W×C, ``labels`` int64 N (-1 = unlabelled);
     ``skipped``: files left out because they could not be decoded (``bad_images=skip``)."""
 
@@ -107,21 +108,21 @@ class ImageSet(Images):
         return int(self.images.shape[3])
 
     @property
-    def size(self) -> int:
+    def side(self) -> int:
         return int(self.images.shape[1])
 
     def image(self, index: int) -> torch.Tensor:
         return torch.from_numpy(self.images[index]).permute(2, 0, 1)
 
-    def select(self, indices: np.ndarray) -> ImageSet:
+    def select(self, indices: np.ndarray) -> InMemoryImages:
         return replace(self, images=self.images[indices], labels=self.labels[indices])
 
 
 @dataclass(frozen=True)
-class FileImageSet(Images):
+class ImageFiles(Images):
     """Image files decoded (to RGB) when read, for data sets too large to hold decoded.
 
-    ``side`` is the crop size of views and of the test transform (images keep their own size).
+    ``crop_side`` is the side of views and of the test crop (the files keep their own sizes).
     """
 
     paths: tuple[Path, ...]
@@ -129,15 +130,15 @@ class FileImageSet(Images):
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    side: int
+    crop_side: int
 
     @property
     def channels(self) -> int:
         return 3
 
     @property
-    def size(self) -> int:
-        return self.side
+    def side(self) -> int:
+        return self.crop_side
 
     def image(self, index: int) -> torch.Tensor:
         pixels = _decode(self.paths[index], None)
@@ -145,7 +146,7 @@ class FileImageSet(Images):
             raise CrossLevelError(f"cannot decode image {self.paths[index]} (corrupt, truncated, unreadable or not an image)")
         return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
-    def select(self, indices: np.ndarray) -> FileImageSet:
+    def select(self, indices: np.ndarray) -> ImageFiles:
         return replace(self, paths=tuple(self.paths[i] for i in indices), labels=self.labels[indices])
 
 
@@ -154,7 +155,7 @@ def _stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(pixels.mean(0).round(4).tolist()), tuple(np.maximum(pixels.std(0), 1e-3).round(4).tolist())
 
 
-def load_digits_split(split: str) -> ImageSet:
+def load_digits_split(split: str) -> InMemoryImages:
     """scikit-learn's 1,797 handwritten digits (8×8, grey), a fixed stratified 75 / 25 split."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -167,7 +168,7 @@ def load_digits_split(split: str) -> ImageSet:
     idx = np.sort(train_idx if split == "train" else test_idx)
     mean, std = _stats(images[np.sort(train_idx)])
     classes = tuple(str(c) for c in digits.target_names)
-    return ImageSet(images[idx], digits.target[idx].astype(np.int64), classes, mean, std)
+    return InMemoryImages(images[idx], digits.target[idx].astype(np.int64), classes, mean, std)
 
 
 def _unpickle(path: Path) -> dict:
@@ -189,7 +190,7 @@ def _cifar_root(path: Path, folder: str) -> Path:
     raise CrossLevelError(f"no '{folder}' folder in {path} (expected the standard python-version CIFAR layout)")
 
 
-def load_cifar_split(path: Path, split: str, num_classes: int) -> ImageSet:
+def load_cifar_split(path: Path, split: str, num_classes: int) -> InMemoryImages:
     """CIFAR-10 or CIFAR-100 from the standard python pickles, as uint8 N×32×32×3."""
     if num_classes == 10:
         root = _cifar_root(path, "cifar-10-batches-py")
@@ -208,7 +209,7 @@ def load_cifar_split(path: Path, split: str, num_classes: int) -> ImageSet:
         raise CrossLevelError(f"malformed CIFAR files in {root}: {err}") from None
     meta = root / meta_file
     classes = tuple(_unpickle(meta)[names_key]) if meta.is_file() else tuple(str(c) for c in range(num_classes))
-    return ImageSet(images, labels, classes, CIFAR_MEAN, CIFAR_STD)
+    return InMemoryImages(images, labels, classes, CIFAR_MEAN, CIFAR_STD)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -296,13 +297,13 @@ def _materialise(
     in_memory: bool = True,
     bad_images: str = "error",
 ) -> Images:
-    """Images of ``(file, label)`` entries: decoded once into memory, or a :class:`FileImageSet`
+    """Images of ``(file, label)`` entries: decoded once into memory, or a :class:`ImageFiles`
     (decoded when read; an unreadable file then fails when it is read)."""
     if not entries:
         raise CrossLevelError(f"no images found in {where} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     if not in_memory:
         labels = np.asarray([c for _, c in entries], dtype=np.int64)
-        return FileImageSet(tuple(f for f, _ in entries), labels, classes, IMAGENET_MEAN, IMAGENET_STD, image_size)
+        return ImageFiles(tuple(f for f, _ in entries), labels, classes, IMAGENET_MEAN, IMAGENET_STD, image_size)
     arrays = _decode_all([f for f, _ in entries], image_size or None, f"decoding {where.name}")
     bad = [str(f) for (f, _), a in zip(entries, arrays) if a is None]
     if bad and bad_images != "skip":
@@ -319,7 +320,7 @@ def _materialise(
     _one_size([f for f, _ in entries], arrays, where)
     images = np.stack(arrays)
     labels = np.asarray([c for _, c in entries], dtype=np.int64)
-    return ImageSet(images, labels, classes, IMAGENET_MEAN, IMAGENET_STD, tuple(bad))
+    return InMemoryImages(images, labels, classes, IMAGENET_MEAN, IMAGENET_STD, tuple(bad))
 
 
 def load_folder_split(
@@ -339,7 +340,7 @@ def load_folder_split(
     In memory (the default) images are decoded to RGB uint8 once (see :func:`to_rgb`) and must
     share one size unless ``image_size`` > 0, which resizes every image to a square of that side;
     a file that cannot be decoded stops the load (``bad_images="error"``) or is left out with a
-    warning and listed in ``ImageSet.skipped`` (``bad_images="skip"``). ``in_memory=False`` keeps
+    warning and listed in ``InMemoryImages.skipped`` (``bad_images="skip"``). ``in_memory=False`` keeps
     file paths and decodes on the fly (for ImageNet-size data).
     """
     if not path.exists():
@@ -422,7 +423,7 @@ def _stl10_labels(path: Path, count: int) -> np.ndarray:
     return labels
 
 
-def load_stl10_split(path: Path, split: str, unlabeled: bool = True) -> ImageSet:
+def load_stl10_split(path: Path, split: str, unlabeled: bool = True) -> InMemoryImages:
     """STL-10 from its binary folder: ``train`` (5k labelled, plus the 100k unlabeled images with
     label -1 when ``unlabeled``) or ``test`` (8k labelled)."""
     root = path / "stl10_binary" if (path / "stl10_binary").is_dir() else path
@@ -439,7 +440,7 @@ def load_stl10_split(path: Path, split: str, unlabeled: bool = True) -> ImageSet
         labels = np.concatenate([labels, np.full(len(extra), -1, dtype=np.int64)])
     names = root / "class_names.txt"
     classes = tuple(names.read_text().split()) if names.is_file() else tuple(str(c) for c in range(10))
-    return ImageSet(images, labels, classes, STL10_MEAN, STL10_STD)
+    return InMemoryImages(images, labels, classes, STL10_MEAN, STL10_STD)
 
 
 def load_split(

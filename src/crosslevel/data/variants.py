@@ -105,8 +105,8 @@ class HighCorrelationSet(Images):
         return self.base.channels
 
     @property
-    def size(self) -> int:
-        return self.base.size
+    def side(self) -> int:
+        return self.base.side
 
     def image(self, index: int) -> torch.Tensor:
         base, frame = divmod(int(self.rows[index]), self.frames)

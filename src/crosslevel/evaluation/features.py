@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import FEATURES, Config
-from ..data import ImageSet, LabelledDataset, view_transform
+from ..data import Images, LabelledDataset, view_transform
 from ..data.datamodule import Data, load_data
 from ..errors import CrossLevelError
 from ..methods import ContrastiveModule
@@ -54,7 +54,7 @@ class Run:
     def batch_size(self) -> int:
         return max(self.cfg.batch_size, 256)
 
-    def split(self, name: str) -> ImageSet:
+    def split(self, name: str) -> Images:
         """Images of a split: 'train' (everything trained on, labels may be -1), 'support' (the
         labelled training images the supervised protocols fit on; STL-10: its labelled train split)
         or 'test'; a clear error when the run has no labelled test split."""
@@ -90,24 +90,24 @@ class Run:
         temporary.replace(cache)
         return features, labels
 
-    def embed(self, images: ImageSet, feature: str, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, images: Images, feature: str, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
         """(N×D features, N labels) of ``images`` with the test transform (no caching)."""
         return extract_features(self.embedder(feature), self.data.eval_loader(images, self.cfg), self.device, desc)
 
-    def view_features(self, images: ImageSet, feature: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def view_features(self, images: Images, feature: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(N×D features, N labels) of one random training-recipe view per image, seeded."""
         torch.manual_seed(seed)
         loader = self.view_loader(images, shuffle=False)
         return extract_features(self.embedder(feature), loader, self.device, f"augmented {feature}")
 
-    def view_loader(self, images: ImageSet, shuffle: bool, batch_size: int | None = None) -> DataLoader:
+    def view_loader(self, images: Images, shuffle: bool, batch_size: int | None = None) -> DataLoader:
         """Batches of (random view, label) with the run's training augmentation."""
         batch = batch_size or self.batch_size
         info, cfg = self.info, self.cfg
         transform = view_transform(cfg.augment, info.size, info.channels, info.mean, info.std, cfg.random_erasing, cfg.blur)
         return DataLoader(LabelledDataset(images, transform), batch_size=batch, shuffle=shuffle, drop_last=shuffle and len(images) > batch)
 
-    def eval_loader(self, images: ImageSet) -> DataLoader:
+    def eval_loader(self, images: Images) -> DataLoader:
         return self.data.eval_loader(images, self.cfg)
 
     def embedder(self, feature: str) -> Callable[[torch.Tensor], torch.Tensor]:
