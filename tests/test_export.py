@@ -1,8 +1,8 @@
-"""``crosslevel export``: the backbone loads into a stock torchvision ResNet and computes the same features."""
+"""``crosslevel export``: every run exports; ``load_backbone``, torchvision and detectron2 read the files with the same weights."""
 
 from __future__ import annotations
 
-import json
+import pickle
 import warnings
 from pathlib import Path
 
@@ -13,45 +13,103 @@ import torchvision
 from PIL import Image
 from torch import nn
 
+from crosslevel import load_backbone, plots
 from crosslevel.cli import main
-from crosslevel import plots
 from crosslevel.config import apply_overrides, load_preset, save_config
+from crosslevel.errors import CrossLevelError
 from crosslevel.evaluation.features import Run
-from crosslevel.export import cluster_folder
+from crosslevel.export import cluster_folder, export_backbone
 from crosslevel.methods import ContrastiveModule
+from crosslevel.models.exported import detectron2_key
+from crosslevel.run_dir import DataInfo, open_run, save_data_info
 
 
-def make_run(run_dir: Path, preset: str, overrides: list[str], num_train: int = 16, in_channels: int = 3) -> ContrastiveModule:
-    """A run directory holding an untrained module's checkpoint (export needs no training)."""
+def make_run(run_dir: Path, preset: str, overrides: list[str], num_train: int = 16, in_channels: int = 3, side: int = 32) -> ContrastiveModule:
+    """A run directory holding an untrained module's checkpoint and a data.json (export needs no training)."""
     cfg = apply_overrides(load_preset(preset), ["data=unused", *overrides])
     module = ContrastiveModule(cfg, num_train=num_train, in_channels=in_channels).eval()
     (run_dir / "checkpoints").mkdir(parents=True)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, run_dir / "checkpoints" / "last.ckpt")
     save_config(cfg, run_dir / "config.json")
+    save_data_info(run_dir, DataInfo(side, in_channels, (0.5,) * in_channels, (0.25,) * in_channels, (), num_train))
     return module
 
 
-def test_export_loads_into_torchvision_resnet18_with_cifar_stem(tmp_path: Path) -> None:
-    module = make_run(tmp_path / "run", "cifar10-cld", [])
-    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "backbone.pth")]) == 0
+def train_digits(out: Path, name: str, overrides: list[str]) -> Path:
+    """A tiny trained digits run (one epoch of two batches)."""
+    tiny = ["epochs=1", "limit_train_batches=2", "batch_size=64", "feature_dim=16", "progress=false"]
+    assert main(["train", *tiny, *overrides, f"out={out}", f"name={name}"]) == 0
+    return out / name
+
+
+def export(run_dir: Path, out: Path, *options: str) -> None:
+    assert main(["export", str(run_dir), "--out", str(out), *options]) == 0
+
+
+@pytest.mark.parametrize("overrides", [["width=8"], ["backbone=resnet18_cifar", "width=8"]], ids=["smallcnn", "resnet18_cifar-width8"])
+def test_every_run_exports_and_load_backbone_reproduces_its_pooled_features(tmp_path: Path, overrides: list[str]) -> None:
+    run_dir = train_digits(tmp_path, "tiny", overrides)
+    export(run_dir, tmp_path / "backbone.pth")
+    assert sorted(path.name for path in tmp_path.glob("backbone*")) == ["backbone.pth"]  # no torchvision file: not a standard ResNet
+    model = load_backbone(tmp_path / "backbone.pth")
+    assert not model.training
+    assert model.preprocessing["channels"] == 1 and model.preprocessing["image_size"] == 8 and len(model.preprocessing["std"]) == 1
+    _, module, _ = open_run(run_dir)
+    images = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(images), module.backbone(images), atol=1e-6)
+    assert model(images).shape == (4, torch.load(tmp_path / "backbone.pth")["feature_dim"])
+
+
+def cifar_resnet18() -> nn.Module:
+    """torchvision's ResNet-18 with the CIFAR stem and no classifier, as the README builds it."""
     model = torchvision.models.resnet18()
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     model.fc = nn.Identity()
-    model.load_state_dict(torch.load(tmp_path / "backbone.pth"))  # strict: every key matches
+    return model
+
+
+def test_a_width64_run_also_writes_the_torchvision_state_dict(tmp_path: Path) -> None:
+    module = make_run(tmp_path / "run", "cifar10-cld", [])
+    export(tmp_path / "run", tmp_path / "backbone.pth")
+    model = cifar_resnet18()
+    model.load_state_dict(torch.load(tmp_path / "backbone_torchvision.pth"))  # strict: every key matches
     images = torch.randn(2, 3, 32, 32)
-    assert torch.allclose(model.eval()(images), module.backbone(images), atol=1e-6)
-    info = json.loads((tmp_path / "backbone.json").read_text())
-    assert info["architecture"] == "resnet18" and info["cifar_stem"] and info["feature_dim"] == 512
+    with torch.no_grad():
+        features = load_backbone(tmp_path / "backbone.pth")(images)
+        assert torch.allclose(model.eval()(images), features, atol=1e-5)
+        assert torch.allclose(module.backbone(images), features, atol=1e-5)
+    assert features.shape == (2, 512)
 
 
-def test_export_loads_into_torchvision_resnet50(tmp_path: Path) -> None:
+def test_resnet50_exports_for_torchvision_and_detectron2(tmp_path: Path) -> None:
     make_run(tmp_path / "run", "cifar10-cld", ["backbone=resnet50"])
-    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "backbone.pth")]) == 0
+    export(tmp_path / "run", tmp_path / "backbone.pth")
     model = torchvision.models.resnet50()
     model.fc = nn.Identity()
-    model.load_state_dict(torch.load(tmp_path / "backbone.pth"))
-    assert json.loads((tmp_path / "backbone.json").read_text())["feature_dim"] == 2048
+    model.load_state_dict(torch.load(tmp_path / "backbone_torchvision.pth"))
+    export(tmp_path / "run", tmp_path / "backbone.pkl", "--format", "detectron2")
+    with open(tmp_path / "backbone.pkl", "rb") as handle:
+        saved = pickle.load(handle)
+    assert saved["__author__"] == "crosslevel" and saved["matching_heuristics"] is True
+    renamed = {detectron2_key(key): value for key, value in model.state_dict().items()}
+    assert len(renamed) == len(saved["model"]) == len(model.state_dict())
+    assert {key: value.shape for key, value in saved["model"].items()} == {key: tuple(value.shape) for key, value in renamed.items()}
+    assert all(key.startswith(("stem.conv1.", "res2.", "res3.", "res4.", "res5.")) for key in saved["model"])
+    assert not [key for key in saved["model"] if "layer" in key or "bn" in key or "downsample" in key]
+    assert {"stem.conv1.weight", "stem.conv1.norm.running_mean", "res2.0.shortcut.weight", "res2.0.shortcut.norm.bias", "res5.2.conv3.norm.weight"} <= set(saved["model"])
+
+
+def test_exports_other_tools_cannot_read_are_refused_clearly(tmp_path: Path) -> None:
+    make_run(tmp_path / "run", "cifar10-cld", [])
+    with pytest.raises(CrossLevelError, match="detectron2 needs a standard ImageNet-stem ResNet"):
+        export_backbone(tmp_path / "run", tmp_path / "backbone.pkl", "detectron2")
+    export(tmp_path / "run", tmp_path / "backbone.pth")
+    (tmp_path / "notes.txt").write_text("not weights")
+    for path in (tmp_path / "backbone_torchvision.pth", tmp_path / "notes.txt", tmp_path / "missing.pth"):
+        with pytest.raises(CrossLevelError, match="not a backbone written by|no such file"):
+            load_backbone(path)
 
 
 def photos(folder: Path, size: int, colour: bool) -> Path:
@@ -65,7 +123,7 @@ def photos(folder: Path, size: int, colour: bool) -> Path:
 
 
 def test_cluster_names_thumbnails_and_warns_when_images_do_not_fit_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    make_run(tmp_path / "run", "digits-cld", ["width=8", "feature_dim=16"], num_train=1347, in_channels=1)
+    make_run(tmp_path / "run", "digits-cld", ["width=8", "feature_dim=16"], num_train=1347, in_channels=1, side=8)
     run = Run.open(tmp_path / "run")  # a grey 8×8 model
     sheets: list[list[str]] = []
     monkeypatch.setattr(plots, "contact_sheet", lambda images, title, path, names: sheets.append(names))

@@ -216,9 +216,9 @@ def _cluster(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .export import export_backbone
 
-    info = export_backbone(Path(args.run_dir), Path(args.out))
-    _print_table([info], ["architecture", "cifar_stem", "width", "in_channels", "feature_dim"])
-    print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")
+    described, written = export_backbone(Path(args.run_dir), Path(args.out), args.format)
+    _print_table([described], list(described))
+    print("wrote " + " and ".join(str(path) for path in written))
     return 0
 
 
@@ -325,9 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--seed", type=int, default=0)
     cluster.set_defaults(func=_cluster)
 
-    export = commands.add_parser("export", help="the backbone as a plain torchvision ResNet state_dict")
+    export = commands.add_parser("export", help="the backbone as a file crosslevel.load_backbone reads (or detectron2 weights)")
     export.add_argument("run_dir")
-    export.add_argument("--out", required=True, help="output .pth (a JSON description is written beside it)")
+    export.add_argument("--out", required=True, help="output .pth (.pkl for detectron2); standard ResNets also get <stem>_torchvision.pth")
+    export.add_argument("--format", choices=["crosslevel", "detectron2"], default="crosslevel", help="detectron2: a .pkl for its train_net.py (ImageNet-stem ResNet-18/50, width 64)")
     export.set_defaults(func=_export)
 
     presets = commands.add_parser("presets", help="list the presets with a one-line description each")

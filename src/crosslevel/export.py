@@ -1,11 +1,11 @@
-"""Use a trained backbone: export it as a torchvision ``state_dict``, embed a folder of images,
-group a folder into k clusters with a contact sheet per group."""
+"""Use a trained backbone: export it (the file :func:`crosslevel.load_backbone` reads; torchvision,
+detectron2 weights), embed a folder of images, group a folder into k clusters with a contact sheet per group."""
 
 from __future__ import annotations
 
 import csv
-import json
 import math
+import pickle
 import warnings
 from pathlib import Path
 
@@ -19,30 +19,44 @@ from .data.sources import decode_images, image_files
 from .errors import CrossLevelError
 from .evaluation.features import Run
 from .evaluation.nmi import kmeans_labels
-from .models.backbones import ResNetTrunk
-from .run_dir import open_run
+from .models.exported import FORMAT, VERSION, detectron2_key, torchvision_architecture
+from .run_dir import open_run, read_data_info
 
 
-def export_backbone(run_dir: Path, out: Path) -> dict:
-    """Save the backbone of a run as a plain torchvision ResNet ``state_dict`` (no ``fc`` keys) at ``out``,
-    with a JSON description next to it (``out`` with suffix ``.json``); return that description."""
+def export_backbone(run_dir: Path, out: Path, fmt: str = "crosslevel") -> tuple[dict, list[Path]]:
+    """Save the backbone of a run at ``out``: for ``fmt`` ``crosslevel`` the file
+    :func:`crosslevel.load_backbone` reads (and, for a standard torchvision ResNet, its plain ``state_dict`` without ``fc`` at
+    ``<out stem>_torchvision.pth``); for ``detectron2`` a detectron2 weights ``.pkl``.
+    Return the backbone's description (name, width, in_channels, pool_window, feature_dim) and the files written."""
     cfg, module, _ = open_run(run_dir)
-    if not isinstance(module.backbone, ResNetTrunk):
-        raise CrossLevelError(f"export writes torchvision ResNets; this run's backbone is '{cfg.backbone}'")
-    net = module.backbone.net
-    info = {
-        "architecture": "resnet50" if cfg.backbone == "resnet50" else "resnet18",
-        "cifar_stem": cfg.backbone == "resnet18_cifar",
-        "width": cfg.width,
-        "in_channels": net.conv1.in_channels,
-        "feature_dim": module.backbone.out_dim,
-        "fc": "absent: set model.fc = torch.nn.Identity() before load_state_dict",
-        "source": str(Path(run_dir).resolve()),
-    }
+    spec = {"name": cfg.backbone, "width": cfg.width, "in_channels": module.hparams["in_channels"], "pool_window": cfg.pool_window}
+    weights = {key: value.detach().cpu().contiguous() for key, value in module.backbone.state_dict().items()}
+    described = {**spec, "feature_dim": module.backbone.out_dim}
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({key: value.detach().cpu().clone() for key, value in net.state_dict().items()}, out)
-    out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
-    return info
+    if fmt == "detectron2":
+        if torchvision_architecture(spec, cifar_stem=False) is None:
+            raise CrossLevelError(
+                f"--format detectron2 needs a standard ImageNet-stem ResNet (backbone=resnet18 or resnet50, width=64, "
+                f"3 channels, pool_window=0); this run's backbone is {spec}"
+            )
+        model = {detectron2_key(key): value.numpy() for key, value in _torchvision_weights(weights).items()}
+        with open(out, "wb") as handle:
+            pickle.dump({"model": model, "__author__": "crosslevel", "matching_heuristics": True}, handle)
+        return described, [out]
+    info = read_data_info(Path(run_dir), cfg)
+    preprocessing = {"channels": info.channels, "image_size": info.size, "mean": list(info.mean), "std": list(info.std)}
+    torch.save({"format": FORMAT, "version": VERSION, "backbone": spec, "state_dict": weights,
+                "preprocessing": preprocessing, "feature_dim": module.backbone.out_dim}, out)
+    if torchvision_architecture(spec) is None:
+        return described, [out]
+    plain = out.with_name(f"{out.stem}_torchvision.pth")
+    torch.save(_torchvision_weights(weights), plain)
+    return described, [out, plain]
+
+
+def _torchvision_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A :class:`ResNetTrunk`'s ``state_dict`` with torchvision's keys (``net.`` removed)."""
+    return {key.removeprefix("net."): value for key, value in weights.items()}
 
 
 def _folder_images(run: Run, folder: Path) -> tuple[list[Path], np.ndarray]:
