@@ -89,7 +89,7 @@ def test_embed_and_cluster_a_folder(run_dir: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.glob("groups_group*.png")) == [f"groups_group{g}.png" for g in range(3)]
 
 
-def test_embed_and_cluster_never_read_the_training_data(
+def test_embed_cluster_and_export_never_read_the_training_data(
     run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What using the model needs about its input is in the run (data.json), not re-read from the data set."""
@@ -110,16 +110,17 @@ def test_embed_and_cluster_never_read_the_training_data(
         Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
     assert main(["embed", str(run_dir), "--data", str(folder), "--out", str(tmp_path / "f.npy")]) == 0
     assert main(["cluster", str(run_dir), "--data", str(folder), "--k", "2", "--out", str(tmp_path / "g.csv")]) == 0
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "b.pth")]) == 0
 
 
 def test_user_errors_exit_2(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "knn", str(tmp_path)]) == 2
-    assert main(["export", str(run_dir), "--out", str(tmp_path / "b.pth")]) == 2
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "b.pkl"), "--format", "detectron2"]) == 2
     assert main(["cluster", str(run_dir), "--data", str(tmp_path / "missing"), "--k", "2", "--out", str(tmp_path / "g.csv")]) == 2
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "bad.png").write_bytes(b"not an image")
     assert main(["embed", str(run_dir), "--data", str(broken), "--out", str(tmp_path / "f.npy")]) == 2
     errors = capsys.readouterr().err
-    assert "not a run directory" in errors and "backbone is 'smallcnn'" in errors and "not a folder" in errors
+    assert "not a run directory" in errors and "detectron2 needs a standard ImageNet-stem ResNet" in errors and "not a folder" in errors
     assert "cannot decode 1 image(s), first: " in errors and "bad.png" in errors
