@@ -110,6 +110,10 @@ def test_exports_other_tools_cannot_read_are_refused_clearly(tmp_path: Path) -> 
     for path in (tmp_path / "backbone_torchvision.pth", tmp_path / "notes.txt", tmp_path / "missing.pth"):
         with pytest.raises(CrossLevelError, match="not a backbone written by|no such file"):
             load_backbone(path)
+    saved = torch.load(tmp_path / "backbone.pth")
+    torch.save({**saved, "state_dict": {}}, tmp_path / "damaged.pth")
+    with pytest.raises(CrossLevelError, match="damaged backbone export: Missing key"):
+        load_backbone(tmp_path / "damaged.pth")
 
 
 def photos(folder: Path, size: int, colour: bool) -> Path:

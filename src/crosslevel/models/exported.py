@@ -36,10 +36,13 @@ def load_backbone(path: str | Path) -> nn.Module:
         raise CrossLevelError(f"{path} is not a backbone written by `crosslevel export RUN --out FILE`")
     if saved["version"] > VERSION:
         raise CrossLevelError(f"{path} is version {saved['version']} of the export format; this crosslevel reads up to {VERSION}")
-    spec = saved["backbone"]
-    model = build_backbone(spec["name"], spec["in_channels"], spec["width"], spec["pool_window"])
-    model.load_state_dict(saved["state_dict"])
-    model.preprocessing = saved["preprocessing"]
+    try:
+        spec = saved["backbone"]
+        model = build_backbone(spec["name"], spec["in_channels"], spec["width"], spec["pool_window"])
+        model.load_state_dict(saved["state_dict"])
+        model.preprocessing = saved["preprocessing"]
+    except (KeyError, RuntimeError) as err:
+        raise CrossLevelError(f"{path} is a damaged backbone export: {str(err).strip().splitlines()[-1].strip()}") from None
     return model.eval()
 
 
