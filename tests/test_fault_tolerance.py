@@ -145,3 +145,11 @@ def test_nonfinite_loss_from_the_cli_exits_2_with_one_line(tmp_path: Path, monke
     assert main(["train", *TINY, f"out={tmp_path}", "name=nan"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("crosslevel: error:")]
     assert len(errors) == 1 and "at step 0 (epoch 0)" in errors[0] and "none yet (first epoch)" in errors[0]
+
+
+def test_resume_of_a_finished_run_keeps_its_results(tmp_path: Path) -> None:
+    run_dir, knn = train(tiny_config(tmp_path, "done", "epochs=1"))
+    before = (run_dir / "summary.json").read_text()
+    with pytest.warns(UserWarning, match="nothing left to train"):
+        _, again = resume(run_dir)
+    assert again == knn and (run_dir / "summary.json").read_text() == before

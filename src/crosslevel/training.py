@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -132,7 +133,12 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
     data = load_data(cfg)
     module = build_module(cfg, data)
     if cfg.resume is not None:  # before config.json is rewritten: a checkpoint that does not fit leaves the run as it was
-        restore(module, read_checkpoint(Path(cfg.resume)), Path(cfg.resume), cfg, len(data.train), data.train.channels)
+        saved = read_checkpoint(Path(cfg.resume))
+        restore(module, saved, Path(cfg.resume), cfg, len(data.train), data.train.channels)
+        if saved["epoch"] >= cfg.epochs:  # finished: keep its results rather than overwrite them with an empty attempt
+            warnings.warn(f"{run_dir} has trained {saved['epoch']} of epochs={cfg.epochs}: nothing left to train (raise epochs= to go on)")
+            summary = run_dir / SUMMARY_FILE
+            return run_dir, json.loads(summary.read_text()).get("knn") if summary.is_file() else None
     datamodule = ContrastiveDataModule(cfg, data)
     loader = datamodule.loader
     limit = cfg.limit_train_batches
