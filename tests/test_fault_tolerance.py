@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,23 @@ def test_resume_of_a_finished_run_keeps_its_results(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="nothing left to train"):
         _, again = resume(run_dir)
     assert again == knn and (run_dir / "summary.json").read_text() == before
+
+
+def test_times_add_up_over_a_mid_epoch_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = ContrastiveModule.on_train_batch_end
+
+    def slow_then_stop(self, outputs, batch, batch_idx):  # 3 s into epoch 0, then SIGTERM after step 1
+        original(self, outputs, batch, batch_idx)
+        if self.trainer.global_step == 1:
+            time.sleep(3)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(ContrastiveModule, "on_train_batch_end", slow_then_stop)
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_config(tmp_path, "timed"))
+    monkeypatch.undo()
+    run_dir, _ = resume(tmp_path / "timed")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    seconds = summary["epoch_seconds"]
+    assert len(seconds) == 3 and 3 <= seconds[0] < 60  # the resumed epoch counts both attempts' parts
+    assert summary["train_seconds"] >= sum(seconds)  # the first attempt's time is kept

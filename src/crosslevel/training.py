@@ -35,22 +35,44 @@ def build_module(cfg: Config, data: Data) -> ContrastiveModule:
 
 
 class EpochTimer(Callback):
-    """Wall-clock seconds of every training epoch (kNN evaluation excluded), in ``seconds``."""
+    """Wall-clock seconds of every training epoch (kNN evaluation excluded), in ``seconds``, and of
+    training as a whole, :meth:`total`. Kept in checkpoints, so both add up over the attempts of a
+    resumed run (an epoch stopped midway counts its part from each attempt)."""
 
     def __init__(self) -> None:
         self.seconds: list[float] = []
-        self._start = 0.0
+        self._start: float | None = None  # of the current epoch in this attempt
+        self._carried = 0.0  # of the current epoch in earlier attempts
+        self._train_start = time.perf_counter()  # reset when training starts (kept under ddp_spawn, whose ranks time it)
+        self._earlier = 0.0  # training seconds of earlier attempts
 
     def _now(self, pl_module: pl.LightningModule) -> float:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
         return time.perf_counter()
 
+    def total(self) -> float:
+        """Training seconds over all attempts so far."""
+        return round(self._earlier + time.perf_counter() - self._train_start, 1)
+
+    def state_dict(self) -> dict[str, object]:
+        epoch = self._carried + (time.perf_counter() - self._start if self._start is not None else 0.0)
+        return {"seconds": self.seconds, "epoch": epoch, "train": self._earlier + time.perf_counter() - self._train_start}
+
+    def load_state_dict(self, state_dict: dict[str, object]) -> None:
+        self.seconds = list(state_dict["seconds"])  # type: ignore[call-overload]
+        self._carried, self._earlier = float(state_dict["epoch"]), float(state_dict["train"])  # type: ignore[arg-type]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._train_start = self._start = self._now(pl_module)  # a resumed epoch gets no on_train_epoch_start
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = self._now(pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.seconds.append(round(self._now(pl_module) - self._start, 3))
+        assert self._start is not None
+        self.seconds.append(round(self._carried + self._now(pl_module) - self._start, 3))
+        self._start, self._carried = None, 0.0
 
 
 def evaluate_knn(module: ContrastiveModule, data: Data, cfg: Config, feature: str = "f_I") -> dict:
@@ -181,7 +203,6 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / CONFIG_FILE)
         save_data_info(run_dir, DataInfo.of(cfg, data))
-    started = time.time()
     os.environ[RUN_NAME_ENV] = run_dir.name  # inherited by the rank processes Lightning starts
     try:
         with last.handling_signals(run_dir):
@@ -193,7 +214,7 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
         knn = {key: float(trainer.callback_metrics[f"knn_{key}"]) for key in ("top1", "top5")}
     summary = {
         "epochs": trainer.current_epoch,
-        "train_seconds": round(time.time() - started, 1),
+        "train_seconds": timer.total(),
         "epoch_seconds": timer.seconds,
         "train_images": len(data.train),
         "skipped_images": len(data.train.skipped) + (len(data.test.skipped) if data.test is not None else 0),
