@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,15 @@ def test_times_add_up_over_a_mid_epoch_resume(tmp_path: Path, monkeypatch: pytes
     seconds = summary["epoch_seconds"]
     assert len(seconds) == 3 and 3 <= seconds[0] < 60  # the resumed epoch counts both attempts' parts
     assert summary["train_seconds"] >= sum(seconds)  # the first attempt's time is kept
+
+
+def test_mid_epoch_resume_has_a_resumable_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    signal_at_step(monkeypatch, step=1)
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_config(tmp_path, "mid"))
+    monkeypatch.undo()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resume(tmp_path / "mid")
+    assert not [w for w in caught if "not resumable" in str(w.message)]
+    assert checkpoint_of(tmp_path / "mid")["global_step"] == 6

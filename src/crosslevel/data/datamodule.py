@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from ..config import Config, num_views
 from ..errors import CrossLevelError, MissingSplit
 from .device_views import DEVICE_RECIPES, DeviceAugment, DeviceViewSource
-from .sampling import ResumableSampler
+from .sampling import ResumableLoader, ResumableSampler
 from .sources import Images, InMemoryImages, load_split
 from .variants import high_correlation, long_tail
 from .views import LabelledDataset, MultiViewDataset, eval_transform, view_transform
@@ -48,12 +48,12 @@ class Data:
             )
         sampler = ResumableSampler(len(self.train), cfg.seed)
         if cfg.augment_device == "device":
-            return DataLoader(range(len(self.train)), batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
+            return ResumableLoader(range(len(self.train)), batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
         size = cfg.image_size or self.side
         transform = view_transform(
             cfg.augment, size, self.train.channels, self.train.mean, self.train.std, cfg.random_erasing, cfg.blur
         )
-        return DataLoader(
+        return ResumableLoader(
             MultiViewDataset(self.train, transform, num_views(cfg)),
             batch_size=cfg.batch_size,
             sampler=sampler,
