@@ -188,3 +188,14 @@ def test_mid_epoch_resume_has_a_resumable_loader(tmp_path: Path, monkeypatch: py
         resume(tmp_path / "mid")
     assert not [w for w in caught if "not resumable" in str(w.message)]
     assert checkpoint_of(tmp_path / "mid")["global_step"] == 6
+
+
+def test_nonfinite_loss_in_the_first_epoch_leaves_nothing_unusable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    (tmp_path / "nan").mkdir()
+    (tmp_path / "nan" / "notes.txt").write_text("mine")  # a file of the user's in the run folder stays
+    poison_from_step(monkeypatch, 0)
+    assert main(["train", *TINY, f"out={tmp_path}", "name=nan"]) == 2
+    assert "rerunning starts afresh" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "nan").iterdir()) == ["notes.txt"]
+    monkeypatch.undo()
+    assert main(["train", *TINY, "epochs=1", f"out={tmp_path}", "name=nan"]) == 0

@@ -23,6 +23,7 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +43,25 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 FEATURE_DIR = "features"
 PLOT_DIR = "plots"
+TENSORBOARD_DIR = "tensorboard"
 RUN_NAME_ENV = "CROSSLEVEL_RUN_NAME"  # passes a generated run name to the processes Lightning launches
 
 
 def checkpoint_of(run_dir: Path) -> Path:
     """The checkpoint a run directory resumes from and is evaluated with."""
     return Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
+
+
+def discard_unsaved(run_dir: Path) -> None:
+    """Remove what a run that failed before its first checkpoint wrote (config, data, logs), so that
+    the same command starts it afresh; the folder goes too when nothing else is in it."""
+    run_dir = Path(run_dir)
+    for name in (CONFIG_FILE, DATA_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    for name in (LOG_DIR, CHECKPOINT_DIR, TENSORBOARD_DIR):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 def result_file(run_dir: Path, command: str, detail: str = "") -> Path:

@@ -23,8 +23,8 @@ from .errors import CrossLevelError
 from .evaluation import extract_features, knn_accuracy
 from .methods import ContrastiveModule
 from .run_dir import (
-    CONFIG_FILE, LOG_DIR, RUN_NAME_ENV, SUMMARY_FILE, DataInfo, checkpoint_of, merge_metrics, restore, run_dir_of,
-    save_data_info,
+    CONFIG_FILE, LOG_DIR, RUN_NAME_ENV, SUMMARY_FILE, TENSORBOARD_DIR, DataInfo, checkpoint_of, discard_unsaved,
+    merge_metrics, restore, run_dir_of, save_data_info,
 )  # fmt: skip
 
 
@@ -136,7 +136,7 @@ def _loggers(cfg: Config, run_dir: Path) -> list[Logger]:
         try:
             from lightning.pytorch.loggers import TensorBoardLogger
 
-            loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard"))
+            loggers.append(TensorBoardLogger(save_dir=str(run_dir), name=TENSORBOARD_DIR))
         except ModuleNotFoundError as err:  # pragma: no cover - depends on the environment
             raise CrossLevelError(f"logger=tensorboard needs: pip install 'crosslevel[tensorboard]' ({err})") from None
     return loggers
@@ -207,6 +207,10 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
     try:
         with last.handling_signals(run_dir):
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
+    except BaseException:
+        if trainer.is_global_zero and not checkpoint.is_file():  # nothing to resume: leave nothing unusable behind
+            discard_unsaved(run_dir)
+        raise
     finally:
         os.environ.pop(RUN_NAME_ENV, None)
     knn = monitor.last
