@@ -239,3 +239,13 @@ def test_damaged_or_foreign_checkpoint(finished_run: Path, tmp_path: Path, capsy
     torch.save({"state_dict": {}}, checkpoint)  # e.g. some other project's checkpoint
     assert main(["train", f"resume={run}"]) == 2
     assert "is not a crosslevel training checkpoint" in capsys.readouterr().err
+
+
+def test_relative_data_paths_are_stored_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_folder(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *FOLDER, "data=data", "out=runs", "name=rel"]) == 0
+    assert json.loads((tmp_path / "runs" / "rel" / "config.json").read_text())["data"] == str(tmp_path / "data")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["train", f"resume={tmp_path / 'runs' / 'rel'}", "epochs=2"]) == 0

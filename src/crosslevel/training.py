@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 from .checkpointing import AtomicCheckpointIO, LastCheckpoint, ResumeState, read_checkpoint
-from .config import Config, save_config
+from .config import Config, save_config, with_absolute_paths
 from .data.datamodule import ContrastiveDataModule, Data, load_data
 from .errors import CrossLevelError
 from .evaluation import extract_features, knn_accuracy
@@ -148,6 +148,7 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
     Raises :class:`TrainingInterrupted` after SIGINT/SIGTERM (a resumable checkpoint is written first).
     """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    cfg = with_absolute_paths(cfg)
     run_dir = run_dir_of(cfg)
     checkpoint = checkpoint_of(run_dir)
     if rank_zero_only.rank == 0 and cfg.resume is None and (run_dir / CONFIG_FILE).exists():
