@@ -153,7 +153,11 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
     checkpoint = checkpoint_of(run_dir)
     if rank_zero_only.rank == 0 and cfg.resume is None and (run_dir / CONFIG_FILE).exists():
         raise CrossLevelError(f"run directory {run_dir} already exists: resume={run_dir}, or choose another name=")
+    if 0 < cfg.epochs <= cfg.warmup_epochs:
+        warnings.warn(f"warmup_epochs={cfg.warmup_epochs} >= epochs={cfg.epochs}: the learning rate never reaches base_lr")
     data = load_data(cfg)
+    if data.no_knn:
+        warnings.warn(f"kNN evaluation skipped: {data.no_knn}")
     module = build_module(cfg, data)
     if cfg.resume is not None:  # before config.json is rewritten: a checkpoint that does not fit leaves the run as it was
         saved = read_checkpoint(Path(cfg.resume))
@@ -225,6 +229,7 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
         "skipped_images": len(data.train.skipped) + (len(data.test.skipped) if data.test is not None else 0),
         "skipped_steps": module.skipped_steps,
         "knn": knn,
+        "knn_skipped": data.no_knn or None,
         "knn_best": monitor.best,
     }
     if trainer.is_global_zero:
