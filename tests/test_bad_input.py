@@ -239,3 +239,29 @@ def test_damaged_or_foreign_checkpoint(finished_run: Path, tmp_path: Path, capsy
     torch.save({"state_dict": {}}, checkpoint)  # e.g. some other project's checkpoint
     assert main(["train", f"resume={run}"]) == 2
     assert "is not a crosslevel training checkpoint" in capsys.readouterr().err
+
+
+def test_relative_data_paths_are_stored_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_folder(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *FOLDER, "data=data", "out=runs", "name=rel"]) == 0
+    assert json.loads((tmp_path / "runs" / "rel" / "config.json").read_text())["data"] == str(tmp_path / "data")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["train", f"resume={tmp_path / 'runs' / 'rel'}", "epochs=2"]) == 0
+
+
+def test_skipped_knn_is_said_with_its_reason(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "data")
+    corrupt(root)
+    shutil.rmtree(root / "test")
+    with pytest.warns(UserWarning, match="kNN evaluation skipped: no 'test' folder"):
+        code = main(["train", *FOLDER, f"data={root}", "bad_images=skip", f"out={tmp_path / 'runs'}", "name=run"])
+    assert code == 0
+    summary = json.loads((tmp_path / "runs" / "run" / "summary.json").read_text())
+    assert summary["knn"] is None and "no 'test' folder" in summary["knn_skipped"]
+
+
+def test_warmup_that_never_reaches_the_peak_lr_warns(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="warmup_epochs=5 >= epochs=1"):
+        assert main(["train", *SMALL, "batch_size=64", "warmup_epochs=5", f"out={tmp_path}", "name=warm"]) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -145,3 +146,29 @@ def test_console_entry_point_exit_code() -> None:
     )
     assert result.returncode == 2
     assert "crosslevel: error: config key 'epochs' expects a int, got 'x'" in result.stderr
+
+
+def test_runs_table_and_show(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run_cli(capsys, "train", *FAST, "epochs=1", f"out={tmp_path}", "name=done")[0] == 0
+    shutil.copytree(tmp_path / "done", tmp_path / "stopped")  # asked for 3 epochs, has 1: interrupted
+    config = json.loads((tmp_path / "stopped" / "config.json").read_text())
+    (tmp_path / "stopped" / "config.json").write_text(json.dumps({**config, "epochs": 3, "instance": "moco", "queue_size": 4096}))
+    (tmp_path / "stopped" / "summary.json").unlink()
+    shutil.copytree(tmp_path / "stopped", tmp_path / "broken")
+    shutil.rmtree(tmp_path / "broken" / "checkpoints")  # no checkpoint: failed
+    (tmp_path / "notes").mkdir()  # not a run: left out
+
+    code, out, _ = run_cli(capsys, "runs", str(tmp_path), "--sort", "name")
+    assert code == 0
+    header, *lines = out.splitlines()
+    assert header.split() == ["name", "preset", "method", "data", "epochs", "knn_top1", "best_top1", "train_s", "status"]
+    assert [line.split()[0] for line in lines] == ["broken", "done", "stopped"]
+    broken, done, stopped = (line.split() for line in lines)
+    assert done[1:5] == ["digits-cld", "cld", "digits", "1/1"] and done[-1] == "finished" and done[5].endswith("%")
+    assert stopped[2:5] == ["cldm", "digits", "1/3"] and stopped[-1] == "interrupted"
+    assert broken[4] == "0/3" and broken[-1] == "failed"
+
+    code, out, _ = run_cli(capsys, "show", str(tmp_path / "done"))
+    assert code == 0 and "status: finished (1/1 epochs)" in out
+    assert "width = 8" in out and "epochs = 1" in out and "knn:" in out and "batch_size = 64" in out
+    assert run_cli(capsys, "runs", str(tmp_path / "nowhere"))[0] == 2

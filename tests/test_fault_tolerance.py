@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -145,3 +148,54 @@ def test_nonfinite_loss_from_the_cli_exits_2_with_one_line(tmp_path: Path, monke
     assert main(["train", *TINY, f"out={tmp_path}", "name=nan"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("crosslevel: error:")]
     assert len(errors) == 1 and "at step 0 (epoch 0)" in errors[0] and "none yet (first epoch)" in errors[0]
+
+
+def test_resume_of_a_finished_run_keeps_its_results(tmp_path: Path) -> None:
+    run_dir, knn = train(tiny_config(tmp_path, "done", "epochs=1"))
+    before = (run_dir / "summary.json").read_text()
+    with pytest.warns(UserWarning, match="nothing left to train"):
+        _, again = resume(run_dir)
+    assert again == knn and (run_dir / "summary.json").read_text() == before
+
+
+def test_times_add_up_over_a_mid_epoch_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = ContrastiveModule.on_train_batch_end
+
+    def slow_then_stop(self, outputs, batch, batch_idx):  # 3 s into epoch 0, then SIGTERM after step 1
+        original(self, outputs, batch, batch_idx)
+        if self.trainer.global_step == 1:
+            time.sleep(3)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(ContrastiveModule, "on_train_batch_end", slow_then_stop)
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_config(tmp_path, "timed"))
+    monkeypatch.undo()
+    run_dir, _ = resume(tmp_path / "timed")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    seconds = summary["epoch_seconds"]
+    assert len(seconds) == 3 and 3 <= seconds[0] < 60  # the resumed epoch counts both attempts' parts
+    assert summary["train_seconds"] >= sum(seconds)  # the first attempt's time is kept
+
+
+def test_mid_epoch_resume_has_a_resumable_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    signal_at_step(monkeypatch, step=1)
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_config(tmp_path, "mid"))
+    monkeypatch.undo()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resume(tmp_path / "mid")
+    assert not [w for w in caught if "not resumable" in str(w.message)]
+    assert checkpoint_of(tmp_path / "mid")["global_step"] == 6
+
+
+def test_nonfinite_loss_in_the_first_epoch_leaves_nothing_unusable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    (tmp_path / "nan").mkdir()
+    (tmp_path / "nan" / "notes.txt").write_text("mine")  # a file of the user's in the run folder stays
+    poison_from_step(monkeypatch, 0)
+    assert main(["train", *TINY, f"out={tmp_path}", "name=nan"]) == 2
+    assert "rerunning starts afresh" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "nan").iterdir()) == ["notes.txt"]
+    monkeypatch.undo()
+    assert main(["train", *TINY, "epochs=1", f"out={tmp_path}", "name=nan"]) == 0

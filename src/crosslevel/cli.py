@@ -1,18 +1,23 @@
-"""The ``crosslevel`` command: train, eval, score, plot, embed, cluster, export, presets."""
+"""The ``crosslevel`` command: train, eval, score, plot, embed, cluster, export, runs, show, presets."""
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import DEFAULT_PRESET, FEATURES, Config, apply_overrides, describe_keys, load_preset, preset_summary
 from .errors import CrossLevelError, TrainingInterrupted
+
+if TYPE_CHECKING:
+    from .run_dir import RunInfo
 
 
 def _shot_line(knn: dict) -> str:
@@ -73,7 +78,7 @@ def _best_line(run_dir: Path) -> str:
     return f"best kNN over evaluated epochs (as the reference reports): top-1 {best['top1']:.2f}%  top-5 {best['top5']:.2f}% at epoch {best['epoch']}"
 
 
-PERCENT_COLUMNS = {"top1", "top5", "retrieval", "knn_top1", "shots"}
+PERCENT_COLUMNS = {"top1", "top5", "retrieval", "knn_top1", "best_top1", "shots"}
 
 
 def _fmt(value: object, percent: bool = False) -> str:
@@ -230,6 +235,56 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
+RUN_COLUMNS = ("name", "preset", "method", "data", "epochs", "knn_top1", "best_top1", "train_s", "status")
+NUMERIC_RUN_COLUMNS = {"epochs", "knn_top1", "best_top1", "train_s"}  # sorted largest first
+
+
+def _run_row(run: RunInfo) -> dict[str, object]:
+    """One line of ``crosslevel runs``, with raw values (``epochs``: the epochs done) to sort by."""
+    cfg, summary = run.cfg, run.summary
+    return {
+        "name": run.path.name,
+        "preset": cfg.preset or None,
+        "method": run.method,
+        "data": f"{cfg.dataset}:{Path(cfg.data).name}" if cfg.data else cfg.dataset,
+        "epochs": run.epochs_done,
+        "knn_top1": (summary.get("knn") or {}).get("top1"),
+        "best_top1": (summary.get("knn_best") or {}).get("top1"),
+        "train_s": summary.get("train_seconds"),
+        "status": run.status,
+    }
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from .run_dir import list_runs
+
+    runs = list_runs(Path(args.folder))
+    if not runs:
+        print(f"no runs in {args.folder}")
+        return 0
+    rows = [(_run_row(run), run.cfg.epochs) for run in runs]
+    numeric = args.sort in NUMERIC_RUN_COLUMNS
+    rows.sort(key=lambda pair: (pair[0][args.sort] is None, pair[0][args.sort] if not numeric else -(pair[0][args.sort] or 0)))  # type: ignore[operator]
+    _print_table([{**row, "epochs": f"{row['epochs']}/{asked}"} for row, asked in rows], list(RUN_COLUMNS))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from .run_dir import read_run
+
+    run = read_run(Path(args.run_dir))
+    print(f"run {run.path}: {run.method}, status: {run.status} ({run.epochs_done}/{run.cfg.epochs} epochs)")
+    print("config (keys that differ from the defaults):")
+    defaults = Config()
+    for field in dataclasses.fields(run.cfg):
+        if getattr(run.cfg, field.name) != getattr(defaults, field.name):
+            print(f"  {field.name} = {getattr(run.cfg, field.name)}")
+    print("results (summary.json):" if run.summary else "results: none yet (no summary.json)")
+    for key, value in run.summary.items():
+        print(f"  {key}: {_fmt(value, key.startswith('knn'))}")
+    return 0
+
+
 def count(minimum: int):  # noqa: ANN201 - an argparse type
     """An argparse type: an integer of at least ``minimum``, or a clear usage error."""
 
@@ -330,6 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output .pth (.pkl for detectron2); standard ResNets also get <stem>_torchvision.pth")
     export.add_argument("--format", choices=["crosslevel", "detectron2"], default="crosslevel", help="detectron2: a .pkl for its train_net.py (ImageNet-stem ResNet-18/50, width 64)")
     export.set_defaults(func=_export)
+
+    runs = commands.add_parser("runs", help="one table of the runs under a folder: method, data, epochs, kNN, time, status")
+    runs.add_argument("folder", nargs="?", default="runs", help="folder holding run directories (default runs)")
+    runs.add_argument("--sort", choices=RUN_COLUMNS, default="name", help="column to sort by (numbers largest first; default name)")
+    runs.set_defaults(func=_runs)
+
+    show = commands.add_parser("show", help="one run's status, config (keys that differ from the defaults) and results")
+    show.add_argument("run_dir")
+    show.set_defaults(func=_show)
 
     presets = commands.add_parser("presets", help="list the presets with a one-line description each")
     presets.set_defaults(func=_presets)

@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import re
 import tomllib
 import types
@@ -281,6 +282,17 @@ def _check_bounds(key: str, value: Any, metadata: typing.Mapping[str, Any]) -> N
     for bound, (symbol, holds) in BOUNDS.items():
         if bound in metadata and value is not None and not holds(value, metadata[bound]):
             raise CrossLevelError(f"config key '{key}' must be {symbol} {metadata[bound]:g}, got {value}")
+
+
+PATH_KEYS = ("data", "train_list", "test_list", "class_subset")  # class_subset may also name a built-in list
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """``cfg`` with its file and folder paths absolute, so that the saved run works from any folder."""
+    paths = {key: getattr(cfg, key) for key in PATH_KEYS}
+    return dataclasses.replace(
+        cfg, **{key: os.path.abspath(Path(value).expanduser()) for key, value in paths.items() if value and value != "imagenet100"}
+    )
 
 
 def save_config(cfg: Config, path: Path) -> None:

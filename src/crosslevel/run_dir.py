@@ -14,7 +14,7 @@
       *.json                 results of the eval / score commands (:func:`result_file`)
 
 :func:`open_run` reopens a run for evaluation and use: config, trained module and -- only when
-asked for -- its data.
+asked for -- its data; :func:`read_run` / :func:`list_runs` report a run's status and results.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +43,25 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 FEATURE_DIR = "features"
 PLOT_DIR = "plots"
+TENSORBOARD_DIR = "tensorboard"
 RUN_NAME_ENV = "CROSSLEVEL_RUN_NAME"  # passes a generated run name to the processes Lightning launches
 
 
 def checkpoint_of(run_dir: Path) -> Path:
     """The checkpoint a run directory resumes from and is evaluated with."""
     return Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
+
+
+def discard_unsaved(run_dir: Path) -> None:
+    """Remove what a run that failed before its first checkpoint wrote (config, data, logs), so that
+    the same command starts it afresh; the folder goes too when nothing else is in it."""
+    run_dir = Path(run_dir)
+    for name in (CONFIG_FILE, DATA_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    for name in (LOG_DIR, CHECKPOINT_DIR, TENSORBOARD_DIR):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 def result_file(run_dir: Path, command: str, detail: str = "") -> Path:
@@ -140,16 +154,63 @@ def restore(module: ContrastiveModule, saved: dict, checkpoint: Path, cfg: Confi
         raise CrossLevelError(f"checkpoint {checkpoint} does not fit this model: {reason}") from None
 
 
+def load_run_config(run_dir: Path) -> Config:
+    """The saved config of a run directory; a clear error when ``run_dir`` is not one."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise CrossLevelError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
+    return load_config(path)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run directory as ``crosslevel runs`` and ``show`` report it: its config, its
+    ``summary.json`` (empty until a training attempt ends), the epochs done and its status:
+    ``finished`` (summary of all ``cfg.epochs``), ``interrupted`` (a checkpoint, not finished) or
+    ``failed`` (no checkpoint)."""
+
+    path: Path
+    cfg: Config
+    summary: dict
+    epochs_done: int
+    status: str
+
+    @property
+    def method(self) -> str:
+        """npid, cld (NPID + CLD), moco or cldm (MoCo + CLD)."""
+        cld = self.cfg.cld_weight > 0
+        return {"npid": "cld" if cld else "npid", "moco": "cldm" if cld else "moco"}[self.cfg.instance]
+
+
+def read_run(run_dir: Path) -> RunInfo:
+    """The :class:`RunInfo` of ``run_dir``."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    path, checkpoint = run_dir / SUMMARY_FILE, checkpoint_of(run_dir)
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    if summary.get("epochs") == cfg.epochs:
+        return RunInfo(run_dir, cfg, summary, cfg.epochs, "finished")
+    if checkpoint.is_file():
+        return RunInfo(run_dir, cfg, summary, int(read_checkpoint(checkpoint)["epoch"]), "interrupted")
+    return RunInfo(run_dir, cfg, summary, 0, "failed")
+
+
+def list_runs(folder: Path) -> list[RunInfo]:
+    """The runs directly under ``folder`` (sub-folders with a ``config.json``), by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CrossLevelError(f"no folder of runs at {folder}")
+    return [read_run(path) for path in sorted(folder.iterdir()) if (path / CONFIG_FILE).is_file()]
+
+
 def open_run(run_dir: Path, with_data: bool = False) -> tuple[Config, ContrastiveModule, Data | None]:
     """Config, trained module (last checkpoint, eval mode, on the CPU) and, with ``with_data``, the
     run's data (its splits rebuilt from the config); clear errors for a missing config or checkpoint."""
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise CrossLevelError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
-    checkpoint = checkpoint_of(run_dir)
+    cfg, checkpoint = load_run_config(run_dir), checkpoint_of(run_dir)
     if not checkpoint.is_file():
         raise CrossLevelError(f"no checkpoint in {run_dir} (expected {checkpoint})")
-    cfg, saved = load_config(run_dir / CONFIG_FILE), read_checkpoint(checkpoint)
+    saved = read_checkpoint(checkpoint)
     data = load_data(cfg) if with_data else None
     hparams = saved.get("hyper_parameters", {})
     num_train = len(data.train) if data is not None else hparams.get("num_train", 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -16,14 +17,14 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 from .checkpointing import AtomicCheckpointIO, LastCheckpoint, ResumeState, read_checkpoint
-from .config import Config, save_config
+from .config import Config, save_config, with_absolute_paths
 from .data.datamodule import ContrastiveDataModule, Data, load_data
 from .errors import CrossLevelError
 from .evaluation import extract_features, knn_accuracy
 from .methods import ContrastiveModule
 from .run_dir import (
-    CONFIG_FILE, LOG_DIR, RUN_NAME_ENV, SUMMARY_FILE, DataInfo, checkpoint_of, merge_metrics, restore, run_dir_of,
-    save_data_info,
+    CONFIG_FILE, LOG_DIR, RUN_NAME_ENV, SUMMARY_FILE, TENSORBOARD_DIR, DataInfo, checkpoint_of, discard_unsaved,
+    merge_metrics, restore, run_dir_of, save_data_info,
 )  # fmt: skip
 
 
@@ -34,22 +35,44 @@ def build_module(cfg: Config, data: Data) -> ContrastiveModule:
 
 
 class EpochTimer(Callback):
-    """Wall-clock seconds of every training epoch (kNN evaluation excluded), in ``seconds``."""
+    """Wall-clock seconds of every training epoch (kNN evaluation excluded), in ``seconds``, and of
+    training as a whole, :meth:`total`. Kept in checkpoints, so both add up over the attempts of a
+    resumed run (an epoch stopped midway counts its part from each attempt)."""
 
     def __init__(self) -> None:
         self.seconds: list[float] = []
-        self._start = 0.0
+        self._start: float | None = None  # of the current epoch in this attempt
+        self._carried = 0.0  # of the current epoch in earlier attempts
+        self._train_start = time.perf_counter()  # reset when training starts (kept under ddp_spawn, whose ranks time it)
+        self._earlier = 0.0  # training seconds of earlier attempts
 
     def _now(self, pl_module: pl.LightningModule) -> float:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
         return time.perf_counter()
 
+    def total(self) -> float:
+        """Training seconds over all attempts so far."""
+        return round(self._earlier + time.perf_counter() - self._train_start, 1)
+
+    def state_dict(self) -> dict[str, object]:
+        epoch = self._carried + (time.perf_counter() - self._start if self._start is not None else 0.0)
+        return {"seconds": self.seconds, "epoch": epoch, "train": self._earlier + time.perf_counter() - self._train_start}
+
+    def load_state_dict(self, state_dict: dict[str, object]) -> None:
+        self.seconds = list(state_dict["seconds"])  # type: ignore[call-overload]
+        self._carried, self._earlier = float(state_dict["epoch"]), float(state_dict["train"])  # type: ignore[arg-type]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._train_start = self._start = self._now(pl_module)  # a resumed epoch gets no on_train_epoch_start
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = self._now(pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.seconds.append(round(self._now(pl_module) - self._start, 3))
+        assert self._start is not None
+        self.seconds.append(round(self._carried + self._now(pl_module) - self._start, 3))
+        self._start, self._carried = None, 0.0
 
 
 def evaluate_knn(module: ContrastiveModule, data: Data, cfg: Config, feature: str = "f_I") -> dict:
@@ -113,7 +136,7 @@ def _loggers(cfg: Config, run_dir: Path) -> list[Logger]:
         try:
             from lightning.pytorch.loggers import TensorBoardLogger
 
-            loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard"))
+            loggers.append(TensorBoardLogger(save_dir=str(run_dir), name=TENSORBOARD_DIR))
         except ModuleNotFoundError as err:  # pragma: no cover - depends on the environment
             raise CrossLevelError(f"logger=tensorboard needs: pip install 'crosslevel[tensorboard]' ({err})") from None
     return loggers
@@ -125,14 +148,24 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
     Raises :class:`TrainingInterrupted` after SIGINT/SIGTERM (a resumable checkpoint is written first).
     """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    cfg = with_absolute_paths(cfg)
     run_dir = run_dir_of(cfg)
     checkpoint = checkpoint_of(run_dir)
     if rank_zero_only.rank == 0 and cfg.resume is None and (run_dir / CONFIG_FILE).exists():
         raise CrossLevelError(f"run directory {run_dir} already exists: resume={run_dir}, or choose another name=")
+    if 0 < cfg.epochs <= cfg.warmup_epochs:
+        warnings.warn(f"warmup_epochs={cfg.warmup_epochs} >= epochs={cfg.epochs}: the learning rate never reaches base_lr")
     data = load_data(cfg)
+    if data.no_knn:
+        warnings.warn(f"kNN evaluation skipped: {data.no_knn}")
     module = build_module(cfg, data)
     if cfg.resume is not None:  # before config.json is rewritten: a checkpoint that does not fit leaves the run as it was
-        restore(module, read_checkpoint(Path(cfg.resume)), Path(cfg.resume), cfg, len(data.train), data.train.channels)
+        saved = read_checkpoint(Path(cfg.resume))
+        restore(module, saved, Path(cfg.resume), cfg, len(data.train), data.train.channels)
+        if saved["epoch"] >= cfg.epochs:  # finished: keep its results rather than overwrite them with an empty attempt
+            warnings.warn(f"{run_dir} has trained {saved['epoch']} of epochs={cfg.epochs}: nothing left to train (raise epochs= to go on)")
+            summary = run_dir / SUMMARY_FILE
+            return run_dir, json.loads(summary.read_text()).get("knn") if summary.is_file() else None
     datamodule = ContrastiveDataModule(cfg, data)
     loader = datamodule.loader
     limit = cfg.limit_train_batches
@@ -175,11 +208,14 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / CONFIG_FILE)
         save_data_info(run_dir, DataInfo.of(cfg, data))
-    started = time.time()
     os.environ[RUN_NAME_ENV] = run_dir.name  # inherited by the rank processes Lightning starts
     try:
         with last.handling_signals(run_dir):
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
+    except BaseException:
+        if trainer.is_global_zero and not checkpoint.is_file():  # nothing to resume: leave nothing unusable behind
+            discard_unsaved(run_dir)
+        raise
     finally:
         os.environ.pop(RUN_NAME_ENV, None)
     knn = monitor.last
@@ -187,12 +223,13 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
         knn = {key: float(trainer.callback_metrics[f"knn_{key}"]) for key in ("top1", "top5")}
     summary = {
         "epochs": trainer.current_epoch,
-        "train_seconds": round(time.time() - started, 1),
+        "train_seconds": timer.total(),
         "epoch_seconds": timer.seconds,
         "train_images": len(data.train),
         "skipped_images": len(data.train.skipped) + (len(data.test.skipped) if data.test is not None else 0),
         "skipped_steps": module.skipped_steps,
         "knn": knn,
+        "knn_skipped": data.no_knn or None,
         "knn_best": monitor.best,
     }
     if trainer.is_global_zero:

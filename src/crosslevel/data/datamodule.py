@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from ..config import Config, num_views
 from ..errors import CrossLevelError, MissingSplit
 from .device_views import DEVICE_RECIPES, DeviceAugment, DeviceViewSource
-from .sampling import ResumableSampler
+from .sampling import ResumableLoader, ResumableSampler
 from .sources import Images, InMemoryImages, load_split
 from .variants import high_correlation, long_tail
 from .views import LabelledDataset, MultiViewDataset, eval_transform, view_transform
@@ -23,11 +23,13 @@ from .views import LabelledDataset, MultiViewDataset, eval_transform, view_trans
 @dataclass
 class Data:
     """The splits of one run: training images, the labelled test split (if any) and the kNN
-    support set (``None``: the training set; STL-10: its 5k labelled train images)."""
+    support set (``None``: the training set; STL-10: its 5k labelled train images);
+    ``no_knn`` says why there is no kNN evaluation ('' when there is)."""
 
     train: Images
     test: Images | None
     support: Images | None = None
+    no_knn: str = ""
 
     @property
     def knn_support(self) -> Images:
@@ -48,12 +50,12 @@ class Data:
             )
         sampler = ResumableSampler(len(self.train), cfg.seed)
         if cfg.augment_device == "device":
-            return DataLoader(range(len(self.train)), batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
+            return ResumableLoader(range(len(self.train)), batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
         size = cfg.image_size or self.side
         transform = view_transform(
             cfg.augment, size, self.train.channels, self.train.mean, self.train.std, cfg.random_erasing, cfg.blur
         )
-        return DataLoader(
+        return ResumableLoader(
             MultiViewDataset(self.train, transform, num_views(cfg)),
             batch_size=cfg.batch_size,
             sampler=sampler,
@@ -96,17 +98,18 @@ def load_data(cfg: Config) -> Data:
     """Load the training set (with its variants and subset), the labelled test split when it
     exists, and the labelled kNN support set (STL-10: the labelled train split)."""
     train = training_images(load_split_of(cfg, "train"), cfg)
+    no_knn = ""
     try:
         test: Images | None = load_split_of(cfg, "test")
-    except MissingSplit:
-        test = None
+    except MissingSplit as missing:
+        test, no_knn = None, str(missing)
     support = None
     if cfg.dataset == "stl10" and not train.labelled:
         support = load_split_of(cfg, "train", stl10_unlabeled=False)
     labelled_support = (train if support is None else support).labelled
-    if test is not None:
-        test = test.subset(cfg.test_subset, cfg.seed) if test.labelled and labelled_support else None
-    return Data(train, test, support)
+    if test is not None and not (test.labelled and labelled_support):
+        test, no_knn = None, "the test split has no labels" if not test.labelled else "the training images have no labels"
+    return Data(train, test if test is None else test.subset(cfg.test_subset, cfg.seed), support, no_knn)
 
 
 def device_views(cfg: Config, images: Images) -> DeviceViewSource:

@@ -1,11 +1,11 @@
-"""The training sampler: a seeded shuffle per epoch, sharded over devices, resumable mid-epoch."""
+"""The training sampler and loader: a seeded shuffle per epoch, sharded over devices, resumable mid-epoch."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from ..distributed import rank, world_size
 
@@ -53,3 +53,16 @@ class ResumableSampler(Sampler[int]):
         world = world_size()
         share = self.permutation(self.epoch)[rank() :: world][: self.count // world]
         return iter(share[self.skip :].tolist())
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over a :class:`ResumableSampler`; its ``state_dict`` / ``load_state_dict`` tell
+    Lightning that it resumes mid-epoch. The position itself (epoch, images consumed) needs the
+    trainer's progress, so :class:`~crosslevel.checkpointing.ResumeState` saves and restores it
+    through the sampler; Lightning's share of the loader state is empty."""
+
+    def state_dict(self) -> dict[str, object]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, object]) -> None:
+        """Nothing to load: the sampler's position is restored by ``ResumeState``."""

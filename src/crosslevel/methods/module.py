@@ -151,7 +151,7 @@ class ContrastiveModule(pl.LightningModule):
         """A NaN/inf loss on some rank: stop with a clear error, or (``skip_nonfinite``) skip the step."""
         step, epoch = self.trainer.global_step, self.current_epoch
         if not self.cfg.skip_nonfinite:
-            last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none yet (first epoch)"
+            last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none yet (first epoch): nothing to resume, rerunning starts afresh"
             raise CrossLevelError(
                 f"the loss became non-finite ({loss.item()} on this device) at step {step} (epoch {epoch}); "
                 "training stopped before this step "
