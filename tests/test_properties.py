@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from crosslevel.cluster import batch_kmeans
-from crosslevel.config import FIELDS, Config, _field_type, apply_overrides, coerce, load_config, save_config
+from crosslevel.config import CHOICES, FIELDS, Config, _field_type, apply_overrides, coerce, load_config, save_config
 from crosslevel.errors import CrossLevelError
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -71,10 +71,23 @@ def test_any_override_list_gives_a_valid_config_or_a_clear_error(items: list[str
     assert isinstance(cfg, Config)
 
 
+def valid_value_of(name: str) -> st.SearchStrategy:
+    """A value of config key ``name`` that its own rules accept: one of its choices, or within its bounds."""
+    if name in CHOICES:
+        return st.sampled_from(CHOICES[name])
+    meta, kind = FIELDS[name].metadata, _field_type(name)
+    if kind not in (int, float) or not {"min", "gt", "max", "lt"} & set(meta):
+        return value_of(kind)
+    low, high = meta.get("min", meta.get("gt", -(10**6))), meta.get("max", meta.get("lt", 10**6))
+    if kind is int:
+        return st.integers(int(low) + ("gt" in meta), int(high) - ("lt" in meta))
+    return st.floats(low, high, exclude_min="gt" in meta, exclude_max="lt" in meta)
+
+
 @st.composite
 def overrides(draw: st.DrawFn) -> list[str]:
     names = draw(st.lists(st.sampled_from(sorted(FIELDS)), max_size=6, unique=True))
-    return [f"{name}={draw(value_of(_field_type(name)))}" for name in names]
+    return [f"{name}={draw(valid_value_of(name))}" for name in names]
 
 
 @settings(FAST, max_examples=25)
