@@ -41,9 +41,12 @@ def test_two_steps_change_weights_and_bank(preset: str) -> None:
 def test_warmup_then_cosine() -> None:
     total, warmup = 100, 10
     factors = [warmup_cosine(s, total, warmup) for s in range(total)]
-    # the reference's warm-up: linear from peak/100 (GradualWarmupScheduler, multiplier 100)
-    assert factors[0] == pytest.approx(0.01) and factors[5] == pytest.approx(0.01 + 0.99 * 0.5)
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert factors[10] == pytest.approx(1.0)
+    # the reference's warm-up (warmup_start=0.01): linear from peak/100 (GradualWarmupScheduler, multiplier 100)
+    reference = [warmup_cosine(s, total, warmup, start=0.01) for s in range(total)]
+    assert reference[0] == pytest.approx(0.01) and reference[5] == pytest.approx(0.01 + 0.99 * 0.5)
+    assert reference[10:] == factors[10:]
     assert factors[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
     # the reference's cosine floor: eta_min = 1e-6 (here as a fraction of a peak of 0.06)

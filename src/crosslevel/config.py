@@ -91,7 +91,8 @@ class Config:
     base_lr: float = key(0.03, "lr = base_lr · global batch / 128", gt=0)
     weight_decay: float = key(7e-4, "SGD weight decay (every parameter)", min=0)
     sgd_momentum: float = key(0.9, "SGD momentum", min=0, lt=1)
-    warmup_epochs: int = key(5, "linear warm-up from lr/100, then cosine to 1e-6", min=0)
+    warmup_epochs: int = key(5, "linear warm-up, then cosine to 1e-6", min=0)
+    warmup_start: float = key(0.0, "warm-up's first lr as a fraction of the peak (0: peak/warm-up steps; the reference: 0.01)", min=0, lt=1)
     schedule_interval: Literal["step", "epoch"] = key("step", "warm-up + cosine updated every step or every epoch")
     # --- evaluation ---
     knn_k: int = key(200, "kNN neighbours", min=1)

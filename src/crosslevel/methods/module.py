@@ -20,7 +20,6 @@ from .moco import MoCoBranch
 from .npid import NPIDBranch
 
 
-WARMUP_START = 0.01  # the reference's warm-up (GradualWarmupScheduler, multiplier 100) starts at peak/100
 MIN_LR = 1e-6  # the reference's cosine floor (CosineAnnealingLR eta_min)
 
 
@@ -29,11 +28,15 @@ MIN_LR = 1e-6  # the reference's cosine floor (CosineAnnealingLR eta_min)
 BRANCHES = {"npid": NPIDBranch.from_config, "moco": MoCoBranch.from_config}
 
 
-def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
-    """LR factor at ``step``: linear warm-up from ``WARMUP_START`` to 1 over ``warmup`` steps, then
-    cosine from 1 to ``floor`` at ``total`` (the reference's schedule, with floor = MIN_LR / peak)."""
+def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0, start: float = 0.0) -> float:
+    """LR factor at ``step``: linear warm-up over ``warmup`` steps, then cosine from 1 to ``floor``
+    at ``total`` (floor = MIN_LR / peak, the reference's eta_min).
+
+    The warm-up is ``(step + 1) / warmup`` with ``start = 0``, or -- the reference's
+    GradualWarmupScheduler, ``start = 0.01`` -- ``start + (1 − start)·step / warmup``.
+    """
     if step < warmup:
-        return WARMUP_START + (1.0 - WARMUP_START) * step / warmup
+        return start + (1.0 - start) * step / warmup if start > 0 else (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -182,7 +185,8 @@ class ContrastiveModule(pl.LightningModule):
             total = max(1, int(self.trainer.estimated_stepping_batches))
             warmup = int(total * self.cfg.warmup_epochs / self.cfg.epochs)
         floor = min(1.0, MIN_LR / optimizer.param_groups[0]["lr"])
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup, floor))
+        start = self.cfg.warmup_start
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup, floor, start))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": self.cfg.schedule_interval}}
 
 
