@@ -123,4 +123,4 @@ def test_user_errors_exit_2(run_dir: Path, tmp_path: Path, capsys: pytest.Captur
     assert main(["embed", str(run_dir), "--data", str(broken), "--out", str(tmp_path / "f.npy")]) == 2
     errors = capsys.readouterr().err
     assert "not a run directory" in errors and "detectron2 needs a standard ImageNet-stem ResNet" in errors and "not a folder" in errors
-    assert "cannot decode 1 image(s), first: " in errors and "bad.png" in errors
+    assert "cannot decode 1 image(s) in " in errors and "bad.png" in errors

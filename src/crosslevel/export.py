@@ -68,7 +68,7 @@ def _folder_images(run: Run, folder: Path) -> tuple[list[Path], np.ndarray]:
     if not paths:
         raise CrossLevelError(f"no images found in {folder}")
     side, channels = run.info.size, run.info.channels
-    images = decode_images(paths, side, f"decoding {folder.name}")
+    images, _, _ = decode_images(paths, side, f"decoding {folder.name}", folder)
     colour = bool((images[..., :1] != images[..., 1:]).any())
     mismatch = _input_mismatch(paths, colour, channels, side, one_size=run.cfg.in_memory)
     if mismatch:

@@ -264,17 +264,29 @@ def _decode_all(paths: list[Path], size: int | None, desc: str) -> list[np.ndarr
         return list(tqdm(pool.map(lambda path: _decode(path, size), paths), total=len(paths), desc=desc, unit="img", leave=False, mininterval=1.0))
 
 
-def decode_images(paths: list[Path], image_size: int = 0, desc: str = "decoding") -> np.ndarray:
-    """Decode ``paths`` to RGB uint8 N×H×W×3; an unreadable file is an error naming it.
-
-    All images must share one size unless ``image_size`` > 0, which resizes each to a square of that side.
+def decode_images(
+    paths: list[Path], image_size: int = 0, desc: str = "decoding", where: object = None, bad_images: str | None = None
+) -> tuple[np.ndarray, list[int], list[str]]:
+    """The one decode path: ``paths`` to RGB uint8 N×H×W×3, with the indices of the paths kept and the
+    files that could not be decoded. An unreadable file is an error naming it (``bad_images`` None or
+    ``error``; the latter says how to skip them), or -- ``skip`` -- left out with a warning. All
+    images must share one size unless ``image_size`` > 0, which resizes each to a square of that side.
     """
+    where = where if where is not None else Path(paths[0]).parent
     arrays = _decode_all(paths, image_size or None, desc)
     bad = [str(path) for path, array in zip(paths, arrays) if array is None]
+    if bad and bad_images != "skip":
+        hint = "; remove them or set bad_images=skip to go on without them" if bad_images == "error" else ""
+        raise CrossLevelError(
+            f"cannot decode {len(bad)} image(s) in {where}, first: {bad[0]} (corrupt, truncated, unreadable or not an image){hint}"
+        )
     if bad:
-        raise CrossLevelError(f"cannot decode {len(bad)} image(s), first: {bad[0]} (corrupt, truncated or not an image)")
-    _one_size(paths, arrays, Path(paths[0]).parent)
-    return np.stack(arrays)
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {where}, first: {bad[0]}")
+    kept = [i for i, array in enumerate(arrays) if array is not None]
+    if not kept:
+        raise CrossLevelError(f"none of the images in {where} can be decoded")
+    _one_size([paths[i] for i in kept], [arrays[i] for i in kept], where)
+    return np.stack([arrays[i] for i in kept]), kept, bad
 
 
 def class_list(subset: str) -> set[str]:
@@ -304,22 +316,8 @@ def _materialise(
     if not in_memory:
         labels = np.asarray([c for _, c in entries], dtype=np.int64)
         return ImageFiles(tuple(f for f, _ in entries), labels, classes, IMAGENET_MEAN, IMAGENET_STD, image_size)
-    arrays = _decode_all([f for f, _ in entries], image_size or None, f"decoding {where.name}")
-    bad = [str(f) for (f, _), a in zip(entries, arrays) if a is None]
-    if bad and bad_images != "skip":
-        raise CrossLevelError(
-            f"cannot decode {len(bad)} image(s) in {where}, first: {bad[0]} (corrupt, truncated, unreadable or not an image); "
-            "remove them or set bad_images=skip to train without them"
-        )
-    if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {where}, first: {bad[0]}")
-        entries = [e for e, a in zip(entries, arrays) if a is not None]
-        arrays = [a for a in arrays if a is not None]
-        if not arrays:
-            raise CrossLevelError(f"none of the images in {where} can be decoded")
-    _one_size([f for f, _ in entries], arrays, where)
-    images = np.stack(arrays)
-    labels = np.asarray([c for _, c in entries], dtype=np.int64)
+    images, kept, bad = decode_images([f for f, _ in entries], image_size, f"decoding {where.name}", where, bad_images)
+    labels = np.asarray([entries[i][1] for i in kept], dtype=np.int64)
     return InMemoryImages(images, labels, classes, IMAGENET_MEAN, IMAGENET_STD, tuple(bad))
 
 
