@@ -16,7 +16,6 @@ from crosslevel.data.device_views import (
     DEVICE_RECIPES,
     DeviceAugment,
     DeviceViewSource,
-    DeviceRecipe,
     color_jitter,
     gaussian_blur,
     resized_crop,
