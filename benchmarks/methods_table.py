@@ -95,7 +95,7 @@ def main() -> None:
     root = cifar10_pickles(args.data.expanduser(), args.cache)
     budget = [
         f"data={root}", f"epochs={args.epochs}", f"test_subset={args.test}", "backbone=smallcnn", "width=8",
-        "feature_dim=64", "batch_size=128", "num_groups=10", "queue_size=1024", "moco_momentum=0.99",
+        "feature_dim=64", "batch_size=128", "num_groups=10", "queue_size=1024", "ema_momentum=0.99",
         "warmup_epochs=1", "workers=0", "progress=false", "logger=csv", "seed=0", f"out={args.out}",
     ]
     settings = {

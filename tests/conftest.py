@@ -75,3 +75,24 @@ def write_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: i
                 pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i:03d}.png")
     return root
+
+
+def free_port() -> int:
+    """A free TCP port on localhost, for a two-process gloo test."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fit_two_steps(cfg, module, data):
+    """Train ``module`` for two steps of ``data``'s training loader on the CPU, quietly; the trainer."""
+    import lightning.pytorch as pl
+
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+    )
+    trainer.fit(module, data.train_loader(cfg))
+    return trainer

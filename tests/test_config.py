@@ -108,9 +108,9 @@ def test_every_key_says_what_it_means_and_choices_come_from_its_type() -> None:
     from crosslevel.config import CHOICES, FIELDS
 
     assert all(spec.metadata.get("help") for spec in FIELDS.values())
-    assert CHOICES["instance"] == ("npid", "moco") and CHOICES["precision"][0] == "32-true"
-    with pytest.raises(CrossLevelError, match="'instance' must be one of npid, moco"):
-        apply_overrides(load_preset("digits-cld"), ["instance=simclr"])
+    assert CHOICES["instance"] == ("npid", "moco", "simclr", "byol") and CHOICES["precision"][0] == "32-true"
+    with pytest.raises(CrossLevelError, match="'instance' must be one of npid, moco, simclr, byol"):
+        apply_overrides(load_preset("digits-cld"), ["instance=swav"])
 
 
 @pytest.mark.parametrize(

@@ -169,8 +169,8 @@ def test_one_view_needs_plain_npid(extra: list[str]) -> None:
 REFERENCE_PRESETS = {
     # preset: {key: the reference's value}
     "cifar10-cld": {"conv_init": "pytorch", "normlinear": False, "batch_size": 256, "num_groups": 128, "npid_views": 2, "warmup_start": 0.01},
-    "cifar10-npid-1view": {"npid_views": 1, "cld_weight": 0.0},
-    "cifar100-npid-1view": {"npid_views": 1, "cld_weight": 0.0, "dataset": "cifar100"},
+    "cifar10-npid-1view": {"npid_views": 1, "cld_weight": 0.0, "nce_negatives": 4096},
+    "cifar100-npid-1view": {"npid_views": 1, "cld_weight": 0.0, "nce_negatives": 4096, "dataset": "cifar100"},
     "cifar10-cldm": {"random_erasing": 1.0, "augment": "v2", "blur": 0.5, "normlinear": True, "conv_init": "pytorch"},
     "cifar10-moco": {"random_erasing": 1.0, "normlinear": True, "mlp": False, "cld_weight": 0.0},
     "cifar10-mocov2": {"mlp": True, "normlinear": False, "cld_weight": 0.0},

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import socket
 
-import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import fit_two_steps, free_port
 from crosslevel.config import apply_overrides, load_preset, num_views, preset_summary
 from crosslevel.errors import CrossLevelError
 from crosslevel.losses import moco_loss
@@ -110,17 +109,9 @@ def test_views_per_method() -> None:
 def test_queue_smaller_than_batch_is_a_clear_error() -> None:
     with pytest.raises(CrossLevelError, match="queue_size=64 is smaller than batch_size=128"):
         apply_overrides(load_preset("digits-cld"), ["instance=moco", "queue_size=64"])
-    with pytest.raises(CrossLevelError, match="moco_momentum"):
+    with pytest.raises(CrossLevelError, match="ema_momentum"):
         apply_overrides(load_preset("digits-cld"), ["instance=moco", "moco_momentum=1.0"])
 
-
-def _fit(cfg, module: ContrastiveModule, data) -> pl.Trainer:
-    trainer = pl.Trainer(
-        max_epochs=1, limit_train_batches=2, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-    )
-    trainer.fit(module, data.train_loader(cfg))
-    return trainer
 
 
 @pytest.mark.parametrize("cld_weight", [0.0, 0.5])
@@ -136,7 +127,7 @@ def test_moco_and_cldm_steps(cld_weight: float) -> None:
     assert not hasattr(module, "bank")
     keys_before = module.branch.queue.keys.clone()
     key_weights_before = [p.clone() for p in module.branch.key_encoder.parameters()]
-    trainer = _fit(cfg, module, data)
+    trainer = fit_two_steps(cfg, module, data)
     logged = trainer.logged_metrics
     assert torch.isfinite(logged["loss_epoch"]) and ("loss_cld" in logged) == (cld_weight > 0)
     assert module.branch.queue.pointer.item() == 64
@@ -165,7 +156,7 @@ def test_cldm_run_resumes_its_queue_from_the_checkpoint(tmp_path) -> None:
     assert knn is not None and 0 <= knn["top1"] <= 100
     _, module, _ = open_run(run_dir)
     assert module.branch.queue.pointer.item() == 64 % 80
-    assert module.branch.key_encoder.momentum == cfg.moco_momentum
+    assert module.branch.key_encoder.momentum == cfg.ema_momentum
 
 
 ISSUE_PRESETS = (
@@ -193,11 +184,6 @@ def test_imagenet_presets_follow_design() -> None:
     assert load_preset("cifar10lt-cld").lt_ratio == 100
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _two_rank_worker(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
@@ -217,7 +203,7 @@ def _two_rank_worker(rank: int, port: int, out: str) -> None:
 
 @pytest.mark.slow
 def test_shuffle_bn_and_queue_across_two_processes(tmp_path) -> None:
-    torch.multiprocessing.spawn(_two_rank_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_two_rank_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     results = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
     everything = torch.cat([torch.arange(4.0) + 10 * r for r in range(2)])
     seen = torch.cat([r["shuffled"][:, 0] for r in results])

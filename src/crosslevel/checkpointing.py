@@ -20,13 +20,15 @@ from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .config import Config
+from .config import FIELDS, Config
 from .data.sampling import ResumableSampler
 from .errors import CrossLevelError, TrainingInterrupted
 
 RESUME_KEY = "crosslevel_resume"
 # Config keys that decide the shapes of the saved tensors: a checkpoint only fits a model built with the same values.
 MODEL_KEYS = ("backbone", "width", "feature_dim", "normlinear", "mlp", "instance")
+# keys that shape a branch's checkpointed state: MoCo's queue buffer, BYOL's predictor, NPID's NCE normaliser
+BRANCH_STATE_KEYS = {"moco": ("queue_size",), "byol": ("predictor_hidden",), "npid": ("nce_negatives",)}
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -181,9 +183,9 @@ def check_compatible(checkpoint: dict[str, Any], path: Path, cfg: Config, num_tr
     saved = checkpoint.get("hyper_parameters", {})
     if "cfg" not in saved or "state_dict" not in checkpoint:
         raise CrossLevelError(f"{path} is not a crosslevel training checkpoint (no saved config)")
-    keys = MODEL_KEYS + (("queue_size",) if cfg.instance == "moco" else ())  # the queue is a checkpointed buffer
+    keys = MODEL_KEYS + BRANCH_STATE_KEYS.get(cfg.instance, ())
     ours = {key: getattr(cfg, key) for key in keys}
-    theirs = {key: saved["cfg"].get(key) for key in keys}
+    theirs = {key: saved["cfg"].get(key, FIELDS[key].default) for key in keys}  # a key newer than the checkpoint: its default
     ours.update(num_train=num_train, in_channels=in_channels)
     theirs.update(num_train=saved.get("num_train"), in_channels=saved.get("in_channels"))
     differences = [f"{key}={theirs[key]!r} (this run: {ours[key]!r})" for key in ours if theirs[key] != ours[key]]

@@ -31,7 +31,7 @@ def key(default: Any, help: str, **bounds: float) -> Any:
 Dataset = Literal["digits", "cifar10", "cifar100", "stl10", "folder", "lists"]
 Recipe = Literal["auto", "cifar", "v2", "digits", "none"]
 Backbone = Literal["resnet18_cifar", "resnet18", "resnet50", "smallcnn"]
-Instance = Literal["npid", "moco"]  # the instance branches of methods/module.py's BRANCHES
+Instance = Literal["npid", "moco", "simclr", "byol"]  # the instance branches of methods/module.py's BRANCHES
 Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
 Strategy = Literal["auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"]  # the bank/queue sync is DDP's
 Precision = Literal["32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"]  # Lightning's names
@@ -73,12 +73,15 @@ class Config:
     pool_window: int = key(0, "0: global average pool; N: the reference's avg_pool2d(N) (STL-10: 7)", min=0)
     conv_init: Literal["torchvision", "pytorch"] = key("torchvision", "torchvision: kaiming-normal fan_out; pytorch: the layer default (reference CIFAR ResNet)")
     # --- instance branch ---
-    instance: Instance = key("npid", "instance branch: npid (memory bank) or moco (momentum encoder + queue)")
+    instance: Instance = key("npid", "instance branch: npid (memory bank), moco (momentum encoder + queue), simclr (in-batch NT-Xent), byol (predictor + EMA target, no negatives)")
     npid_views: int = key(2, "NPID: views per image (1: the original NPID; CLD needs 2)", min=1, max=2)
-    instance_temperature: float = key(0.1, "T_I of the instance loss (MoCo: 0.07 CIFAR, 0.2 ImageNet)", gt=0)
+    nce_negatives: int = key(0, "NPID: 0 = full softmax over the bank; K > 0 = the original NPID's NCE with K noise rows", min=0)
+    instance_temperature: float = key(0.1, "T_I of the instance loss (MoCo: 0.07 CIFAR, 0.2 ImageNet; SimCLR's τ; unused by BYOL)", gt=0)
     bank_momentum: float = key(0.5, "NPID: row <- normalise(m·row + (1-m)·f)", min=0, lt=1)
     queue_size: int = key(4096, "MoCo: negatives in the queue (>= the global batch)", min=1)
-    moco_momentum: float = key(0.999, "MoCo: key encoder <- m·key + (1-m)·query", min=0, lt=1)
+    ema_momentum: float = key(0.999, "MoCo key encoder / BYOL target <- m·θ + (1-m)·θ_online (BYOL: the base of its cosine m -> 1)", min=0, lt=1)
+    jigsaw_weight: float = key(0.0, "β of PIRL's jigsaw auxiliary (npid, moco): (1-β)·instance + β·jigsaw query's instance loss; 0: off", min=0, lt=1)
+    predictor_hidden: int = key(4096, "BYOL: hidden width of the predictor MLP (D -> hidden -> D)", min=1)
     # --- cross-level term ---
     cld_weight: float = key(1.0, "λ, the weight of the CLD term (0: the instance method alone)", min=0)
     cld_temperature: float = key(0.2, "T_G of the CLD term", gt=0)
@@ -128,15 +131,20 @@ ALIASES = {
     "lambda": "cld_weight",
     "λ": "cld_weight",
     "T_G": "cld_temperature",
+    "moco_momentum": "ema_momentum",
 }
 
 
 def num_views(cfg: Config) -> int:
     """Views per image: NPID ``npid_views`` (2, or 1 for the original NPID); MoCo 2 (query, key);
-    CLDm 3 (two query views for CLD, one key view)."""
+    CLDm 3 (two query views for CLD, one key view); SimCLR and BYOL 2 (each view is both query and
+    target of the other). ``jigsaw_weight`` > 0 adds one view, cut into the jigsaw's patches."""
+    jigsaw = 1 if cfg.jigsaw_weight > 0 else 0
     if cfg.instance == "moco":
-        return 3 if cfg.cld_weight > 0 else 2
-    return cfg.npid_views
+        return (3 if cfg.cld_weight > 0 else 2) + jigsaw
+    if cfg.instance == "npid":
+        return cfg.npid_views + jigsaw
+    return 2
 
 
 def peak_lr(cfg: Config, world_size: int) -> float:
@@ -253,6 +261,13 @@ def validate(cfg: Config) -> Config:
         raise CrossLevelError(
             "npid_views=1 is the original one-view NPID: it needs instance=npid and cld_weight=0 "
             "(CLD compares two views)"
+        )
+    if cfg.nce_negatives and cfg.instance != "npid":
+        raise CrossLevelError(f"nce_negatives={cfg.nce_negatives} is NPID's NCE: it needs instance=npid (got instance={cfg.instance})")
+    if cfg.jigsaw_weight > 0 and cfg.instance not in ("npid", "moco"):
+        raise CrossLevelError(
+            f"jigsaw_weight={cfg.jigsaw_weight} scores the jigsaw query against a memory bank or a queue: "
+            f"it needs instance=npid or moco (got instance={cfg.instance})"
         )
     if cfg.instance == "moco":
         if cfg.queue_size < cfg.batch_size:

@@ -1,4 +1,5 @@
-"""Losses as pure functions: NPID memory-bank softmax, MoCo InfoNCE and the cross-level (CLD) loss."""
+"""Losses as pure functions: NPID memory-bank softmax and NCE, MoCo InfoNCE, SimCLR NT-Xent, BYOL's
+regression and the cross-level (CLD) loss."""
 
 from __future__ import annotations
 
@@ -26,6 +27,46 @@ def bank_softmax_loss(
     return F.cross_entropy(logits, indices)
 
 
+def nce_loss(
+    features: torch.Tensor,
+    bank: torch.Tensor,
+    indices: torch.Tensor,
+    noise: torch.Tensor,
+    temperature: float,
+    normaliser: float | torch.Tensor,
+) -> torch.Tensor:
+    """The original NPID's noise-contrastive estimation with K uniformly drawn noise rows (Wu et al.
+    2018, eq. 5-6; the reference's ``NCEAverage`` + ``NCECriterion``).
+
+    ``P(i|v) = exp(v·m_i / T) / Z``; with ``P_n = 1/N`` the loss is
+    ``−1/B Σ_b [log P(i_b|v_b) / (P(i_b|v_b) + K·P_n) + Σ_j log K·P_n / (P(j|v_b) + K·P_n)]``.
+
+    Args:
+        features: B×D L2-normalised instance features f_I(x).
+        bank: N×D memory bank (a constant).
+        indices: B long indices of the images (the positive rows).
+        noise: B×K long indices of the noise rows (uniform over N; may include the positive, as in
+            the reference).
+        temperature: T_I.
+        normaliser: Z, the constant estimate of the partition function (see :func:`nce_normaliser`).
+    """
+    bank = bank.detach()
+    positive = torch.exp((features * bank[indices]).sum(dim=1) / temperature) / normaliser  # B
+    negatives = torch.exp(torch.einsum("bd,bkd->bk", features, bank[noise]) / temperature) / normaliser  # B×K
+    noise_mass = noise.shape[1] / bank.shape[0]  # K·P_n
+    eps = 1e-7  # the reference's guard against log(0)
+    log_positive = torch.log(positive / (positive + noise_mass + eps))
+    log_negatives = torch.log(noise_mass / (negatives + noise_mass + eps))
+    return -(log_positive.sum() + log_negatives.sum()) / len(features)
+
+
+def nce_normaliser(features: torch.Tensor, bank: torch.Tensor, noise: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NPID's Z: ``N · mean exp(v·m / T)`` over a batch's positive and noise rows, taken once from the
+    first batch and kept constant (the reference's ``params[2]``). Returns a 0-d tensor, no gradient."""
+    with torch.no_grad():
+        return torch.exp(torch.einsum("bd,bkd->bk", features, bank[noise]) / temperature).mean() * bank.shape[0]
+
+
 def moco_loss(
     queries: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor, temperature: float = 0.07
 ) -> torch.Tensor:
@@ -44,6 +85,37 @@ def moco_loss(
     negatives = queries @ queue.detach().t()
     logits = torch.cat([positive, negatives], dim=1) / temperature
     return F.cross_entropy(logits, queries.new_zeros(len(queries), dtype=torch.long))
+
+
+def nt_xent_loss(view_a: torch.Tensor, view_b: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """SimCLR's NT-Xent over 2B embeddings: each one's positive is the other view of its image, its
+    negatives the other 2B − 2 embeddings of the batch (Chen et al. 2020).
+
+    Args:
+        view_a: B×D L2-normalised embeddings of view a (under DDP: the global batch, gathered with
+            gradients, so that every rank computes the same loss).
+        view_b: B×D L2-normalised embeddings of view b, same images in the same order.
+        temperature: τ.
+
+    Returns:
+        Scalar mean over the 2B anchors of ``−log exp(z_i·z_p/τ) / Σ_{j≠i} exp(z_i·z_j/τ)``.
+    """
+    embeddings = torch.cat([view_a, view_b])  # 2B×D
+    logits = embeddings @ embeddings.t() / temperature
+    logits = logits.masked_fill(torch.eye(len(embeddings), dtype=torch.bool, device=logits.device), float("-inf"))
+    batch = len(view_a)
+    partners = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)]).to(logits.device)
+    return F.cross_entropy(logits, partners)
+
+
+def byol_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BYOL's regression: ``2 − 2·cos(p, z')`` averaged over the batch (Grill et al. 2020, eq. 2).
+
+    Args:
+        predictions: B×D predictor outputs of the online network (any norm).
+        targets: B×D target-network projections of the other view (constants).
+    """
+    return (2 - 2 * F.cosine_similarity(predictions, targets.detach(), dim=1)).mean()
 
 
 def cross_level_term(

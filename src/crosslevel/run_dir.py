@@ -177,9 +177,10 @@ class RunInfo:
 
     @property
     def method(self) -> str:
-        """npid, cld (NPID + CLD), moco or cldm (MoCo + CLD)."""
+        """npid, cld (NPID + CLD), moco, cldm (MoCo + CLD), simclr, simclr+cld, byol or byol+cld."""
         cld = self.cfg.cld_weight > 0
-        return {"npid": "cld" if cld else "npid", "moco": "cldm" if cld else "moco"}[self.cfg.instance]
+        named = {"npid": "cld", "moco": "cldm"}  # the paper's names for CLD on its two instance methods
+        return (named.get(self.cfg.instance, f"{self.cfg.instance}+cld") if cld else self.cfg.instance)
 
 
 def read_run(run_dir: Path) -> RunInfo:

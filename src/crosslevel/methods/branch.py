@@ -1,13 +1,13 @@
 """The interface of an instance branch: what a method adds to the shared encoder.
 
-A method (NPID, MoCo, ...) is one :class:`InstanceBranch` in one file. The training module
+A method (NPID, MoCo, SimCLR, BYOL) is one :class:`InstanceBranch` in one file. The training module
 (:mod:`.module`) gives every view but the branch's last ``key_views`` to the query encoder
 (backbone + heads), one forward pass per view, and then asks the branch for its loss:
 
-    targets = branch.targets(key views)          # e.g. MoCo's keys; None for NPID
+    targets = branch.targets(all views)           # MoCo's keys, BYOL's target projections; None otherwise
     loss = branch.loss(f_I of the query views, indices, targets) + λ · cld_loss(f_G of views 1, 2)
     ... optimiser step ...
-    branch.after_step(backbone, heads)            # e.g. bank update, EMA + enqueue
+    branch.after_step(backbone, heads, progress)  # bank update, EMA + enqueue, ...
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ class InstanceBranch(nn.Module):
     def compile_encoders(self) -> None:
         """``torch.compile`` in place whatever network the branch runs itself (``compile=true``)."""
 
-    def targets(self, key_images: Sequence[torch.Tensor]) -> torch.Tensor | None:
-        """What the queries are compared with, from the ``key_views`` views (B×C×H×W each);
-        None when the branch holds its targets itself. Runs under the training precision."""
+    def targets(self, views: Sequence[torch.Tensor]) -> torch.Tensor | None:
+        """What the queries are compared with, computed by the branch's own network from the batch's
+        views (all of them, B×C×H×W each; MoCo reads its ``key_views``, BYOL the query views); None
+        when there is nothing to compute. Runs under the training precision, without gradient."""
         return None
 
     def loss(self, queries: Sequence[torch.Tensor], indices: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
@@ -50,8 +51,15 @@ class InstanceBranch(nn.Module):
         ``indices`` (B); remembers what :meth:`after_step` applies."""
         raise NotImplementedError
 
-    def after_step(self, backbone: nn.Module, heads: nn.Module) -> None:
-        """After the optimiser step: apply what the last :meth:`loss` remembered (once)."""
+    def query_loss(self, query: torch.Tensor, indices: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        """The float32 instance loss of one more query (B×D, unit rows) of the images ``indices``
+        against the same targets as :meth:`loss`, remembering nothing (the jigsaw query). Branches
+        with a bank or a queue implement it."""
+        raise NotImplementedError(f"{type(self).__name__} scores no extra queries (jigsaw needs instance=npid or moco)")
+
+    def after_step(self, backbone: nn.Module, heads: nn.Module, progress: float) -> None:
+        """After the optimiser step: apply what the last :meth:`loss` remembered (once).
+        ``progress`` is the fraction of training done, in [0, 1] (BYOL's EMA schedule reads it)."""
 
     def discard(self) -> None:
         """Forget what the last :meth:`loss` remembered: its step was skipped."""

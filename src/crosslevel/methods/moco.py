@@ -79,21 +79,25 @@ def _unshuffle_across_devices(features: torch.Tensor, restore: torch.Tensor) -> 
 
 
 class MomentumEncoder(nn.Module):
-    """The key encoder of MoCo: a frozen deep copy of (backbone, heads), moved by EMA only.
+    """The key encoder of MoCo (BYOL's target network): a frozen deep copy of (backbone, heads),
+    moved by EMA only.
 
-    Keys are the copy's instance-head output f_I. With several devices the key batch is computed
-    with shuffle-BN (BN statistics over a random slice of the global batch, as MoCo does); on one
-    device shuffle-BN is a no-op and is off (no split-BN emulation): key BN statistics are those
-    of the key batch.
+    Keys are the copy's instance-head output f_I. With ``shuffle`` and several devices the key batch
+    is computed with shuffle-BN (BN statistics over a random slice of the global batch, as MoCo
+    does); on one device shuffle-BN is a no-op and is off (no split-BN emulation): key BN
+    statistics are those of the key batch. ``channels_last``: images are laid out NHWC, as the
+    copied backbone's weights.
     """
 
-    def __init__(self, backbone: nn.Module, heads: nn.Module, momentum: float) -> None:
+    def __init__(self, backbone: nn.Module, heads: nn.Module, momentum: float, shuffle: bool = True, channels_last: bool = False) -> None:
         super().__init__()
         self.backbone = copy.deepcopy(backbone)
         self.heads = copy.deepcopy(heads)
         for parameter in self.parameters():
             parameter.requires_grad_(False)
         self.momentum = momentum
+        self.shuffle = shuffle
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     @torch.no_grad()
     def update(self, backbone: nn.Module, heads: nn.Module) -> None:
@@ -104,7 +108,8 @@ class MomentumEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """B×C×H×W → B×D unit-norm keys (f_I of the key encoder)."""
-        shuffled = world_size() > 1
+        images = images.contiguous(memory_format=self.memory_format)
+        shuffled = self.shuffle and world_size() > 1
         if shuffled:
             images, restore = _shuffle_across_devices(images)
         keys, _ = self.heads(self.backbone(images))
@@ -121,17 +126,24 @@ class MoCoBranch(InstanceBranch):
     key_views = 1
 
     def __init__(
-        self, backbone: nn.Module, heads: nn.Module, queue_size: int, dim: int, temperature: float, momentum: float
+        self,
+        backbone: nn.Module,
+        heads: nn.Module,
+        queue_size: int,
+        dim: int,
+        temperature: float,
+        momentum: float,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self.key_encoder = MomentumEncoder(backbone, heads, momentum)
+        self.key_encoder = MomentumEncoder(backbone, heads, momentum, channels_last=channels_last)
         self.queue = KeyQueue(queue_size, dim)
         self.temperature = temperature
         self._pending: torch.Tensor | None = None
 
     @classmethod
     def from_config(cls, cfg: Config, num_train: int, backbone: nn.Module, heads: nn.Module) -> MoCoBranch:
-        return cls(backbone, heads, cfg.queue_size, cfg.feature_dim, cfg.instance_temperature, cfg.moco_momentum)
+        return cls(backbone, heads, cfg.queue_size, cfg.feature_dim, cfg.instance_temperature, cfg.ema_momentum, cfg.channels_last)
 
     def check(self, cfg: Config, world_size: int) -> None:
         if len(self.queue) < cfg.batch_size * world_size:
@@ -147,16 +159,19 @@ class MoCoBranch(InstanceBranch):
         self.key_encoder.backbone.compile()
         self.key_encoder.heads.compile()
 
-    def targets(self, key_images: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.key_encoder(key_images[-1]).float()
+    def targets(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.key_encoder(views[-1]).float()
 
     def loss(self, queries: Sequence[torch.Tensor], indices: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        self._pending = targets
+        return torch.stack([self.query_loss(q, indices, targets) for q in queries]).mean()
+
+    def query_loss(self, query: torch.Tensor, indices: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
         if targets is None:
             raise ValueError("MoCo's loss needs the keys of the key view (targets)")
-        self._pending = targets
-        return torch.stack([moco_loss(q, targets, self.queue.keys, self.temperature) for q in queries]).mean()
+        return moco_loss(query, targets, self.queue.keys, self.temperature)
 
-    def after_step(self, backbone: nn.Module, heads: nn.Module) -> None:
+    def after_step(self, backbone: nn.Module, heads: nn.Module, progress: float) -> None:
         if self._pending is not None:
             self.key_encoder.update(backbone, heads)
             self.queue.enqueue(self._pending)

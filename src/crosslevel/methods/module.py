@@ -1,4 +1,4 @@
-"""The one training module: backbone + two heads + an instance branch (NPID, MoCo) + the optional CLD term."""
+"""The one training module: backbone + two heads + an instance branch (NPID, MoCo, SimCLR, BYOL) + the optional CLD term."""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ from ..errors import CrossLevelError
 from ..losses import cld_loss
 from ..models import TwoHeads, build_backbone
 from .branch import InstanceBranch
+from .byol import BYOLBranch
+from .jigsaw import JigsawHead, jigsaw_patches
 from .moco import MoCoBranch
 from .npid import NPIDBranch
+from .simclr import SimCLRBranch
 
 
 MIN_LR = 1e-6  # the reference's cosine floor (CosineAnnealingLR eta_min)
@@ -25,7 +28,12 @@ MIN_LR = 1e-6  # the reference's cosine floor (CosineAnnealingLR eta_min)
 
 # ``instance=`` → the branch's constructor from (cfg, num_train, backbone, heads): a new method is one
 # file with an InstanceBranch and one line here (and its name in the config's choices).
-BRANCHES = {"npid": NPIDBranch.from_config, "moco": MoCoBranch.from_config}
+BRANCHES = {
+    "npid": NPIDBranch.from_config,
+    "moco": MoCoBranch.from_config,
+    "simclr": SimCLRBranch.from_config,
+    "byol": BYOLBranch.from_config,
+}
 
 
 def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0, start: float = 0.0) -> float:
@@ -42,18 +50,19 @@ def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0, start:
 
 
 class ContrastiveModule(pl.LightningModule):
-    """NPID, CLD, MoCo or CLDm: one backbone, two heads, an instance branch and the optional CLD term.
+    """NPID, CLD, MoCo, CLDm, SimCLR, BYOL (each ± CLD): one backbone, two heads, an instance branch
+    and the optional CLD term.
 
     A batch is ``(views, indices)`` with ``num_views(cfg)`` views. The query encoder (backbone +
     heads) sees the *query views*: all but the branch's last ``key_views`` (NPID: every view, two
-    or one with ``npid_views=1``; MoCo: all but the key view). Each view has its own forward pass,
+    or one with ``npid_views=1``; MoCo: all but the key view; SimCLR, BYOL: both). Each view has its own forward pass,
     as in the reference: BatchNorm statistics never mix views (a joint pass would leak them, the
     leak MoCo's shuffle-BN avoids). Then
 
         loss = branch.loss(f_I of the query views) + λ · cld_loss(f_G(view 1), f_G(view 2))
 
-    and after the optimiser step ``branch.after_step`` (NPID: bank update; MoCo: EMA + enqueue).
-    The branch is ``BRANCHES[cfg.instance]`` (:mod:`.npid`, :mod:`.moco`).
+    and after the optimiser step ``branch.after_step`` (NPID: bank update; MoCo: EMA + enqueue; BYOL:
+    EMA). The branch is ``BRANCHES[cfg.instance]`` (:mod:`.npid`, :mod:`.moco`, :mod:`.simclr`, :mod:`.byol`).
 
     The k-means and the losses run in float32 even under bf16/fp16 autocast.
 
@@ -72,6 +81,7 @@ class ContrastiveModule(pl.LightningModule):
         if cfg.channels_last:  # before the key encoder copies the backbone, so that both are NHWC
             self.backbone.to(memory_format=torch.channels_last)
         self.branch: InstanceBranch = BRANCHES[cfg.instance](cfg, num_train, self.backbone, self.heads)
+        self.jigsaw = JigsawHead(self.backbone.out_dim, cfg.feature_dim, cfg.normlinear, cfg.mlp) if cfg.jigsaw_weight > 0 else None
         self._register_load_state_dict_pre_hook(_rename_old_branch_keys)
         # DDP would broadcast the N×D bank (or the queue) from rank 0 before every forward; every rank
         # applies the same gathered updates instead, so they are left out of DDP's buffer sync. Without
@@ -86,10 +96,14 @@ class ContrastiveModule(pl.LightningModule):
         # k-means + CLD are ~80 small kernels per step: compiled, they fuse into a few (launch-bound on GPUs)
         self._cld_loss = torch.compile(cld_loss) if cfg.compile else cld_loss
         self._skip_step = False
+        self._total_steps = 1  # set when training starts: the branch reads progress = step / total
         self.skipped_steps = 0
 
     def setup(self, stage: str) -> None:
         self.branch.check(self.cfg, self.trainer.world_size)
+
+    def on_train_start(self) -> None:
+        self._total_steps = int(self.trainer.estimated_stepping_batches)  # for the branch's progress
 
     def _layout(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` in the backbone's memory format (NHWC with ``channels_last``)."""
@@ -113,6 +127,7 @@ class ContrastiveModule(pl.LightningModule):
         group_views: Sequence[torch.Tensor],
         indices: torch.Tensor,
         targets: torch.Tensor | None = None,
+        jigsaw: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of one local batch and its parts.
 
@@ -121,13 +136,18 @@ class ContrastiveModule(pl.LightningModule):
             group_views: V tensors B×D, f_G of each query view; CLD uses the first two
                 (k-means on this device's batch only).
             indices: B data-set indices of the images (the NPID bank rows).
-            targets: what the branch compares the queries with (MoCo: B×D keys), from
-                ``branch.targets``; None for NPID.
+            targets: what the branch compares the queries with (MoCo: B×D keys; BYOL: 2×B×D target
+                projections), from ``branch.targets``; None for NPID and SimCLR.
+            jigsaw: B×D jigsaw queries (``jigsaw_weight`` > 0), scored by ``branch.query_loss``.
         """
         with torch.autocast(self.device.type, enabled=False):  # instance loss, k-means and CLD in float32
             loss_inst = self.branch.loss([v.float() for v in instance_views], indices, targets)
             loss = loss_inst
             logs = {"loss_inst": loss_inst}
+            if jigsaw is not None:
+                loss_jigsaw = self.branch.query_loss(jigsaw.float(), indices, targets)
+                loss = (1 - self.cfg.jigsaw_weight) * loss_inst + self.cfg.jigsaw_weight * loss_jigsaw
+                logs["loss_jigsaw"] = loss_jigsaw
             if self.cfg.cld_weight > 0:
                 group_a, group_b = (group.float() for group in group_views[:2])
                 loss_cld = self._cld_loss(group_a, group_b, self.cfg.num_groups, self.cfg.cld_temperature, self.cfg.kmeans_iters)
@@ -138,9 +158,13 @@ class ContrastiveModule(pl.LightningModule):
     def training_step(self, batch: tuple[list[torch.Tensor], torch.Tensor], batch_idx: int) -> torch.Tensor:
         views, indices = batch
         split = len(views) - self.branch.key_views
+        jigsaw = None
+        if self.jigsaw is not None:  # the last view before the key views is cut into patches
+            split -= 1
+            jigsaw = self.jigsaw(self.backbone(self._layout(jigsaw_patches(views[split]))))
         outputs = [self(view) for view in views[:split]]  # one pass per view: BN never mixes views
-        targets = self.branch.targets([self._layout(view) for view in views[split:]])
-        loss, logs = self.objective([o[1] for o in outputs], [o[2] for o in outputs], indices, targets)
+        targets = self.branch.targets(views)
+        loss, logs = self.objective([o[1] for o in outputs], [o[2] for o in outputs], indices, targets, jigsaw)
         self._skip_step = any_rank(~torch.isfinite(loss.detach()))
         if self._skip_step:
             self.branch.discard()
@@ -170,8 +194,9 @@ class ContrastiveModule(pl.LightningModule):
             optimizer.zero_grad(set_to_none=True)
 
     def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
-        """After the optimiser step: the branch's update (NPID: bank rows; MoCo: EMA, then enqueue)."""
-        self.branch.after_step(self.backbone, self.heads)
+        """After the optimiser step: the branch's update (NPID: bank rows; MoCo: EMA, then enqueue; BYOL: EMA)."""
+        progress = self.trainer.global_step / max(1, self._total_steps)
+        self.branch.after_step(self.backbone, self.heads, progress)
 
     def configure_optimizers(self) -> dict:
         world = self.trainer.world_size if self._trainer is not None else 1
