@@ -28,6 +28,34 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """:func:`gather` whose backward hands each rank its own rows of the gradient summed over ranks."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.rows = len(tensor)
+        return gather(tensor)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()  # all_reduce works in place
+        dist.all_reduce(grad)
+        return grad[rank() * ctx.rows : (rank() + 1) * ctx.rows]
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """:func:`gather` that keeps the autograd graph: ``[x_0; …; x_{W-1}]`` in rank order.
+
+    Backward: the gradient w.r.t. the gathered tensor is summed over ranks (all-reduce) and each rank
+    keeps its own rows, i.e. rank r receives ``Σ_s ∂L_s/∂x_r``. With DDP's averaging of parameter
+    gradients over the W ranks this equals the gradient of ``(1/W) Σ_s L_s``: the single-process
+    gradient when each L_s is the mean over rank s's rows of a loss on the concatenated batch.
+    """
+    if world_size() == 1:
+        return tensor
+    return _GatherWithGrad.apply(tensor)
+
+
 def any_rank(flag: torch.Tensor) -> bool:
     """True when the boolean scalar ``flag`` is true on at least one rank (one host sync)."""
     if world_size() > 1:
