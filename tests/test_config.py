@@ -72,7 +72,7 @@ def test_bad_overrides_are_clear_errors(override: str, message: str) -> None:
         (["num_groups=100", "batch_size=64"], "kmeans_scope=global groups the global batch instead"),
         (["kmeans_scope=global", "num_groups=128", "batch_size=64", "devices=2"], "must be smaller than the global batch (batch_size=64 × 2 devices = 128)"),
         (["kmeans_scope=global", "num_groups=130", "batch_size=32", "devices=0,1", "num_nodes=2"], "(batch_size=32 × 4 devices = 128)"),
-        (["kmeans_scope=global", "num_groups=64", "batch_size=64"], "global batch (batch_size=64 × 1 devices = 64)"),
+        (["kmeans_scope=global", "num_groups=64", "batch_size=64"], "global batch (batch_size=64 × 1 device = 64)"),
         (["grouping=spectral"], "'grouping' must be one of kmeans, ncuts"),
         (["kmeans_scope=node"], "'kmeans_scope' must be one of local, global"),
         (["grouping=ncuts", "ncuts_eigenvectors=0"], "'ncuts_eigenvectors' must be >= 1"),

@@ -298,7 +298,7 @@ def check_groups(cfg: Config, world_size: int | None) -> None:
     if cfg.kmeans_scope == "global" and world_size is not None and cfg.num_groups >= cfg.batch_size * world_size:
         raise CrossLevelError(
             f"num_groups (k={cfg.num_groups}) must be smaller than the global batch "
-            f"(batch_size={cfg.batch_size} × {world_size} devices = {cfg.batch_size * world_size}) "
+            f"(batch_size={cfg.batch_size} × {world_size} device{'s' if world_size > 1 else ''} = {cfg.batch_size * world_size}) "
             f"with kmeans_scope=global: {degenerate}"
         )
 
