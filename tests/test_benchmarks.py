@@ -123,3 +123,17 @@ def test_accuracy_runs_digits_and_names_what_it_skips(tmp_path: Path, capsys: py
     assert row["protocol"] == "digits" and row["method"] == "cld" and 0 <= row["top1"] <= 100
     assert "--gpu-scale" in result["skipped"]["paper-cifar10"]
     assert "kNN top-1" in capsys.readouterr().out
+
+
+def test_cld_grouping_times_both_groupings_and_the_gather(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "grouping.json"
+    argv = ["--sizes", "16x8x4,12x6x3", "--repeats", "2", "--gather-batch", "4", "--dim", "3", "--json", str(out)]
+    assert load("cld_grouping").main(argv) == 0
+    result = json.loads(out.read_text())
+    assert [(row["B"], row["k"]) for row in result["grouping"]] == [(16, 4), (12, 3)]
+    assert all(row["kmeans_ms"] > 0 and row["ncuts_ms"] > 0 for row in result["grouping"])
+    gather = result["gather"]
+    assert gather["world"] == 2 and gather["forward_ms"] > 0 and gather["forward_backward_ms"] > 0
+    # 4 rows × 2 views × 3 dims × 4 bytes, sent once to the other rank; twice that in the ring all-reduce
+    assert gather["bytes_sent_per_rank"] == {"forward_all_gather": 96, "backward_all_reduce": 192}
+    assert "ncuts" in capsys.readouterr().out

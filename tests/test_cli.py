@@ -54,6 +54,14 @@ def test_train_eval_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     assert {r["epoch"] for r in merged if r.get("loss_epoch")} == {"0", "1"}  # the first attempt's log is kept
 
 
+def test_train_with_normalised_cuts_grouping(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run_cli(capsys, "train", *FAST, "epochs=1", "grouping=ncuts", "ncuts_eigenvectors=8", f"out={tmp_path}", "name=ncuts")
+    assert code == 0 and "kNN top-1:" in out
+    assert json.loads((tmp_path / "ncuts" / "config.json").read_text())["grouping"] == "ncuts"
+    losses = [float(r["loss_cld"]) for r in csv.DictReader(open(tmp_path / "ncuts" / "metrics.csv")) if r.get("loss_cld")]
+    assert losses and all(0 < loss < 20 for loss in losses)
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

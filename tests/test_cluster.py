@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from crosslevel.cluster import batch_kmeans
+from crosslevel.cluster import batch_kmeans, batch_ncuts, group_batch, spectral_embedding
 
 
 def naive_kmeans(x: torch.Tensor, k: int, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,3 +109,79 @@ def test_k_above_batch_gives_singletons_and_zero_centroids() -> None:
     assert labels.tolist() == [0, 1, 2, 3]
     torch.testing.assert_close(centroids[:4], x)
     assert centroids[4:].abs().sum() == 0
+
+
+def naive_ncuts(x: torch.Tensor, k: int, iters: int, eigenvectors: int) -> tuple[list[int], torch.Tensor]:
+    """k-way normalised cuts written out in numpy: |cosine| affinities with a zero diagonal, the
+    normalised Laplacian I − D^-½ W D^-½, D^-½ times its eigenvectors of the smallest eigenvalues,
+    the reference's k-means (loops) on that embedding, then per-group means of ``x`` (loops)."""
+    rows = x.detach().numpy()
+    n = len(rows)
+    affinity = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                affinity[i, j] = abs(rows[i] @ rows[j]) / (np.linalg.norm(rows[i]) * np.linalg.norm(rows[j]))
+    degree = affinity.sum(axis=0)
+    laplacian = np.diag(degree**-0.5) @ (np.diag(degree) - affinity) @ np.diag(degree**-0.5)
+    _, vectors = np.linalg.eigh(laplacian)
+    embedding = torch.from_numpy(np.diag(degree**-0.5) @ vectors[:, : min(eigenvectors, n)])
+    labels, _ = naive_reference_kmeans(embedding, k, iters)
+    means = []
+    for j in range(k):
+        members = [x[i] for i in range(n) if labels[i] == j]
+        means.append(torch.stack(members).mean(0) if members else torch.zeros_like(x[0]))
+    return labels, torch.stack(means)
+
+
+@pytest.mark.parametrize("rows,dim,k,eigenvectors", [(20, 6, 4, 4), (32, 8, 5, 10), (12, 5, 3, 30), (10, 4, 12, 3)])
+def test_ncuts_matches_naive_numpy_reference_values_and_gradients(rows: int, dim: int, k: int, eigenvectors: int) -> None:
+    torch.manual_seed(rows * 10 + k)
+    x = torch.nn.functional.normalize(torch.randn(rows, dim, dtype=torch.float64), dim=1)
+    fast, naive = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    labels, centroids = batch_ncuts(fast, k, iters=5, eigenvectors=eigenvectors)
+    want_labels, want_centroids = naive_ncuts(naive, k, 5, eigenvectors)
+    assert labels.dtype == torch.long and centroids.shape == (k, dim) and centroids.dtype == x.dtype
+    assert labels.tolist() == want_labels
+    torch.testing.assert_close(centroids, want_centroids)
+    weights = torch.randn(k, dim, dtype=torch.float64)
+    (centroids * weights).sum().backward()
+    (want_centroids * weights).sum().backward()
+    torch.testing.assert_close(fast.grad, naive.grad)
+
+
+def two_blobs(per_blob: int, spread: float) -> tuple[torch.Tensor, list[int]]:
+    """Unit rows around e_0 (even rows) and e_1 (odd rows) of R^4, interleaved; the blob of each row."""
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.eye(4)[[0, 1] * per_blob]
+    x = torch.nn.functional.normalize(centres + spread * torch.randn(2 * per_blob, 4, generator=generator), dim=1)
+    return x, [0, 1] * per_blob
+
+
+def test_ncuts_separates_two_blobs() -> None:
+    x, blobs = two_blobs(per_blob=12, spread=0.1)
+    labels, centroids = batch_ncuts(x, 2, iters=5, eigenvectors=2)
+    assert labels.tolist() == blobs
+    torch.testing.assert_close(centroids, torch.stack([x[0::2].mean(0), x[1::2].mean(0)]))
+
+
+def test_ncuts_embedding_of_two_disconnected_blobs_is_constant_per_blob() -> None:
+    """Exactly orthogonal blobs: two connected components, so the two null eigenvectors of the
+    normalised Laplacian span the blob indicators and D^-½ U is constant on each blob."""
+    x = torch.tensor([[1, 0, 0.1], [0, 1, 0], [1, 0, 0.2], [0, 1, 0], [1, 0, 0.3], [0, 1, 0]], dtype=torch.float64)
+    embedding = spectral_embedding(x, 2)
+    torch.testing.assert_close(embedding[0::2], embedding[0:1].expand(3, 2))
+    torch.testing.assert_close(embedding[1::2], embedding[1:2].expand(3, 2))
+    assert (embedding[0] - embedding[1]).norm() > 1e-3
+
+
+def test_group_batch_dispatches_and_rejects_unknown_groupings() -> None:
+    x = torch.nn.functional.normalize(torch.randn(16, 5, dtype=torch.float64), dim=1)
+    for grouping, function in (("kmeans", lambda: batch_kmeans(x, 3, 4)), ("ncuts", lambda: batch_ncuts(x, 3, 4, 6))):
+        labels, centroids = group_batch(x, 3, 4, grouping, eigenvectors=6)
+        want_labels, want_centroids = function()
+        assert torch.equal(labels, want_labels) and torch.equal(centroids, want_centroids)
+    with pytest.raises(ValueError, match="grouping"):
+        group_batch(x, 3, grouping="spectral")
+    with pytest.raises(ValueError, match="eigenvectors"):
+        batch_ncuts(x, 3, eigenvectors=0)

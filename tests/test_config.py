@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from crosslevel.config import Config, apply_overrides, load_config, load_preset, peak_lr, preset_names, save_config
+from crosslevel.config import Config, apply_overrides, check_groups, load_config, load_preset, peak_lr, preset_names, save_config
 from crosslevel.errors import CrossLevelError
 
 REQUIRED = {"digits-cld", "digits-npid", "cifar10-npid", "cifar10-cld", "cifar100-npid", "cifar100-cld"}
@@ -63,6 +63,36 @@ def test_bad_overrides_are_clear_errors(override: str, message: str) -> None:
     with pytest.raises(CrossLevelError) as err:
         apply_overrides(load_preset("digits-cld"), [override])
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["num_groups=100", "batch_size=64"], "smaller than the per-device batch (batch_size=64): with k >= batch"),
+        (["num_groups=100", "batch_size=64"], "kmeans_scope=global groups the global batch instead"),
+        (["kmeans_scope=global", "num_groups=128", "batch_size=64", "devices=2"], "must be smaller than the global batch (batch_size=64 × 2 devices = 128)"),
+        (["kmeans_scope=global", "num_groups=130", "batch_size=32", "devices=0,1", "num_nodes=2"], "(batch_size=32 × 4 devices = 128)"),
+        (["kmeans_scope=global", "num_groups=64", "batch_size=64"], "global batch (batch_size=64 × 1 device = 64)"),
+        (["grouping=spectral"], "'grouping' must be one of kmeans, ncuts"),
+        (["kmeans_scope=node"], "'kmeans_scope' must be one of local, global"),
+        (["grouping=ncuts", "ncuts_eigenvectors=0"], "'ncuts_eigenvectors' must be >= 1"),
+    ],
+)
+def test_groups_are_checked_against_the_batch_they_group(overrides: list[str], message: str) -> None:
+    with pytest.raises(CrossLevelError) as err:
+        apply_overrides(load_preset("digits-cld"), overrides)
+    assert message in str(err.value)
+
+
+def test_global_scope_allows_more_groups_than_one_device_holds() -> None:
+    cfg = apply_overrides(load_preset("digits-cld"), ["kmeans_scope=global", "num_groups=100", "batch_size=64", "devices=2"])
+    assert cfg.num_groups == 100 and cfg.kmeans_scope == "global"
+    capped = apply_overrides(load_preset("digits-cld"), ["kmeans_scope=global", "num_groups=200", "batch_size=64", "groups_above_batch=cap"])
+    check_groups(capped, 2)  # the reference's arithmetic, asked for
+    unknown = apply_overrides(load_preset("digits-cld"), ["kmeans_scope=global", "num_groups=100", "batch_size=64", "devices=auto"])
+    check_groups(unknown, 2)  # devices=auto: checked once the trainer knows the count
+    with pytest.raises(CrossLevelError, match="global batch"):
+        check_groups(unknown, 1)
 
 
 @pytest.mark.parametrize("devices", ["auto", "-1", "1", "4", "0,1", "1,", "0,1,"])

@@ -13,7 +13,9 @@ from torch.nn.parallel import DistributedDataParallel
 import crosslevel.data.sampling as sampling
 from crosslevel.config import apply_overrides, load_preset
 from crosslevel.data.sampling import ResumableSampler
+from crosslevel.cluster import group_batch
 from crosslevel.distributed import any_rank
+from crosslevel.losses import CrossLevelLoss, cld_loss
 from crosslevel.methods import ContrastiveModule, MemoryBank
 
 BANK_ROWS, DIM, LOCAL_BATCH, STEPS = 40, 8, 5, 3
@@ -100,6 +102,82 @@ def test_gradients_and_bank_under_ddp_equal_single_process() -> None:
     assert_ranks_match(run_on_ranks(step_worker), reference, atol=1e-6, rtol=1e-5)
 
 
+GROUP_ROWS, GROUP_DIM, GLOBAL_K = 6, 5, 8  # per rank; k = 8 > the 6 rows of a device, < the 12 of both
+
+
+def global_group_views(world_size: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(5)
+    a = torch.nn.functional.normalize(torch.randn(GROUP_ROWS * world_size, GROUP_DIM, generator=generator, dtype=dtype), dim=1)
+    b = torch.nn.functional.normalize(a + 0.3 * torch.randn(a.shape, generator=generator, dtype=dtype), dim=1)
+    return a, b
+
+
+def global_cld_worker(rank: int, world_size: int, grouping: str) -> dict[str, torch.Tensor]:
+    """This rank's CLD term under ``kmeans_scope=global`` and its gradient w.r.t. its own features."""
+    share = slice(rank * GROUP_ROWS, (rank + 1) * GROUP_ROWS)
+    views = [v[share].clone().requires_grad_(True) for v in global_group_views(world_size)]
+    loss = CrossLevelLoss(GLOBAL_K, grouping=grouping, scope="global", eigenvectors=4)(*views)
+    loss.backward()
+    return {"loss": loss.detach(), "grad_a": views[0].grad, "grad_b": views[1].grad}
+
+
+@pytest.mark.parametrize("grouping", ["kmeans", "ncuts"])
+def test_global_scope_cld_equals_one_process_on_the_concatenated_batch(grouping: str) -> None:
+    """Each rank: the global batch's groups, the cross-entropy of its own rows; the mean over ranks is
+    one process's loss on the concatenated batch, and each rank's feature gradient is W times that
+    loss's gradient on its rows (W·∂(mean)/∂x_r = Σ_s ∂L_s/∂x_r, which DDP then averages)."""
+    world = 2
+    views = [v.clone().requires_grad_(True) for v in global_group_views(world)]
+    whole = cld_loss(*views, GLOBAL_K, grouping=grouping, eigenvectors=4)
+    whole.backward()
+    (labels_a, centroids_a), (labels_b, centroids_b) = (group_batch(v.detach(), GLOBAL_K, 5, grouping, 4) for v in views)
+    results = run_on_ranks(global_cld_worker, grouping, world_size=world)
+    for rank, result in enumerate(results):
+        share = slice(rank * GROUP_ROWS, (rank + 1) * GROUP_ROWS)
+        a, b = (v.detach()[share] for v in views)
+        ce = torch.nn.functional.cross_entropy
+        own = 0.5 * (ce(a @ centroids_b.t() / 0.2, labels_b[share]) + ce(b @ centroids_a.t() / 0.2, labels_a[share]))
+        torch.testing.assert_close(result["loss"], own, atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(result["grad_a"] / world, views[0].grad[share], atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(result["grad_b"] / world, views[1].grad[share], atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(torch.stack([r["loss"] for r in results]).mean(), whole.detach())
+    assert len(labels_a.unique()) > GROUP_ROWS  # more groups than one device's rows: real global groups
+
+
+LINEAR_IN = 7
+
+
+def linear_inputs(world_size: int) -> torch.Tensor:
+    """Two views' inputs, side by side: global batch × 2·LINEAR_IN."""
+    return torch.randn(GROUP_ROWS * world_size, 2 * LINEAR_IN, generator=torch.Generator().manual_seed(6))
+
+
+def linear_cld(layer: torch.nn.Module, inputs: torch.Tensor, grouping: str) -> torch.Tensor:
+    """The global-scope CLD term of a linear group head on both views (one forward for both)."""
+    rows = len(inputs)
+    group = torch.nn.functional.normalize(layer(torch.cat([inputs[:, :LINEAR_IN], inputs[:, LINEAR_IN:]])), dim=1)
+    return CrossLevelLoss(GLOBAL_K, grouping=grouping, scope="global", eigenvectors=4)(group[:rows], group[rows:])
+
+
+def linear_ddp_worker(rank: int, world_size: int, grouping: str) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(LINEAR_IN, GROUP_DIM)
+    model = DistributedDataParallel(layer)
+    linear_cld(model, linear_inputs(world_size)[rank * GROUP_ROWS : (rank + 1) * GROUP_ROWS], grouping).backward()
+    return {name: p.grad for name, p in layer.named_parameters()}
+
+
+@pytest.mark.parametrize("grouping", ["kmeans", "ncuts"])
+def test_global_scope_weight_gradients_under_ddp_equal_one_process(grouping: str) -> None:
+    """End to end: a linear group head wrapped in DDP (gradients averaged over ranks) gets the
+    gradients one process computes for the concatenated batch."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(LINEAR_IN, GROUP_DIM)
+    linear_cld(layer, linear_inputs(world_size=2), grouping).backward()
+    reference = {name: p.grad for name, p in layer.named_parameters()}
+    assert_ranks_match(run_on_ranks(linear_ddp_worker, grouping), reference, atol=1e-6, rtol=1e-5)
+
+
 def test_sampler_deals_disjoint_equal_shares_in_a_seeded_order(monkeypatch: pytest.MonkeyPatch) -> None:
     sampler = ResumableSampler(count=11, seed=3)
     monkeypatch.setattr(sampling, "world_size", lambda: 2)
@@ -129,16 +207,20 @@ def test_sampler_fast_forward_continues_the_epoch_and_resets_at_the_next() -> No
     assert len(list(sampler)) == 12
 
 
-@pytest.mark.parametrize("preset", ["digits-cld", "digits-npid"])
-def test_training_with_lightning_ddp_on_two_cpu_processes(tmp_path: Path, preset: str) -> None:
-    """The whole path: Lightning DDP (forked ranks), sharded sampler, gathered bank, kNN on rank 0."""
+@pytest.mark.parametrize(
+    "preset,groups",
+    [("digits-cld", ["num_groups=4"]), ("digits-npid", ["num_groups=4"]), ("digits-cld", ["num_groups=20", "kmeans_scope=global"])],
+)
+def test_training_with_lightning_ddp_on_two_cpu_processes(tmp_path: Path, preset: str, groups: list[str]) -> None:
+    """The whole path: Lightning DDP (forked ranks), sharded sampler, gathered bank, kNN on rank 0;
+    with kmeans_scope=global, k = 20 groups over the 2 × 16 images of a step."""
     from crosslevel.training import train
 
     cfg = apply_overrides(
         load_preset(preset),
         [
             "accelerator=cpu", "devices=2", "strategy=ddp_fork", "epochs=1", "limit_train_batches=2",
-            "width=8", "feature_dim=16", "batch_size=16", "num_groups=4", "workers=0", "progress=false",
+            "width=8", "feature_dim=16", "batch_size=16", *groups, "workers=0", "progress=false",
             "knn_k=10", f"out={tmp_path}", "name=ddp",
         ],
     )  # fmt: skip

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from crosslevel.cluster import batch_kmeans
-from crosslevel.losses import bank_softmax_loss, cld_loss
+from crosslevel.cluster import group_batch
+from crosslevel.losses import CrossLevelLoss, bank_softmax_loss, cld_loss
 from crosslevel.methods import MemoryBank
 
 
@@ -19,9 +19,11 @@ def naive_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return total / len(targets)
 
 
-def naive_cld(group_a: torch.Tensor, group_b: torch.Tensor, k: int, temperature: float, iters: int) -> torch.Tensor:
-    labels_a, centroids_a = batch_kmeans(group_a, k, iters)
-    labels_b, centroids_b = batch_kmeans(group_b, k, iters)
+def naive_cld(
+    group_a: torch.Tensor, group_b: torch.Tensor, k: int, temperature: float, iters: int, grouping: str = "kmeans"
+) -> torch.Tensor:
+    labels_a, centroids_a = group_batch(group_a, k, iters, grouping)
+    labels_b, centroids_b = group_batch(group_b, k, iters, grouping)
     logits_ab = torch.stack([torch.stack([group_a[i] @ centroids_b[j] for j in range(k)]) for i in range(len(group_a))])
     logits_ba = torch.stack([torch.stack([group_b[i] @ centroids_a[j] for j in range(k)]) for i in range(len(group_b))])
     return 0.5 * (
@@ -29,15 +31,22 @@ def naive_cld(group_a: torch.Tensor, group_b: torch.Tensor, k: int, temperature:
     )
 
 
+def two_views(batch: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit group features of two correlated views (float64)."""
+    generator = torch.Generator().manual_seed(seed)
+    a = torch.nn.functional.normalize(torch.randn(batch, dim, dtype=torch.float64, generator=generator), dim=1)
+    b = torch.nn.functional.normalize(a + 0.3 * torch.randn(batch, dim, dtype=torch.float64, generator=generator), dim=1)
+    return a, b
+
+
+@pytest.mark.parametrize("grouping", ["kmeans", "ncuts"])
 @pytest.mark.parametrize("batch,dim,k", [(10, 4, 3), (16, 8, 5)])
-def test_cld_loss_matches_naive_values_and_gradients(batch: int, dim: int, k: int) -> None:
-    torch.manual_seed(batch + k)
-    a = torch.nn.functional.normalize(torch.randn(batch, dim, dtype=torch.float64), dim=1)
-    b = torch.nn.functional.normalize(a + 0.3 * torch.randn(batch, dim, dtype=torch.float64), dim=1)
+def test_cld_loss_matches_naive_values_and_gradients(batch: int, dim: int, k: int, grouping: str) -> None:
+    a, b = two_views(batch, dim, seed=batch + k)
     fast_a, fast_b = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
     ref_a, ref_b = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
-    loss = cld_loss(fast_a, fast_b, k, temperature=0.2, iters=5)
-    ref = naive_cld(ref_a, ref_b, k, 0.2, 5)
+    loss = cld_loss(fast_a, fast_b, k, temperature=0.2, iters=5, grouping=grouping)
+    ref = naive_cld(ref_a, ref_b, k, 0.2, 5, grouping)
     torch.testing.assert_close(loss, ref)
     loss.backward()
     ref.backward()
@@ -56,6 +65,42 @@ def test_cld_loss_analytic_two_groups() -> None:
 def test_cld_loss_rejects_mismatched_views() -> None:
     with pytest.raises(ValueError, match="shape"):
         cld_loss(torch.randn(4, 3), torch.randn(5, 3), 2)
+
+
+@pytest.mark.parametrize("grouping,scope", [("kmeans", "local"), ("ncuts", "local"), ("kmeans", "global")])
+def test_cross_level_loss_module_equals_cld_loss(grouping: str, scope: str) -> None:
+    """The module (``global`` on one process is ``local``) gives cld_loss's value and gradients."""
+    a, b = two_views(24, 6, seed=3)
+    module_views = [v.clone().requires_grad_(True) for v in (a, b)]
+    function_views = [v.clone().requires_grad_(True) for v in (a, b)]
+    got = CrossLevelLoss(5, temperature=0.3, iters=4, grouping=grouping, scope=scope, eigenvectors=6)(*module_views)
+    want = cld_loss(*function_views, 5, temperature=0.3, iters=4, grouping=grouping, eigenvectors=6)
+    torch.testing.assert_close(got, want)
+    got.backward()
+    want.backward()
+    for module_view, function_view in zip(module_views, function_views):
+        torch.testing.assert_close(module_view.grad, function_view.grad)
+
+
+def test_cld_loss_over_row_shares_averages_to_the_whole_batch_loss() -> None:
+    """``local_rows``: the groups of the whole batch, the cross-entropy of one share of its rows;
+    equal shares average to the loss of the whole batch (what each rank computes under
+    ``kmeans_scope=global``, and what DDP averages)."""
+    a, b = two_views(18, 5, seed=4)
+    shares = [cld_loss(a, b, 4, local_rows=(start, start + 6)) for start in (0, 6, 12)]
+    torch.testing.assert_close(torch.stack(shares).mean(), cld_loss(a, b, 4))
+    labels_b, centroids_b = group_batch(b, 4, 5)
+    labels_a, centroids_a = group_batch(a, 4, 5)
+    ce = torch.nn.functional.cross_entropy
+    want = 0.5 * (ce(a[6:12] @ centroids_b.t() / 0.2, labels_b[6:12]) + ce(b[6:12] @ centroids_a.t() / 0.2, labels_a[6:12]))
+    torch.testing.assert_close(shares[1], want)
+
+
+def test_cross_level_loss_rejects_unknown_grouping_or_scope() -> None:
+    with pytest.raises(ValueError, match="grouping"):
+        CrossLevelLoss(4, grouping="spectral")
+    with pytest.raises(ValueError, match="scope"):
+        CrossLevelLoss(4, scope="node")
 
 
 def test_bank_softmax_loss_hand_computed() -> None:

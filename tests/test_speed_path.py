@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import write_cifar10
 
+from crosslevel import losses as losses_file
 from crosslevel import training
 from crosslevel.data.datamodule import ContrastiveDataModule, load_data
 from crosslevel.cli import main
@@ -66,7 +67,7 @@ def test_losses_run_in_float32_under_bf16_autocast(tmp_path: Path, monkeypatch: 
 
         return wrapped
 
-    monkeypatch.setattr(module_file, "cld_loss", recording("cld", module_file.cld_loss))
+    monkeypatch.setattr(losses_file, "cld_loss", recording("cld", losses_file.cld_loss))
     monkeypatch.setattr(npid_file, "bank_softmax_loss", recording("bank", npid_file.bank_softmax_loss))
     forward = module_file.ContrastiveModule.forward
     backbone_dtypes: list[torch.dtype] = []
@@ -105,14 +106,14 @@ def test_knn_scores_do_not_depend_on_chunking(chunk_size: int | None) -> None:
 
 
 def test_compiled_cld_term_equals_the_eager_one() -> None:
-    """``compile=true`` also compiles k-means + CLD loss: same value and gradients as eager."""
+    """``compile=true`` also compiles the grouping + CLD loss: same value and gradients as eager."""
     module = training.ContrastiveModule(dataclasses.replace(load_preset("digits-cld"), compile=True, num_groups=4), 10, 1)
     generator = torch.Generator().manual_seed(0)
     groups = [torch.nn.functional.normalize(torch.randn(16, 8, generator=generator), dim=1) for _ in range(2)]
     eager = [g.clone().requires_grad_() for g in groups]
     compiled = [g.clone().requires_grad_() for g in groups]
     want = cld_loss(*eager, 4, 0.2, 5)
-    got = module._cld_loss(*compiled, 4, 0.2, 5)
+    got = module.cld(*compiled)
     want.backward()
     got.backward()
     torch.testing.assert_close(got, want)

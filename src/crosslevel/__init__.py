@@ -1,7 +1,8 @@
 """crosslevel: unsupervised representation learning with Cross-Level Discrimination.
 
 Public API (see README): :func:`crosslevel.load_backbone`, :func:`crosslevel.cluster.batch_kmeans`,
-:func:`crosslevel.losses.cld_loss`, :func:`crosslevel.evaluation.knn_scores`.
+:func:`crosslevel.cluster.batch_ncuts`, :func:`crosslevel.losses.cld_loss`,
+:class:`crosslevel.losses.CrossLevelLoss`, :func:`crosslevel.evaluation.knn_scores`.
 """
 
 from __future__ import annotations

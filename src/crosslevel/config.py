@@ -85,9 +85,12 @@ class Config:
     # --- cross-level term ---
     cld_weight: float = key(1.0, "λ, the weight of the CLD term (0: the instance method alone)", min=0)
     cld_temperature: float = key(0.2, "T_G of the CLD term", gt=0)
-    num_groups: int = key(128, "k of the batch k-means (< the per-device batch)", min=1)
-    groups_above_batch: Literal["error", "cap"] = key("error", "k >= per-device batch: error, or cap (the reference's ImageNet arithmetic)")
+    num_groups: int = key(128, "k of the batch grouping (< the batch it groups: per device, or global with kmeans_scope=global)", min=1)
+    groups_above_batch: Literal["error", "cap"] = key("error", "k >= the grouped batch: error, or cap (the reference's ImageNet arithmetic)")
     kmeans_iters: int = key(5, "k-means iterations", min=1)
+    kmeans_scope: Literal["local", "global"] = key("local", "group each device's batch (local, the reference) or the gathered global batch")
+    grouping: Literal["kmeans", "ncuts"] = key("kmeans", "CLD's grouping: batch k-means, or k-way normalised cuts (spectral)")
+    ncuts_eigenvectors: int = key(10, "grouping=ncuts: eigenvectors of the spectral embedding (the reference's k_eigen)", min=1)
     # --- optimisation ---
     epochs: int = key(200, "training epochs", min=1)
     batch_size: int = key(256, "images per device and step", min=1)
@@ -250,13 +253,6 @@ def validate(cfg: Config) -> Config:
             raise CrossLevelError(f"config key '{key}' must be one of {', '.join(allowed)}; got '{getattr(cfg, key)}'")
     for key, spec in FIELDS.items():
         _check_bounds(key, getattr(cfg, key), spec.metadata)
-    if cfg.cld_weight > 0 and cfg.num_groups >= cfg.batch_size and cfg.groups_above_batch == "error":
-        raise CrossLevelError(
-            f"num_groups (k={cfg.num_groups}) must be smaller than the per-device batch "
-            f"(batch_size={cfg.batch_size}): with k >= batch every image is its own group and CLD "
-            "degenerates to in-batch instance discrimination (groups_above_batch=cap allows it on purpose, "
-            "as the reference's ImageNet run did)"
-        )
     if cfg.npid_views == 1 and (cfg.instance != "npid" or cfg.cld_weight > 0):
         raise CrossLevelError(
             "npid_views=1 is the original one-view NPID: it needs instance=npid and cld_weight=0 "
@@ -287,7 +283,39 @@ def validate(cfg: Config) -> Config:
         raise CrossLevelError(
             f"devices must be a count (1, 4), -1 or auto (all), or device indices like 0,1; got '{cfg.devices}'"
         )
+    check_groups(cfg, known_world_size(cfg))
     return cfg
+
+
+def known_world_size(cfg: Config) -> int | None:
+    """Processes the run will have (devices × num_nodes), or None when ``devices`` is auto / -1."""
+    if cfg.devices in ("auto", "-1"):
+        return None
+    count = len([d for d in cfg.devices.split(",") if d]) if "," in cfg.devices else int(cfg.devices)
+    return count * cfg.num_nodes
+
+
+def check_groups(cfg: Config, world_size: int | None) -> None:
+    """Raise unless k (``num_groups``) is below the batch it groups: the per-device batch
+    (``kmeans_scope=local``) or the global one, ``batch_size × world_size`` (``global``; not checked
+    while ``world_size`` is None, unknown). ``groups_above_batch=cap`` allows k >= that batch."""
+    if cfg.cld_weight == 0 or cfg.groups_above_batch == "cap":
+        return
+    degenerate = (
+        "with k >= batch every image is its own group and CLD degenerates to in-batch instance "
+        "discrimination (groups_above_batch=cap allows it on purpose, as the reference's ImageNet run did)"
+    )
+    if cfg.kmeans_scope == "local" and cfg.num_groups >= cfg.batch_size:
+        raise CrossLevelError(
+            f"num_groups (k={cfg.num_groups}) must be smaller than the per-device batch "
+            f"(batch_size={cfg.batch_size}): {degenerate}; kmeans_scope=global groups the global batch instead"
+        )
+    if cfg.kmeans_scope == "global" and world_size is not None and cfg.num_groups >= cfg.batch_size * world_size:
+        raise CrossLevelError(
+            f"num_groups (k={cfg.num_groups}) must be smaller than the global batch "
+            f"(batch_size={cfg.batch_size} × {world_size} device{'s' if world_size > 1 else ''} = {cfg.batch_size * world_size}) "
+            f"with kmeans_scope=global: {degenerate}"
+        )
 
 
 BOUNDS = {"min": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b), "max": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}

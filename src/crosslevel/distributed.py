@@ -28,6 +28,34 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """:func:`gather` whose backward hands each rank its own rows of the gradient summed over ranks."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.rows = len(tensor)
+        return gather(tensor)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()  # all_reduce works in place
+        dist.all_reduce(grad)
+        return grad[rank() * ctx.rows : (rank() + 1) * ctx.rows]
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """:func:`gather` that keeps the autograd graph: ``[x_0; …; x_{W-1}]`` in rank order.
+
+    Backward: the gradient w.r.t. the gathered tensor is summed over ranks (all-reduce) and each rank
+    keeps its own rows, i.e. rank r receives ``Σ_s ∂L_s/∂x_r``. With DDP's averaging of parameter
+    gradients over the W ranks this equals the gradient of ``(1/W) Σ_s L_s``: the single-process
+    gradient when each L_s is the mean over rank s's rows of a loss on the concatenated batch.
+    """
+    if world_size() == 1:
+        return tensor
+    return _GatherWithGrad.apply(tensor)
+
+
 def any_rank(flag: torch.Tensor) -> bool:
     """True when the boolean scalar ``flag`` is true on at least one rank (one host sync)."""
     if world_size() > 1:
@@ -35,29 +63,3 @@ def any_rank(flag: torch.Tensor) -> bool:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag)
 
-
-class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward sums every rank's gradient and returns this rank's slice."""
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, tensor: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(tensor) for _ in range(world_size())]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        return grad.chunk(world_size())[rank()]
-
-
-def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``tensor`` from all ranks, in rank order, with gradients flowing back to this
-    rank's part.
-
-    Every rank then computes the same loss L of the global batch; backward sums the ranks' gradients
-    of this rank's rows (W·∂L/∂x_r), and DDP's averaging over W ranks leaves exactly ∂L/∂θ of a
-    single process on the concatenated batch.
-    """
-    return tensor if world_size() == 1 else _GatherWithGrad.apply(tensor)

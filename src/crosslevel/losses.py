@@ -1,12 +1,15 @@
 """Losses as pure functions: NPID memory-bank softmax and NCE, MoCo InfoNCE, SimCLR NT-Xent, BYOL's
-regression and the cross-level (CLD) loss."""
+regression and the cross-level (CLD) loss; :class:`CrossLevelLoss`, the CLD term as a module for any
+training loop."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .cluster import batch_kmeans
+from .cluster import group_batch
+from .distributed import gather_with_grad, rank, world_size
 
 
 def bank_softmax_loss(
@@ -138,28 +141,100 @@ def cld_loss(
     num_groups: int,
     temperature: float = 0.2,
     iters: int = 5,
+    grouping: str = "kmeans",
+    eigenvectors: int = 10,
+    local_rows: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """The symmetric cross-level discrimination loss of the paper (eq. 3, second line).
 
     ``L = ½ [CE(f_G(x_a)·M_bᵀ / T, Γ_b) + CE(f_G(x_b)·M_aᵀ / T, Γ_a)]`` where
-    ``(Γ_v, M_v) = batch_kmeans(f_G(x_v), num_groups, iters)``.
+    ``(Γ_v, M_v) = group_batch(f_G(x_v), num_groups, iters, grouping, eigenvectors)``.
 
     Args:
         group_a: B×D L2-normalised group features of view a.
         group_b: B×D L2-normalised group features of view b (same images, same order).
-        num_groups: k, the number of local clusters per view (< B to be meaningful; k ≥ B: every
-            image is its own group, a cross-view instance loss, as in the reference's ImageNet run).
+        num_groups: k, the number of groups per view (< B to be meaningful; k ≥ B: every image is
+            its own group, a cross-view instance loss, as in the reference's ImageNet run).
         temperature: T_G.
-        iters: k-means iterations.
+        iters: k-means iterations (for ``ncuts``: in the spectral embedding).
+        grouping: ``kmeans`` (batch k-means) or ``ncuts`` (k-way normalised cuts).
+        eigenvectors: ``ncuts`` only: columns of the spectral embedding.
+        local_rows: ``(start, stop)``: the batch is the global one (every device's rows) and the
+            cross-entropy averages over these rows only, this device's (``kmeans_scope=global``).
 
     Returns:
         A scalar tensor; gradients flow into both views' features and their centroids.
     """
+    _check_same_shape(group_a, group_b)
+    labels_a, centroids_a = group_batch(group_a, num_groups, iters, grouping, eigenvectors)
+    labels_b, centroids_b = group_batch(group_b, num_groups, iters, grouping, eigenvectors)
+    rows = slice(*local_rows) if local_rows is not None else slice(None)
+    return 0.5 * (
+        cross_level_term(group_a[rows], centroids_b, labels_b[rows], temperature)
+        + cross_level_term(group_b[rows], centroids_a, labels_a[rows], temperature)
+    )
+
+
+def _check_same_shape(group_a: torch.Tensor, group_b: torch.Tensor) -> None:
     if group_a.shape != group_b.shape:
         raise ValueError(f"the two views' group features differ in shape: {tuple(group_a.shape)} vs {tuple(group_b.shape)}")
-    labels_a, centroids_a = batch_kmeans(group_a, num_groups, iters)
-    labels_b, centroids_b = batch_kmeans(group_b, num_groups, iters)
-    return 0.5 * (
-        cross_level_term(group_a, centroids_b, labels_b, temperature)
-        + cross_level_term(group_b, centroids_a, labels_a, temperature)
-    )
+
+
+class CrossLevelLoss(nn.Module):
+    """CLD as a module: ``forward(group_a, group_b)`` (two B×D L2-normalised group features of two
+    views of the same images, same order) → scalar, equal to :func:`cld_loss`.
+
+    ``scope="local"`` groups each device's batch alone, as the reference. ``scope="global"`` gathers
+    every device's group features (gradients flow back to each device's own rows), groups the global
+    batch identically on every rank (initial centroids: its first k rows, rank 0's first) and averages
+    the cross-entropy over this device's rows; with DDP's gradient averaging this equals one process
+    on the concatenated batch, and ``num_groups`` may exceed B (it must stay below the global batch).
+    No parameters; ``compile=True`` compiles the grouping + loss (the gather stays eager).
+
+    Usage, beside any instance loss (``head`` maps backbone features to the group space)::
+
+        cld = CrossLevelLoss(num_groups=128, temperature=0.2)
+        group_a, group_b = (F.normalize(head(backbone(v)), dim=1) for v in (view_a, view_b))
+        loss = instance_loss + cld_weight * cld(group_a, group_b)
+
+    Args:
+        num_groups: k, groups per view (per batch grouped: local or global).
+        temperature: T_G.
+        iters: k-means iterations.
+        grouping: ``kmeans`` or ``ncuts`` (k-way normalised cuts).
+        scope: ``local`` or ``global`` (see above).
+        eigenvectors: ``ncuts``: columns of the spectral embedding (the reference's ``k_eigen``).
+        compile: ``torch.compile`` the grouping and the loss.
+    """
+
+    def __init__(
+        self,
+        num_groups: int,
+        temperature: float = 0.2,
+        iters: int = 5,
+        grouping: str = "kmeans",
+        scope: str = "local",
+        eigenvectors: int = 10,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if grouping not in ("kmeans", "ncuts") or scope not in ("local", "global"):
+            raise ValueError(f"grouping must be kmeans or ncuts and scope local or global; got {grouping!r}, {scope!r}")
+        self.num_groups, self.temperature, self.iters = num_groups, temperature, iters
+        self.grouping, self.scope, self.eigenvectors = grouping, scope, eigenvectors
+        self._loss = torch.compile(cld_loss) if compile else cld_loss
+
+    def forward(self, group_a: torch.Tensor, group_b: torch.Tensor) -> torch.Tensor:
+        local_rows = None
+        if self.scope == "global" and world_size() > 1:
+            _check_same_shape(group_a, group_b)
+            batch, dim = group_a.shape
+            both = gather_with_grad(torch.cat([group_a, group_b], dim=1))  # one all-gather: W·B × 2D
+            group_a, group_b = both[:, :dim], both[:, dim:]
+            local_rows = (rank() * batch, (rank() + 1) * batch)
+        return self._loss(
+            group_a, group_b, self.num_groups, self.temperature, self.iters, self.grouping, self.eigenvectors, local_rows
+        )
+
+    def extra_repr(self) -> str:
+        return f"num_groups={self.num_groups}, temperature={self.temperature}, iters={self.iters}, grouping={self.grouping}, scope={self.scope}"

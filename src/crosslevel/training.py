@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 from .checkpointing import AtomicCheckpointIO, LastCheckpoint, ResumeState, read_checkpoint
-from .config import Config, save_config, with_absolute_paths
+from .config import Config, check_groups, save_config, with_absolute_paths
 from .data.datamodule import ContrastiveDataModule, Data, load_data
 from .errors import CrossLevelError
 from .evaluation import extract_features, knn_accuracy
@@ -199,6 +199,7 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
     )
     if cfg.sync_bn and isinstance(trainer.accelerator, CPUAccelerator):
         raise CrossLevelError("sync_bn=true needs GPUs: PyTorch's SyncBatchNorm does not run on the CPU")
+    check_groups(cfg, trainer.world_size)
     if len(data.train) // trainer.world_size < cfg.batch_size:
         raise CrossLevelError(
             f"{len(data.train)} training images over {trainer.world_size} devices is less than one batch "

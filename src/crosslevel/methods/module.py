@@ -13,7 +13,7 @@ import torch
 from ..config import Config, peak_lr
 from ..distributed import any_rank
 from ..errors import CrossLevelError
-from ..losses import cld_loss
+from ..losses import CrossLevelLoss
 from ..models import TwoHeads, build_backbone
 from .branch import InstanceBranch
 from .byol import BYOLBranch
@@ -94,7 +94,9 @@ class ContrastiveModule(pl.LightningModule):
             self.heads.compile()
             self.branch.compile_encoders()
         # k-means + CLD are ~80 small kernels per step: compiled, they fuse into a few (launch-bound on GPUs)
-        self._cld_loss = torch.compile(cld_loss) if cfg.compile else cld_loss
+        self.cld = CrossLevelLoss(
+            cfg.num_groups, cfg.cld_temperature, cfg.kmeans_iters, cfg.grouping, cfg.kmeans_scope, cfg.ncuts_eigenvectors, cfg.compile
+        )
         self._skip_step = False
         self._total_steps = 1  # set when training starts: the branch reads progress = step / total
         self.skipped_steps = 0
@@ -134,7 +136,7 @@ class ContrastiveModule(pl.LightningModule):
         Args:
             instance_views: V tensors B×D, f_I of each query view.
             group_views: V tensors B×D, f_G of each query view; CLD uses the first two
-                (k-means on this device's batch only).
+                (grouped on this device's batch, or the gathered global one: ``kmeans_scope``).
             indices: B data-set indices of the images (the NPID bank rows).
             targets: what the branch compares the queries with (MoCo: B×D keys; BYOL: 2×B×D target
                 projections), from ``branch.targets``; None for NPID and SimCLR.
@@ -150,7 +152,7 @@ class ContrastiveModule(pl.LightningModule):
                 logs["loss_jigsaw"] = loss_jigsaw
             if self.cfg.cld_weight > 0:
                 group_a, group_b = (group.float() for group in group_views[:2])
-                loss_cld = self._cld_loss(group_a, group_b, self.cfg.num_groups, self.cfg.cld_temperature, self.cfg.kmeans_iters)
+                loss_cld = self.cld(group_a, group_b)
                 loss = loss + self.cfg.cld_weight * loss_cld
                 logs["loss_cld"] = loss_cld
         return loss, logs
