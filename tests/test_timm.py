@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from conftest import write_cifar10
 from crosslevel import load_backbone
+from crosslevel.checkpointing import check_compatible
 from crosslevel.cli import main
 from crosslevel.config import apply_overrides, load_preset, peak_lr
 from crosslevel.data.datamodule import load_data
@@ -157,6 +159,16 @@ def test_adamw_follows_the_warmup_cosine_schedule_at_the_scaled_lr() -> None:
         optimizer.step()  # no gradients: changes nothing
         schedule.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(MIN_LR) and not math.isclose(peak, MIN_LR)
+
+
+def test_checkpoints_from_before_the_optimizer_and_backbone_args_keys_still_fit() -> None:
+    cfg = apply_overrides(load_preset("digits-cld"), [])
+    module = ContrastiveModule(cfg, 100, 1)
+    old_cfg = {key: value for key, value in dataclasses.asdict(cfg).items() if key not in ("optimizer", "backbone_args")}
+    old = {"state_dict": module.state_dict(), "hyper_parameters": {"cfg": old_cfg, "num_train": 100, "in_channels": 1}}
+    check_compatible(old, Path("old.ckpt"), cfg, 100, 1)  # the defaults stand in for the missing keys
+    with pytest.raises(CrossLevelError, match=r"optimizer='sgd' \(this run: 'adamw'\)"):
+        check_compatible(old, Path("old.ckpt"), apply_overrides(cfg, ["optimizer=adamw"]), 100, 1)
 
 
 def test_the_vit_preset_is_adamw_with_warmup(timm: object) -> None:

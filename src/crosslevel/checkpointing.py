@@ -20,13 +20,14 @@ from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .config import Config
+from .config import FIELDS, Config
 from .data.sampling import ResumableSampler
 from .errors import CrossLevelError, TrainingInterrupted
 
 RESUME_KEY = "crosslevel_resume"
 # Config keys that decide the shapes of the saved tensors: a checkpoint only fits a model built with the same values.
-MODEL_KEYS = ("backbone", "width", "feature_dim", "normlinear", "mlp", "instance")
+# What a checkpoint's weights and optimiser state fit (the optimiser: SGD's one parameter group, AdamW's two).
+MODEL_KEYS = ("backbone", "backbone_args", "width", "feature_dim", "normlinear", "mlp", "instance", "optimizer")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -177,13 +178,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 def check_compatible(checkpoint: dict[str, Any], path: Path, cfg: Config, num_train: int, in_channels: int) -> None:
     """Raise a :class:`CrossLevelError` naming every difference between the model the checkpoint
-    holds and the one ``cfg`` builds (method, backbone, widths, bank size, input channels)."""
+    holds and the one ``cfg`` builds (method, backbone, widths, optimiser, bank size, input channels)."""
     saved = checkpoint.get("hyper_parameters", {})
     if "cfg" not in saved or "state_dict" not in checkpoint:
         raise CrossLevelError(f"{path} is not a crosslevel training checkpoint (no saved config)")
     keys = MODEL_KEYS + (("queue_size",) if cfg.instance == "moco" else ())  # the queue is a checkpointed buffer
     ours = {key: getattr(cfg, key) for key in keys}
-    theirs = {key: saved["cfg"].get(key) for key in keys}
+    theirs = {key: saved["cfg"].get(key, FIELDS[key].default) for key in keys}  # keys newer than the checkpoint: their defaults
     ours.update(num_train=num_train, in_channels=in_channels)
     theirs.update(num_train=saved.get("num_train"), in_channels=saved.get("in_channels"))
     differences = [f"{key}={theirs[key]!r} (this run: {ours[key]!r})" for key in ours if theirs[key] != ours[key]]
