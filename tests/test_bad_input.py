@@ -222,9 +222,10 @@ def trained_run(finished_run: Path, tmp_path: Path) -> Path:
 def test_resume_with_another_model_and_existing_run_directory(finished_run: Path, tmp_path: Path, capsys) -> None:
     run = trained_run(finished_run, tmp_path)
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
-    code = main(["train", f"resume={run}", "backbone=resnet18_cifar", "width=16"])
+    code = main(["train", f"resume={run}", "backbone=resnet18_cifar", "width=16", "optimizer=adamw"])
     err = capsys.readouterr().err
     assert code == 2 and re.search(r"from another model: backbone='smallcnn' \(this run: 'resnet18_cifar'\), width=8", err)
+    assert "optimizer='sgd' (this run: 'adamw')" in err  # its optimiser state is SGD's
     assert main([*TRAIN_ONE_STEP, f"out={tmp_path / 'runs'}", "name=run"]) == 2
     assert f"run directory {run} already exists" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # nothing written over

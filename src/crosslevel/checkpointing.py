@@ -26,7 +26,8 @@ from .errors import CrossLevelError, TrainingInterrupted
 
 RESUME_KEY = "crosslevel_resume"
 # Config keys that decide the shapes of the saved tensors: a checkpoint only fits a model built with the same values.
-MODEL_KEYS = ("backbone", "width", "feature_dim", "normlinear", "mlp", "instance")
+# What a checkpoint's weights and optimiser state fit (the optimiser: SGD's one parameter group, AdamW's two).
+MODEL_KEYS = ("backbone", "backbone_args", "width", "feature_dim", "normlinear", "mlp", "instance", "optimizer")
 # keys that shape a branch's checkpointed state: MoCo's queue buffer, BYOL's predictor, NPID's NCE normaliser
 BRANCH_STATE_KEYS = {"moco": ("queue_size",), "byol": ("predictor_hidden",), "npid": ("nce_negatives",)}
 
@@ -179,13 +180,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 def check_compatible(checkpoint: dict[str, Any], path: Path, cfg: Config, num_train: int, in_channels: int) -> None:
     """Raise a :class:`CrossLevelError` naming every difference between the model the checkpoint
-    holds and the one ``cfg`` builds (method, backbone, widths, bank size, input channels)."""
+    holds and the one ``cfg`` builds (method, backbone, widths, optimiser, bank size, input channels)."""
     saved = checkpoint.get("hyper_parameters", {})
     if "cfg" not in saved or "state_dict" not in checkpoint:
         raise CrossLevelError(f"{path} is not a crosslevel training checkpoint (no saved config)")
     keys = MODEL_KEYS + BRANCH_STATE_KEYS.get(cfg.instance, ())
     ours = {key: getattr(cfg, key) for key in keys}
-    theirs = {key: saved["cfg"].get(key, FIELDS[key].default) for key in keys}  # a key newer than the checkpoint: its default
+    theirs = {key: saved["cfg"].get(key, FIELDS[key].default) for key in keys}  # keys newer than the checkpoint: their defaults
     ours.update(num_train=num_train, in_channels=in_channels)
     theirs.update(num_train=saved.get("num_train"), in_channels=saved.get("in_channels"))
     differences = [f"{key}={theirs[key]!r} (this run: {ours[key]!r})" for key in ours if theirs[key] != ours[key]]

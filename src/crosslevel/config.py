@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import json
@@ -30,7 +31,9 @@ def key(default: Any, help: str, **bounds: float) -> Any:
 
 Dataset = Literal["digits", "cifar10", "cifar100", "stl10", "folder", "lists"]
 Recipe = Literal["auto", "cifar", "v2", "digits", "none"]
-Backbone = Literal["resnet18_cifar", "resnet18", "resnet50", "smallcnn"]
+Backbone = Literal["resnet18_cifar", "resnet18", "resnet50", "smallcnn"]  # and TIMM_PREFIX + any timm model
+TIMM_PREFIX = "timm:"
+Optimizer = Literal["sgd", "adamw"]
 Instance = Literal["npid", "moco", "simclr", "byol"]  # the instance branches of methods/module.py's BRANCHES
 Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
 Strategy = Literal["auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"]  # the bank/queue sync is DDP's
@@ -65,13 +68,14 @@ class Config:
     bad_images: Literal["error", "skip"] = key("error", "an unreadable image: error (stop) or skip (warn, count in summary.json)")
     augment_device: Literal["cpu", "device"] = key("cpu", "cpu: torchvision in loader workers; device: batched on the training device")
     # --- model ---
-    backbone: Backbone = key("resnet18_cifar", "the network before the heads")
-    width: int = key(64, "channels of the first stage (64: the standard ResNet)", min=1)
+    backbone: Backbone = key("resnet18_cifar", "the network before the heads; timm:<name> needs pip install 'crosslevel[timm]'")
+    backbone_args: str = key("", "timm:<name> only: constructor arguments, e.g. 'patch_size=4,drop_path_rate=0.1'")
+    width: int = key(64, "channels of the first stage (64: the standard ResNet; a timm model's size is its name)", min=1)
     feature_dim: int = key(128, "output size of both heads", min=1)
     normlinear: bool = key(False, "cosine-layer heads instead of Linear (columns start at unit norm, as the reference)")
     mlp: bool = key(False, "shared Linear(d, d)+ReLU trunk before the heads")
-    pool_window: int = key(0, "0: global average pool; N: the reference's avg_pool2d(N) (STL-10: 7)", min=0)
-    conv_init: Literal["torchvision", "pytorch"] = key("torchvision", "torchvision: kaiming-normal fan_out; pytorch: the layer default (reference CIFAR ResNet)")
+    pool_window: int = key(0, "0: global average pool; N: the reference's avg_pool2d(N) (STL-10: 7; not with timm)", min=0)
+    conv_init: Literal["torchvision", "pytorch"] = key("torchvision", "ResNets: torchvision: kaiming-normal fan_out; pytorch: the layer default (reference CIFAR ResNet)")
     # --- instance branch ---
     instance: Instance = key("npid", "instance branch: npid (memory bank), moco (momentum encoder + queue), simclr (in-batch NT-Xent), byol (predictor + EMA target, no negatives)")
     npid_views: int = key(2, "NPID: views per image (1: the original NPID; CLD needs 2)", min=1, max=2)
@@ -94,9 +98,10 @@ class Config:
     # --- optimisation ---
     epochs: int = key(200, "training epochs", min=1)
     batch_size: int = key(256, "images per device and step", min=1)
+    optimizer: Optimizer = key("sgd", "sgd (ResNets) or adamw (ViTs: base_lr ~1e-4, weight_decay 0.05-0.1, warm-up)")
     base_lr: float = key(0.03, "lr = base_lr · global batch / 128", gt=0)
-    weight_decay: float = key(7e-4, "SGD weight decay (every parameter)", min=0)
-    sgd_momentum: float = key(0.9, "SGD momentum", min=0, lt=1)
+    weight_decay: float = key(7e-4, "sgd: L2 on every parameter; adamw: decoupled, not on biases and norms", min=0)
+    sgd_momentum: float = key(0.9, "SGD momentum (adamw: unused, betas (0.9, 0.999))", min=0, lt=1)
     warmup_epochs: int = key(5, "linear warm-up, then cosine to 1e-6", min=0)
     warmup_start: float = key(0.0, "warm-up's first lr as a fraction of the peak (0: peak/warm-up steps; the reference: 0.01)", min=0, lt=1)
     schedule_interval: Literal["step", "epoch"] = key("step", "warm-up + cosine updated every step or every epoch")
@@ -160,6 +165,13 @@ HINTS = typing.get_type_hints(Config)
 CHOICES: dict[str, tuple[str, ...]] = {
     name: typing.get_args(hint) for name, hint in HINTS.items() if typing.get_origin(hint) is Literal
 }
+PREFIXED_CHOICES = {"backbone": TIMM_PREFIX}  # a value may also be this prefix + a name (checked in validate)
+
+
+def shown_choices(name: str) -> tuple[str, ...]:
+    """The choices of key ``name`` as ``--help-keys`` and errors list them (``timm:<name>`` for a prefix)."""
+    prefix = PREFIXED_CHOICES.get(name)
+    return CHOICES[name] + ((f"{prefix}<name>",) if prefix else ())
 
 
 def _field_type(name: str) -> type:
@@ -249,10 +261,12 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 def validate(cfg: Config) -> Config:
     """Check values and combinations that would fail later; return ``cfg`` unchanged."""
     for key, allowed in CHOICES.items():
-        if getattr(cfg, key) not in allowed:
-            raise CrossLevelError(f"config key '{key}' must be one of {', '.join(allowed)}; got '{getattr(cfg, key)}'")
+        value = getattr(cfg, key)
+        if value not in allowed and not (key in PREFIXED_CHOICES and value.startswith(PREFIXED_CHOICES[key])):
+            raise CrossLevelError(f"config key '{key}' must be one of {', '.join(shown_choices(key))}; got '{value}'")
     for key, spec in FIELDS.items():
         _check_bounds(key, getattr(cfg, key), spec.metadata)
+    _check_backbone(cfg)
     if cfg.npid_views == 1 and (cfg.instance != "npid" or cfg.cld_weight > 0):
         raise CrossLevelError(
             "npid_views=1 is the original one-view NPID: it needs instance=npid and cld_weight=0 "
@@ -318,6 +332,57 @@ def check_groups(cfg: Config, world_size: int | None) -> None:
         )
 
 
+TIMM_SET_ARGS = ("pretrained", "num_classes", "in_chans")  # what crosslevel passes to timm.create_model itself
+
+
+def _check_backbone(cfg: Config) -> None:
+    """A ``timm:<name>`` backbone: timm installed, the name known, ``backbone_args`` readable, and no
+    built-in-only architecture key (``width``, ``pool_window``) changed; else no ``backbone_args``."""
+    kwargs = backbone_kwargs(cfg.backbone_args)
+    if not cfg.backbone.startswith(TIMM_PREFIX):
+        if kwargs:
+            raise CrossLevelError(f"backbone_args is for timm backbones (backbone=timm:<name>); backbone={cfg.backbone} takes none")
+        return
+    from .models.timm_backbone import check_timm_name  # imports timm: only for timm backbones
+
+    check_timm_name(cfg.backbone.removeprefix(TIMM_PREFIX))
+    changed = [f"{key}={getattr(cfg, key)}" for key in ("width", "pool_window") if getattr(cfg, key) != FIELDS[key].default]
+    if changed:
+        raise CrossLevelError(
+            f"{', '.join(changed)} shapes the built-in backbones only; a timm model's size comes from its name and "
+            f"backbone_args, and it pools itself (backbone_args='global_pool=...'): set width=64, pool_window=0"
+        )
+    if reserved := [name for name in TIMM_SET_ARGS if name in kwargs]:
+        raise CrossLevelError(
+            f"backbone_args may not set {', '.join(reserved)}: crosslevel builds timm models untrained "
+            "(pretrained=False), without classifier (num_classes=0) and with the data's channels (in_chans)"
+        )
+
+
+def backbone_kwargs(text: str) -> dict[str, Any]:
+    """``backbone_args`` as keyword arguments: ``'patch_size=4,drop_path_rate=0.1,global_pool=avg'`` →
+    ``{'patch_size': 4, 'drop_path_rate': 0.1, 'global_pool': 'avg'}`` (numbers, true/false/none as
+    Python values, anything else a string)."""
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not name.isidentifier() or not value:
+            raise CrossLevelError(f"backbone_args must be comma-separated name=value pairs, e.g. 'patch_size=4,drop_path_rate=0.1'; got {item!r}")
+        kwargs[name] = _python_value(value)
+    return kwargs
+
+
+def _python_value(text: str) -> Any:
+    words = {"true": True, "false": False, "none": None}
+    if text.lower() in words:
+        return words[text.lower()]
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return value if isinstance(value, (int, float, str)) else text
+
+
 BOUNDS = {"min": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b), "max": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
 
 
@@ -360,7 +425,7 @@ def describe_keys(cfg: Config | None = None) -> str:
     lines = []
     for name, spec in FIELDS.items():
         kind = _field_type(name).__name__
-        choices = f" ({'|'.join(CHOICES[name])})" if name in CHOICES else ""
+        choices = f" ({'|'.join(shown_choices(name))})" if name in CHOICES else ""
         lines.append(f"  {name:<20} {kind:<5} {getattr(cfg, name)!r:<16} {spec.metadata['help']}{choices}")
     aliases = ", ".join(f"{old} = {new}" for old, new in ALIASES.items())
     return "\n".join(lines + [f"  also accepted: {aliases}"])
@@ -375,6 +440,7 @@ __all__ = [
     "Config",
     "DEFAULT_PRESET",
     "apply_overrides",
+    "backbone_kwargs",
     "coerce",
     "describe_keys",
     "load_config",

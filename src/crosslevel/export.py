@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from . import plots
+from .config import TIMM_PREFIX, backbone_kwargs
 from .data import eval_transform
 from .data.sources import decode_images, image_files
 from .errors import CrossLevelError
@@ -27,9 +28,12 @@ def export_backbone(run_dir: Path, out: Path, fmt: str = "crosslevel") -> tuple[
     """Save the backbone of a run at ``out``: for ``fmt`` ``crosslevel`` the file
     :func:`crosslevel.load_backbone` reads (and, for a standard torchvision ResNet, its plain ``state_dict`` without ``fc`` at
     ``<out stem>_torchvision.pth``); for ``detectron2`` a detectron2 weights ``.pkl``.
-    Return the backbone's description (name, width, in_channels, pool_window, feature_dim) and the files written."""
+    Return the backbone's description (name, width, in_channels, pool_window, for timm models image_size
+    and args, feature_dim) and the files written."""
     cfg, module, _ = open_run(run_dir)
     spec = {"name": cfg.backbone, "width": cfg.width, "in_channels": module.hparams["in_channels"], "pool_window": cfg.pool_window}
+    if cfg.backbone.startswith(TIMM_PREFIX):  # what timm.create_model needs besides the name
+        spec.update(image_size=module.hparams["image_size"], args=backbone_kwargs(cfg.backbone_args))
     weights = {key: value.detach().cpu().contiguous() for key, value in module.backbone.state_dict().items()}
     described = {**spec, "feature_dim": module.backbone.out_dim}
     out.parent.mkdir(parents=True, exist_ok=True)

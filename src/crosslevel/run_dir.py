@@ -216,6 +216,7 @@ def open_run(run_dir: Path, with_data: bool = False) -> tuple[Config, Contrastiv
     hparams = saved.get("hyper_parameters", {})
     num_train = len(data.train) if data is not None else hparams.get("num_train", 0)
     in_channels = data.train.channels if data is not None else hparams.get("in_channels", 0)
-    module = ContrastiveModule(cfg, num_train, in_channels)
+    image_size = (cfg.image_size or data.side) if data is not None else hparams.get("image_size", 0)
+    module = ContrastiveModule(cfg, num_train, in_channels, image_size)
     restore(module, saved, checkpoint, cfg, num_train, in_channels)
     return cfg, module.eval(), data

@@ -30,7 +30,7 @@ from .run_dir import (
 
 def build_module(cfg: Config, data: Data) -> ContrastiveModule:
     """The training module for ``cfg`` on ``data``."""
-    return ContrastiveModule(cfg, len(data.train), data.train.channels)
+    return ContrastiveModule(cfg, len(data.train), data.train.channels, cfg.image_size or data.side)
 
 
 

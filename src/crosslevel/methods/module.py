@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import lightning.pytorch as pl
 import torch
 
-from ..config import Config, peak_lr
+from ..config import Config, backbone_kwargs, peak_lr
 from ..distributed import any_rank
 from ..errors import CrossLevelError
 from ..losses import CrossLevelLoss
@@ -70,13 +70,18 @@ class ContrastiveModule(pl.LightningModule):
         cfg: the run's config.
         num_train: N, the size of the training set (rows of the NPID bank).
         in_channels: image channels (1 for digits, 3 otherwise).
+        image_size: side of the views; sizes the backbones that need it (timm ViTs), 0: their default.
     """
 
-    def __init__(self, cfg: Config, num_train: int, in_channels: int = 3) -> None:
+    def __init__(self, cfg: Config, num_train: int, in_channels: int = 3, image_size: int = 0) -> None:
         super().__init__()
-        self.save_hyperparameters({"cfg": dataclasses.asdict(cfg), "num_train": num_train, "in_channels": in_channels})
+        self.save_hyperparameters(
+            {"cfg": dataclasses.asdict(cfg), "num_train": num_train, "in_channels": in_channels, "image_size": image_size}
+        )
         self.cfg = cfg
-        self.backbone = build_backbone(cfg.backbone, in_channels, cfg.width, cfg.pool_window, cfg.conv_init)
+        self.backbone = build_backbone(
+            cfg.backbone, in_channels, cfg.width, cfg.pool_window, cfg.conv_init, image_size, backbone_kwargs(cfg.backbone_args)
+        )
         self.heads = TwoHeads(self.backbone.out_dim, cfg.feature_dim, cfg.normlinear, cfg.mlp)
         if cfg.channels_last:  # before the key encoder copies the backbone, so that both are NHWC
             self.backbone.to(memory_format=torch.channels_last)
@@ -191,7 +196,7 @@ class ContrastiveModule(pl.LightningModule):
         warnings.warn(f"non-finite loss ({loss.item()}) at step {step} (epoch {epoch}): step skipped, bank unchanged")
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Drop the gradients of a skipped step: SGD leaves parameters without a gradient untouched."""
+        """Drop the gradients of a skipped step: SGD and AdamW leave parameters without a gradient untouched."""
         if self._skip_step:
             optimizer.zero_grad(set_to_none=True)
 
@@ -202,10 +207,7 @@ class ContrastiveModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict:
         world = self.trainer.world_size if self._trainer is not None else 1
-        trainable = [p for p in self.parameters() if p.requires_grad]  # not a branch's frozen encoder
-        optimizer = torch.optim.SGD(
-            trainable, lr=peak_lr(self.cfg, world), momentum=self.cfg.sgd_momentum, weight_decay=self.cfg.weight_decay
-        )
+        optimizer = build_optimizer(self, self.cfg, peak_lr(self.cfg, world))
         if self.cfg.schedule_interval == "epoch":
             total, warmup = self.cfg.epochs, self.cfg.warmup_epochs
         else:
@@ -215,6 +217,22 @@ class ContrastiveModule(pl.LightningModule):
         start = self.cfg.warmup_start
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup, floor, start))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": self.cfg.schedule_interval}}
+
+
+def build_optimizer(module: torch.nn.Module, cfg: Config, lr: float) -> torch.optim.Optimizer:
+    """The optimiser of ``module``'s trainable parameters (not a branch's frozen encoder) at ``lr``.
+
+    ``sgd``: momentum ``sgd_momentum``, L2 ``weight_decay`` on every parameter (the reference's).
+    ``adamw``: betas (0.9, 0.999), decoupled ``weight_decay`` on the weight matrices and kernels only:
+    biases and norm scales/shifts (every parameter of one dimension) get none, as in DeiT and DINO.
+    """
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(trainable, lr=lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+    decayed = [p for p in trainable if p.ndim > 1]
+    undecayed = [p for p in trainable if p.ndim <= 1]
+    groups = [{"params": decayed, "weight_decay": cfg.weight_decay}, {"params": undecayed, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 OLD_BRANCH_PREFIXES = ("bank.", "queue.", "key_encoder.")

@@ -1,16 +1,21 @@
-"""Backbones: torchvision ResNets (optionally with the CIFAR stem and a narrower width) and a small CNN.
+"""Backbones: torchvision ResNets (optionally with the CIFAR stem and a narrower width), a small CNN
+and any timm model (:mod:`.timm_backbone`).
 
 Every backbone maps B×C×H×W images to B×d pooled features and exposes ``d`` as ``out_dim``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torchvision.models import resnet18, resnet50
 from torchvision.models.resnet import ResNet
 
+from ..config import TIMM_PREFIX
 from ..errors import CrossLevelError
+from .timm_backbone import TimmBackbone
 
 
 def _rebuild_width(net: ResNet, width: int, in_channels: int) -> None:
@@ -139,16 +144,26 @@ class SmallCNN(nn.Module):
 
 
 def build_backbone(
-    name: str, in_channels: int = 3, width: int = 64, pool_window: int = 0, conv_init: str = "torchvision"
+    name: str,
+    in_channels: int = 3,
+    width: int = 64,
+    pool_window: int = 0,
+    conv_init: str = "torchvision",
+    image_size: int = 0,
+    args: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """Backbone ``name`` (resnet18_cifar | resnet18 | resnet50 | smallcnn); it has ``out_dim``.
+    """Backbone ``name`` (resnet18_cifar | resnet18 | resnet50 | smallcnn | timm:<name>); it has ``out_dim``.
 
-    ``pool_window`` and ``conv_init`` apply to the ResNets (see :class:`ResNetTrunk`).
+    ``pool_window`` and ``conv_init`` apply to the ResNets (see :class:`ResNetTrunk`). A ``timm:<name>``
+    backbone (:class:`~.timm_backbone.TimmBackbone`) takes ``image_size`` and ``args`` and no ``width``
+    or ``pool_window`` (the config refuses them).
     """
+    if name.startswith(TIMM_PREFIX):
+        return TimmBackbone(name.removeprefix(TIMM_PREFIX), in_channels, image_size, args)
     resnets = {"resnet18_cifar": (18, True), "resnet18": (18, False), "resnet50": (50, False)}
     if name in resnets:
         depth, cifar = resnets[name]
         return ResNetTrunk(depth, in_channels, width, cifar, pool_window, conv_init)
     if name == "smallcnn":
         return SmallCNN(in_channels, width)
-    raise CrossLevelError(f"unknown backbone '{name}' (resnet18_cifar, resnet18, resnet50, smallcnn)")
+    raise CrossLevelError(f"unknown backbone '{name}' (resnet18_cifar, resnet18, resnet50, smallcnn, timm:<name>)")

@@ -3,7 +3,8 @@
 
 The file is ``torch.save`` of ``{"format": FORMAT, "version": VERSION, "backbone": {name, width,
 in_channels, pool_window}, "state_dict": ..., "preprocessing": {channels, image_size, mean, std},
-"feature_dim": d}``.
+"feature_dim": d}``; a ``timm:<name>`` backbone also records ``image_size`` and ``args`` (the
+constructor's keyword arguments) under ``"backbone"``, and loads back where timm is installed.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def load_backbone(path: str | Path) -> nn.Module:
         raise CrossLevelError(f"{path} is version {saved['version']} of the export format; this crosslevel reads up to {VERSION}")
     try:
         spec = saved["backbone"]
-        model = build_backbone(spec["name"], spec["in_channels"], spec["width"], spec["pool_window"])
+        model = build_backbone(
+            spec["name"], spec["in_channels"], spec["width"], spec["pool_window"], image_size=spec.get("image_size", 0), args=spec.get("args")
+        )
         model.load_state_dict(saved["state_dict"])
         model.preprocessing = saved["preprocessing"]
     except (KeyError, RuntimeError) as err:
