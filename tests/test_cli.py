@@ -51,7 +51,7 @@ def test_train_eval_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     assert not torch.equal(resumed["state_dict"]["branch.bank.memory"], checkpoint["state_dict"]["branch.bank.memory"])
     assert json.loads((run / "config.json").read_text())["epochs"] == 2
     merged = list(csv.DictReader(open(run / "metrics.csv")))
-    assert {r["epoch"] for r in merged if r.get("loss_epoch")} == {"0", "1"}  # the first attempt's log is kept
+    assert {r["epoch"] for r in merged if r.get("loss_epoch")} == {"1", "2"}  # the first attempt's log is kept
 
 
 def test_train_with_normalised_cuts_grouping(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -180,3 +180,53 @@ def test_runs_table_and_show(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert code == 0 and "status: finished (1/1 epochs)" in out
     assert "width = 8" in out and "epochs = 1" in out and "knn:" in out and "batch_size = 64" in out
     assert run_cli(capsys, "runs", str(tmp_path / "nowhere"))[0] == 2
+
+
+def test_resume_keeps_the_saved_config_and_refuses_another_preset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run_cli(capsys, "train", *FAST, "epochs=1", f"out={tmp_path}", "name=run")[0] == 0
+    run = tmp_path / "run"
+    for preset, differing in (("cifar10-cld", "dataset"), ("digits-npid", "cld_weight")):  # one failed, one was ignored
+        code, _, err = run_cli(capsys, "train", "--config", preset, f"resume={run}", "epochs=2")
+        assert code == 2 and err.count("\n") == 1
+        assert f"continues a run of preset digits-cld with its saved config, so --config {preset} would be ignored" in err
+        assert differing in err.split("differ from the run's: ")[1]
+    assert json.loads((run / "config.json").read_text())["epochs"] == 1
+    assert run_cli(capsys, "train", "--config", "digits-cld", f"resume={run}", "epochs=2")[0] == 0  # the run's own preset
+    assert run_cli(capsys, "train", f"resume={run}", "epochs=3")[0] == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["epochs"] == 3 and config["width"] == 8  # the override on top of the saved config, not the preset's 32
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 3
+
+
+def test_epochs_count_from_1_in_summary_metrics_and_output(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from crosslevel.plots import read_metrics
+
+    code, out, _ = run_cli(capsys, "train", *FAST, "epochs=2", "eval_every=0", f"out={tmp_path}", "name=run")
+    assert code == 0
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["knn_best"]["epoch"] == 2  # kNN only after the last epoch
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert {row["epoch"] for row in rows} == {"1", "2"} and [row["epoch"] for row in rows if row["knn_top1"]] == ["2"]
+    assert "at epoch 2" in out.splitlines()[-1]
+    assert "knn_best: epoch=2 " in run_cli(capsys, "show", str(run))[1]
+    assert " 2/2 " in run_cli(capsys, "runs", str(tmp_path))[1]
+
+    old = tmp_path / "old.csv"  # a run trained before: Lightning's count from 0, read the same
+    with open(old, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**row, "epoch": str(int(row["epoch"]) - 1)} for row in rows)
+    assert read_metrics(old) == read_metrics(run / "metrics.csv") and read_metrics(old)["knn_top1"][0][0] == 2
+
+
+def test_own_warnings_are_one_line_on_stderr(tmp_path: Path) -> None:
+    args = [*FAST, "limit_train_batches=1", "epochs=1", "warmup_epochs=1", f"out={tmp_path}", "name=w"]
+    result = subprocess.run([sys.executable, "-m", "crosslevel", "train", *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "crosslevel: warning: warmup_epochs=1 >= epochs=1: the learning rate never reaches base_lr" in result.stderr.splitlines()
+    assert "UserWarning" not in result.stderr and "warn(" not in result.stderr
+
+    library = "from crosslevel.errors import warn; warn('x')"  # outside the command: a normal Python warning
+    result = subprocess.run([sys.executable, "-c", library], capture_output=True, text=True, timeout=60)
+    assert "CrossLevelWarning: x" in result.stderr and "crosslevel: warning" not in result.stderr

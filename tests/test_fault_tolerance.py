@@ -126,7 +126,7 @@ def test_sigint_mid_epoch_saves_a_checkpoint_that_resumes(tmp_path: Path, monkey
 
 def test_nonfinite_loss_stops_naming_step_and_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     poison_from_step(monkeypatch, 3)
-    with pytest.raises(CrossLevelError, match=r"non-finite \(nan on this device\) at step 3 \(epoch 1\).*Last good checkpoint: .*last\.ckpt"):
+    with pytest.raises(CrossLevelError, match=r"non-finite \(nan on this device\) at step 3 \(epoch 2\).*Last good checkpoint: .*last\.ckpt"):
         train(tiny_config(tmp_path, "nan"))
     saved = checkpoint_of(tmp_path / "nan")  # the epoch-0 checkpoint is intact
     assert saved["global_step"] == 2
@@ -147,7 +147,7 @@ def test_nonfinite_loss_from_the_cli_exits_2_with_one_line(tmp_path: Path, monke
     poison_from_step(monkeypatch, 0)
     assert main(["train", *TINY, f"out={tmp_path}", "name=nan"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("crosslevel: error:")]
-    assert len(errors) == 1 and "at step 0 (epoch 0)" in errors[0] and "none yet (first epoch)" in errors[0]
+    assert len(errors) == 1 and "at step 0 (epoch 1)" in errors[0] and "none yet (first epoch)" in errors[0]
 
 
 def test_resume_of_a_finished_run_keeps_its_results(tmp_path: Path) -> None:

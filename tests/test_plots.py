@@ -26,9 +26,9 @@ def test_pair_similarities_match_naive_loop() -> None:
 
 def test_read_metrics_splits_epoch_and_step_columns(tmp_path: Path) -> None:
     log = tmp_path / "metrics.csv"
-    log.write_text("epoch,loss_cld,loss_epoch,knn_top1,lr,step\n0,,,,0.1,4\n0,2.0,9.0,,,9\n1,1.5,8.0,55.0,,19\n")
+    log.write_text("epoch,loss_cld,loss_epoch,knn_top1,lr,step\n1,,,,0.1,4\n1,2.0,9.0,,,9\n2,1.5,8.0,55.0,,19\n")
     series = plots.read_metrics(log)
-    assert series == {"lr": [(4.0, 0.1)], "loss_cld": [(0.0, 2.0), (1.0, 1.5)], "loss_epoch": [(0.0, 9.0), (1.0, 8.0)], "knn_top1": [(1.0, 55.0)]}
+    assert series == {"lr": [(4.0, 0.1)], "loss_cld": [(1.0, 2.0), (2.0, 1.5)], "loss_epoch": [(1.0, 9.0), (2.0, 8.0)], "knn_top1": [(2.0, 55.0)]}
     plots.training_curves(log, "curves", tmp_path / "curves.png")
     with pytest.raises(CrossLevelError, match="no training log"):
         plots.read_metrics(tmp_path / "absent.csv")
@@ -50,16 +50,16 @@ def test_similarity_axes_span_the_data(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert -0.02 < right.get_xlim()[0] and right.get_xlim()[1] < 0.02
 
 
-def test_training_curves_count_epochs_as_the_log_does(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    log = tmp_path / "metrics.csv"
+def test_training_curves_count_epochs_from_1_as_metrics_csv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    log = tmp_path / "metrics.csv"  # an old run's log, in Lightning's count from 0: drawn from 1 too
     log.write_text("epoch,loss_epoch,knn_top1,lr,step\n0,,,0.1,0\n0,,,0.2,1\n0,9.0,50.0,,1\n1,8.0,60.0,,3\n2,7.5,65.0,,5\n")
     figures = drawn(monkeypatch)
     plots.training_curves(log, "curves", tmp_path / "curves.png")
     loss, knn, lr = figures[0].axes
-    assert list(loss.lines[0].get_xdata()) == [0, 1, 2] and list(knn.lines[0].get_xdata()) == [0, 1, 2]
+    assert list(loss.lines[0].get_xdata()) == [1, 2, 3] and list(knn.lines[0].get_xdata()) == [1, 2, 3]
     for ax in (loss, knn, lr):
         assert all(float(tick).is_integer() for tick in ax.get_xticks()), ax.get_xticks()
-    assert "metrics.csv" in loss.get_xlabel() and lr.lines[0].get_marker() == "."
+    assert "the first is 1" in loss.get_xlabel() and lr.lines[0].get_marker() == "."
 
 
 def test_contact_sheet_names_each_thumbnail(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

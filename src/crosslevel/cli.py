@@ -8,15 +8,17 @@ import dataclasses
 import json
 import os
 import sys
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import DEFAULT_PRESET, FEATURES, Config, apply_overrides, describe_keys, load_preset, preset_summary
-from .errors import CrossLevelError, TrainingInterrupted
+from .config import DEFAULT_PRESET, FEATURES, Config, apply_overrides, canonical, describe_keys, load_preset, preset_summary
+from .errors import CrossLevelError, CrossLevelWarning, TrainingInterrupted, warn
 
 if TYPE_CHECKING:
+    from .evaluation.features import Run
     from .run_dir import RunInfo
 
 
@@ -32,14 +34,18 @@ def _train(args: argparse.Namespace) -> int:
     from .run_dir import resolve_resume
     from .training import train
 
+    preset = args.config or DEFAULT_PRESET
     if args.help_keys:
-        cfg = load_preset(args.config)
-        print(f"config keys of preset {args.config} (set any with key=value; name, type, value, meaning):\n" + describe_keys(cfg))
+        cfg = load_preset(preset)
+        print(f"config keys of preset {preset} (set any with key=value; name, type, value, meaning):\n" + describe_keys(cfg))
         return 0
     overrides = list(args.overrides) + ([f"data={args.data}"] if args.data else [])
-    cfg: Config = apply_overrides(load_preset(args.config), overrides)
-    if cfg.resume:
-        cfg, _ = resolve_resume(cfg, overrides)
+    resume = [item for item in overrides if canonical(item.partition("=")[0].strip()) == "resume" and item.partition("=")[2].strip()]
+    if resume:  # the run's saved config, not a preset, is what the overrides apply to
+        cfg, _ = resolve_resume(apply_overrides(Config(), resume[-1:]), overrides, args.config)
+        check_data_path(cfg, Path(cfg.out) / cfg.name, "--data PATH (or data=PATH)")
+    else:
+        cfg = apply_overrides(load_preset(preset), overrides)
     check_environment(cfg)
     run_dir, knn = train(cfg)
     if rank_zero_only.rank != 0:  # under torchrun / SLURM every rank runs this command; one reports
@@ -66,6 +72,28 @@ def check_environment(cfg: Config) -> None:
         raise CrossLevelError(f"out={cfg.out} cannot hold run directories: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise CrossLevelError(f"out={cfg.out} cannot hold run directories: {existing} is not writable (permission denied)")
+
+
+def check_data_path(cfg: Config, run_dir: Path, option: str) -> None:
+    """The data set of a run is where ``cfg`` (its saved config, or a new ``data=``) says; else an
+    error naming the path and the option that gives a moved data set's new place."""
+    if cfg.data and not Path(cfg.data).exists():
+        raise CrossLevelError(f"the data set of run {run_dir} is not at {cfg.data}: if it has moved, give its new location with {option}")
+
+
+def open_run(run_dir: str, data: str | None) -> Run:
+    """A run opened for a command that reads its data set: from ``data`` (``--data``: the data
+    set's new location) when given, else from the path saved in the run."""
+    from .evaluation.features import Run
+
+    run = Run.open(Path(run_dir))
+    if data is None:
+        check_data_path(run.cfg, run.path, "--data PATH")
+    elif run.cfg.dataset == "digits":
+        raise CrossLevelError(f"run {run_dir} was trained on the built-in digits: --data does not apply")
+    else:
+        run.cfg = dataclasses.replace(run.cfg, data=os.path.abspath(Path(data).expanduser()))
+    return run
 
 
 def _best_line(run_dir: Path) -> str:
@@ -112,9 +140,8 @@ METRIC_COLUMNS = ["metric", "feature", "top1", "top5", "nmi", "retrieval", "shot
 
 def _eval(args: argparse.Namespace) -> int:
     from .evaluation import protocols
-    from .evaluation.features import Run
 
-    run = Run.open(Path(args.run_dir))
+    run = open_run(args.run_dir, args.data)
     metrics = list(METRIC_DEFAULT_FEATURE) if args.metric == "all" else [args.metric]
     results = {}
     for metric in metrics:
@@ -137,23 +164,36 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _eval_semi(args: argparse.Namespace) -> int:
     from .evaluation import protocols
-    from .evaluation.features import Run
 
-    run = Run.open(Path(args.run_dir))
+    run = open_run(args.run_dir, args.data)
     result = protocols.semi(run, args.fraction, args.epochs, args.seed)
     _print_table([result], ["fraction", "labelled_images", "epochs", "top1", "top5", "shots"])
     _write_json(run.path, "semi", f"{args.fraction:g}", result)
     return 0
 
 
+def data_differences(runs: list[Run]) -> list[str]:
+    """What differs between the data sets of ``runs``: dataset, data path, image size, class names."""
+    described = {
+        "dataset": [run.cfg.dataset for run in runs],
+        "data path": [run.cfg.data for run in runs],
+        "image size": [run.info.size for run in runs],
+        "class names": [run.info.classes for run in runs],
+    }
+    return [name for name, values in described.items() if len(set(values)) > 1]
+
+
 def _score(args: argparse.Namespace) -> int:
     from .evaluation import protocols
-    from .evaluation.features import Run
     from .evaluation.unsupervised import spearman
 
+    runs = [open_run(run_dir, args.data) for run_dir in args.run_dirs]
+    differences = data_differences(runs)
+    if differences:
+        described = "; ".join(f"{run.path} ({run.cfg.dataset}{' ' + run.cfg.data if run.cfg.data else ''}, {run.info.size}px, {len(run.info.classes)} classes)" for run in runs)
+        warn(f"score ranks runs of different data sets ({', '.join(differences)} differ): {described}; their scores are not comparable")
     rows = []
-    for run_dir in args.run_dirs:
-        run = Run.open(Path(run_dir))
+    for run_dir, run in zip(args.run_dirs, runs):
         result = protocols.score(run, args.feature, args.k, args.seed, args.max_images)
         _write_json(run.path, "score", args.feature, result)
         knn = protocols.knn(run, "f_I")["top1"] if run.data.test is not None else None
@@ -180,10 +220,9 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from .evaluation.features import Run
     from .evaluation.figures import plot_run
 
-    run = Run.open(Path(args.run_dir))
+    run = open_run(args.run_dir, args.data)
     for path in plot_run(run, args.feature, args.max_points, args.pairs, args.seed):
         print(f"wrote {path}")
     return 0
@@ -308,14 +347,18 @@ def version() -> str:
         return __version__
 
 
+MOVED_DATA_HELP = "the run's data set, where it is now (when it moved since training: another machine, a renamed folder)"
+FOLDER_DATA_HELP = "folder of images to {} (searched recursively; not the run's data set)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crosslevel", description="Cross-Level Discrimination (CLD), NPID and MoCo.")
     parser.add_argument("--version", action="version", version=f"crosslevel {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model from a preset plus key=value overrides")
-    train.add_argument("--config", default=DEFAULT_PRESET, help=f"preset name (default {DEFAULT_PRESET}); see `crosslevel presets`")
-    train.add_argument("--data", help="data set path (same as data=PATH)")
+    train.add_argument("--config", help=f"preset name (default {DEFAULT_PRESET}); see `crosslevel presets`; with resume= the run's saved config is used")
+    train.add_argument("--data", help="data set path (same as data=PATH; with resume=: where the run's data set is now)")
     train.add_argument("--help-keys", action="store_true", help="list every config key with its type and default")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=10 batch_size=128")
     train.set_defaults(func=_train)
@@ -332,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     for metric, text in helps.items():
         sub = metrics.add_parser(metric, help=text)
         sub.add_argument("run_dir")
+        sub.add_argument("--data", metavar="PATH", help=MOVED_DATA_HELP)
         sub.add_argument("--feature", choices=FEATURES, help="f (pooled), f_I (instance head) or f_G (group head)")
         if metric in ("linear", "all"):
             sub.add_argument("--augmented", action="store_true", help="SGD on random training views (standard protocol)")
@@ -342,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=_eval, augmented=False, epochs=10, weight_decay=1e-4, seed=0)
     semi = metrics.add_parser("semi", help="fine-tune backbone + classifier on a class-balanced label fraction")
     semi.add_argument("run_dir")
+    semi.add_argument("--data", metavar="PATH", help=MOVED_DATA_HELP)
     semi.add_argument("--fraction", type=float, required=True, help="share of training labels, e.g. 0.01 or 0.1")
     semi.add_argument("--epochs", type=count(1), default=20, help="fine-tuning epochs (default 20)")
     semi.add_argument("--seed", type=int, default=0, help="seed of the label subset and of training")
@@ -349,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = commands.add_parser("score", help="rank runs by the label-free NMI(f, f')·R(f, f'), beside their kNN")
     score.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    score.add_argument("--data", metavar="PATH", help=MOVED_DATA_HELP + "; the same for every run")
     score.add_argument("--feature", choices=FEATURES, default="f_I")
     score.add_argument("--k", type=count(1), default=10, help="k-means clusters for NMI(f, f') (default 10; same for all runs)")
     score.add_argument("--seed", type=int, default=0, help="seed of the image subset, the augmented view and k-means")
@@ -358,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = commands.add_parser("plot", help="PNGs in RUN_DIR/plots: t-SNE, similarity histograms, training curves")
     plot.add_argument("run_dir")
+    plot.add_argument("--data", metavar="PATH", help=MOVED_DATA_HELP)
     plot.add_argument("--feature", choices=FEATURES, default="f_I")
     plot.add_argument("--max-points", type=count(5), default=2000, help="images in the t-SNE (default 2000)")
     plot.add_argument("--pairs", type=count(1), default=1000, help="images for the similarity histograms (default 1000)")
@@ -366,14 +413,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     embed = commands.add_parser("embed", help="features of every image under a folder, saved as .npy")
     embed.add_argument("run_dir")
-    embed.add_argument("--data", required=True, help="folder of images (searched recursively)")
+    embed.add_argument("--data", metavar="FOLDER", required=True, help=FOLDER_DATA_HELP.format("embed"))
     embed.add_argument("--out", required=True, help="output .npy (N×D float32); file names go to the same name .txt")
     embed.add_argument("--feature", choices=FEATURES, default="f")
     embed.set_defaults(func=_embed)
 
     cluster = commands.add_parser("cluster", help="group a folder of images into k clusters: CSV + contact sheets")
     cluster.add_argument("run_dir")
-    cluster.add_argument("--data", required=True, help="folder of images (searched recursively)")
+    cluster.add_argument("--data", metavar="FOLDER", required=True, help=FOLDER_DATA_HELP.format("group"))
     cluster.add_argument("--k", type=count(1), required=True, help="number of groups")
     cluster.add_argument("--out", required=True, help="output CSV (file, group); sheets are written beside it")
     cluster.add_argument("--feature", choices=FEATURES, default="f")
@@ -411,7 +458,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+PYTHON_FORMATWARNING = warnings.formatwarning
+
+
+def format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
+    """crosslevel's own warnings as one ``crosslevel: warning: ...`` line; any other as Python writes it."""
+    if issubclass(category, CrossLevelWarning):
+        return f"crosslevel: warning: {message}\n"
+    return PYTHON_FORMATWARNING(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = format_warning  # the command's; a library user's warnings stay Python's
     args = parse(argv)
     try:
         return args.func(args)

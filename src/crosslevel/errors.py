@@ -1,10 +1,22 @@
-"""The one exception type for problems a user can fix (bad path, bad key, bad value)."""
+"""The one exception type for problems a user can fix (bad path, bad key, bad value), and the
+warning category of crosslevel's own warnings (:func:`warn`)."""
 
 import shlex
+import warnings
 
 
 class CrossLevelError(Exception):
     """A user-facing error: the CLI prints its message and exits non-zero, no traceback."""
+
+
+class CrossLevelWarning(UserWarning):
+    """Something a user should know that does not stop the command (the CLI prints it as one
+    ``crosslevel: warning:`` line; library users get it as a normal Python warning)."""
+
+
+def warn(message: str) -> None:
+    """Issue ``message`` as a :class:`CrossLevelWarning` (attributed to the line that calls this)."""
+    warnings.warn(message, CrossLevelWarning, stacklevel=2)
 
 
 class MissingSplit(CrossLevelError):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import math
 import pickle
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from . import plots
 from .config import TIMM_PREFIX, backbone_kwargs
 from .data import eval_transform
 from .data.sources import decode_images, image_files
-from .errors import CrossLevelError
+from .errors import CrossLevelError, warn
 from .evaluation.features import Run
 from .evaluation.nmi import kmeans_labels
 from .models.exported import FORMAT, VERSION, detectron2_key, torchvision_architecture
@@ -76,7 +75,7 @@ def _folder_images(run: Run, folder: Path) -> tuple[list[Path], np.ndarray]:
     colour = bool((images[..., :1] != images[..., 1:]).any())
     mismatch = _input_mismatch(paths, colour, channels, side, one_size=run.cfg.in_memory)
     if mismatch:
-        warnings.warn(f"the images in {folder} do not look like the input of the model in {run.path}: {mismatch}; its features may say little about them")
+        warn(f"the images in {folder} do not look like the input of the model in {run.path}: {mismatch}; its features may say little about them")
     if channels == 1:
         images = images.mean(axis=3, keepdims=True).round().astype(np.uint8)
     return paths, images

@@ -84,23 +84,26 @@ def similarity_histograms(features: torch.Tensor, view_features: torch.Tensor, t
 
 
 def read_metrics(metrics_csv: Path) -> dict[str, list[tuple[float, float]]]:
-    """Lightning's CSV log as ``{column: [(epoch or step, value), ...]}``: epochs numbered as in the
-    file (from 0); ``lr`` and ``loss_step`` are per step."""
+    """A run's ``metrics.csv`` as ``{column: [(epoch or step, value), ...]}``: epochs counted from 1
+    (the last of an N-epoch run is N); ``lr`` and ``loss_step`` are per step. Files of runs trained
+    before metrics.csv counted from 1 hold Lightning's count from 0 (they have an epoch 0): shifted."""
     if not metrics_csv.is_file():
         raise CrossLevelError(f"no training log at {metrics_csv} (was the run trained with logger=csv?)")
-    series: dict[str, list[tuple[float, float]]] = {}
     with open(metrics_csv, newline="") as handle:
-        for row in csv.DictReader(handle):
-            for column, value in row.items():
-                if column in ("epoch", "step") or value in ("", None):
-                    continue
-                x = float(row["step"] if column in ("lr", "loss_step") else row["epoch"])
-                series.setdefault(column, []).append((x, float(value)))
+        rows = list(csv.DictReader(handle))
+    shift = 1 if any(row.get("epoch") == "0" for row in rows) else 0
+    series: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        for column, value in row.items():
+            if column in ("epoch", "step") or value in ("", None):
+                continue
+            x = float(row["step"]) if column in ("lr", "loss_step") else float(row["epoch"]) + shift
+            series.setdefault(column, []).append((x, float(value)))
     return series
 
 
 def training_curves(metrics_csv: Path, title: str, path: Path) -> Path:
-    """Loss terms and kNN accuracy per epoch (integer ticks, numbered as in metrics.csv), learning rate
+    """Loss terms and kNN accuracy per epoch (integer ticks, from 1 as in metrics.csv), learning rate
     per step (with markers when there are few points)."""
     series = read_metrics(metrics_csv)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
@@ -123,7 +126,7 @@ def training_curves(metrics_csv: Path, title: str, path: Path) -> Path:
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes[:2]:
-        ax.set_xlabel("epoch (as in metrics.csv: the first is 0)")
+        ax.set_xlabel("epoch (as in metrics.csv: the first is 1)")
     fig.suptitle(title)
     return _save(fig, path)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpointing import check_compatible, read_checkpoint
-from .config import Config, apply_overrides, load_config
+from .config import Config, apply_overrides, load_config, load_preset
 from .data.datamodule import Data, load_data
 from .errors import CrossLevelError
 from .methods import ContrastiveModule
@@ -81,9 +81,14 @@ def run_dir_of(cfg: Config) -> Path:
     return Path(cfg.out).expanduser() / name
 
 
-def resolve_resume(cfg: Config, overrides: list[str]) -> tuple[Config, Path]:
+UNTRAINED_KEYS = ("preset", "description", "data", "out", "name", "resume")  # name or place a run, do not shape it
+
+
+def resolve_resume(cfg: Config, overrides: list[str], preset: str | None = None) -> tuple[Config, Path]:
     """For ``resume=PATH`` (a checkpoint or a run directory): the run's saved config with
-    ``overrides`` on top, and the checkpoint to continue from."""
+    ``overrides`` on top, and the checkpoint to continue from. The saved config wins over any
+    preset: ``preset`` (one the command named explicitly) other than the run's is an error that
+    names what it would have changed."""
     assert cfg.resume is not None
     target = Path(cfg.resume).expanduser()
     checkpoint = checkpoint_of(target) if target.is_dir() else target
@@ -93,14 +98,27 @@ def resolve_resume(cfg: Config, overrides: list[str]) -> tuple[Config, Path]:
     if not (run_dir / CONFIG_FILE).is_file():
         raise CrossLevelError(f"{checkpoint} is not inside a run directory (no {CONFIG_FILE} in {run_dir})")
     saved = load_config(run_dir / CONFIG_FILE)
+    if preset is not None and preset != saved.preset:
+        named = load_preset(preset)
+        ignored = [key for key in dataclasses.asdict(saved) if key not in UNTRAINED_KEYS and getattr(named, key) != getattr(saved, key)]
+        raise CrossLevelError(
+            f"resume={run_dir} continues a run of preset {saved.preset or '(none)'} with its saved config, so "
+            f"--config {preset} would be ignored (its keys that differ from the run's: {', '.join(ignored) or 'none'}): "
+            "drop --config; change keys with key=value on top (e.g. epochs=300)"
+        )
     resumed = apply_overrides(saved, [o for o in overrides if not o.startswith("resume=")])
     return dataclasses.replace(resumed, resume=str(checkpoint), out=str(run_dir.parent), name=run_dir.name), checkpoint
 
 
 def merge_metrics(run_dir: Path) -> Path | None:
-    """Join the CSV logs of every attempt (``logs/version_*/metrics.csv``) into ``run_dir/metrics.csv``."""
+    """Join the CSV logs of every attempt (``logs/version_*/metrics.csv``) into ``run_dir/metrics.csv``,
+    with epochs counted from 1 as everywhere else (a row's ``epoch`` is the epoch it belongs to: the
+    last of an N-epoch run is N); the logs keep Lightning's count from 0."""
     parts = sorted((run_dir / LOG_DIR).glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
     rows = [row for part in parts for row in csv.DictReader(open(part, newline=""))]
+    for row in rows:
+        if row.get("epoch"):
+            row["epoch"] = str(int(row["epoch"]) + 1)
     if not rows:
         return None
     keys = sorted({key for row in rows for key in row})

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -19,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from .checkpointing import AtomicCheckpointIO, LastCheckpoint, ResumeState, read_checkpoint
 from .config import Config, check_groups, save_config, with_absolute_paths
 from .data.datamodule import ContrastiveDataModule, Data, load_data
-from .errors import CrossLevelError
+from .errors import CrossLevelError, warn
 from .evaluation import extract_features, knn_accuracy
 from .methods import ContrastiveModule
 from .run_dir import (
@@ -154,16 +153,16 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
     if rank_zero_only.rank == 0 and cfg.resume is None and (run_dir / CONFIG_FILE).exists():
         raise CrossLevelError(f"run directory {run_dir} already exists: resume={run_dir}, or choose another name=")
     if 0 < cfg.epochs <= cfg.warmup_epochs:
-        warnings.warn(f"warmup_epochs={cfg.warmup_epochs} >= epochs={cfg.epochs}: the learning rate never reaches base_lr")
+        warn(f"warmup_epochs={cfg.warmup_epochs} >= epochs={cfg.epochs}: the learning rate never reaches base_lr")
     data = load_data(cfg)
     if data.no_knn:
-        warnings.warn(f"kNN evaluation skipped: {data.no_knn}")
+        warn(f"kNN evaluation skipped: {data.no_knn}")
     module = build_module(cfg, data)
     if cfg.resume is not None:  # before config.json is rewritten: a checkpoint that does not fit leaves the run as it was
         saved = read_checkpoint(Path(cfg.resume))
         restore(module, saved, Path(cfg.resume), cfg, len(data.train), data.train.channels)
         if saved["epoch"] >= cfg.epochs:  # finished: keep its results rather than overwrite them with an empty attempt
-            warnings.warn(f"{run_dir} has trained {saved['epoch']} of epochs={cfg.epochs}: nothing left to train (raise epochs= to go on)")
+            warn(f"{run_dir} has trained {saved['epoch']} of epochs={cfg.epochs}: nothing left to train (raise epochs= to go on)")
             summary = run_dir / SUMMARY_FILE
             return run_dir, json.loads(summary.read_text()).get("knn") if summary.is_file() else None
     datamodule = ContrastiveDataModule(cfg, data)

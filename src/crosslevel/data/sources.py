@@ -13,7 +13,6 @@ from __future__ import annotations
 import abc
 import os
 import pickle
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -24,7 +23,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from ..errors import CrossLevelError, MissingSplit
+from ..errors import CrossLevelError, MissingSplit, warn
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -281,7 +280,7 @@ def decode_images(
             f"cannot decode {len(bad)} image(s) in {where}, first: {bad[0]} (corrupt, truncated, unreadable or not an image){hint}"
         )
     if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {where}, first: {bad[0]}")
+        warn(f"skipped {len(bad)} unreadable image(s) in {where}, first: {bad[0]}")
     kept = [i for i, array in enumerate(arrays) if array is not None]
     if not kept:
         raise CrossLevelError(f"none of the images in {where} can be decoded")

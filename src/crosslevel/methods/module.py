@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from collections.abc import Sequence
 
 import lightning.pytorch as pl
@@ -12,7 +11,7 @@ import torch
 
 from ..config import Config, backbone_kwargs, peak_lr
 from ..distributed import any_rank
-from ..errors import CrossLevelError
+from ..errors import CrossLevelError, warn
 from ..losses import CrossLevelLoss
 from ..models import TwoHeads, build_backbone
 from .branch import InstanceBranch
@@ -183,7 +182,7 @@ class ContrastiveModule(pl.LightningModule):
 
     def _on_nonfinite(self, loss: torch.Tensor) -> None:
         """A NaN/inf loss on some rank: stop with a clear error, or (``skip_nonfinite``) skip the step."""
-        step, epoch = self.trainer.global_step, self.current_epoch
+        step, epoch = self.trainer.global_step, self.current_epoch + 1  # epochs counted from 1, as metrics.csv
         if not self.cfg.skip_nonfinite:
             last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none yet (first epoch): nothing to resume, rerunning starts afresh"
             raise CrossLevelError(
@@ -193,7 +192,7 @@ class ContrastiveModule(pl.LightningModule):
                 "skip_nonfinite=true to skip such steps"
             )
         self.skipped_steps += 1
-        warnings.warn(f"non-finite loss ({loss.item()}) at step {step} (epoch {epoch}): step skipped, bank unchanged")
+        warn(f"non-finite loss ({loss.item()}) at step {step} (epoch {epoch}): step skipped, bank unchanged")
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Drop the gradients of a skipped step: SGD and AdamW leave parameters without a gradient untouched."""
