@@ -50,8 +50,8 @@ def poison_from_step(monkeypatch: pytest.MonkeyPatch, step: int, only: bool = Fa
     """Make the loss NaN at global step ``step`` (and after it, unless ``only``)."""
     original = ContrastiveModule.objective
 
-    def objective(self, instance_views, group_views, indices, targets=None):
-        loss, logs = original(self, instance_views, group_views, indices, targets)
+    def objective(self, *args, **kwargs):
+        loss, logs = original(self, *args, **kwargs)
         current = self.trainer.global_step
         return (loss * float("nan") if current == step or (current > step and not only) else loss), logs
 

@@ -254,3 +254,15 @@ def test_jigsaw_needs_a_bank_or_a_queue() -> None:
         apply_overrides(load_preset("digits-cld"), ["instance=byol", "jigsaw_weight=0.5"])
     cfg = apply_overrides(load_preset("imagenet-cldm-jigsaw"), ["data=/somewhere"])
     assert cfg.jigsaw_weight == 0.5 and cfg.instance == "moco" and num_views(cfg) == 4
+
+
+def test_the_plain_pytorch_example_trains_and_reports_knn() -> None:
+    """examples/simclr_cld.py, the README's CLD-in-your-own-loop example, runs a few steps."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "simclr_cld.py"
+    done = subprocess.run([sys.executable, str(script), "--steps", "3"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "step    0  loss" in done.stdout and "kNN top-1 on held-out digits:" in done.stdout
