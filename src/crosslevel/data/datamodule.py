@@ -123,22 +123,23 @@ def load_support(cfg: Config, train: Images) -> Images | None:
     return load_split_of(cfg, "train", stl10_unlabeled=False) if cfg.dataset == "stl10" and not train.labelled else None
 
 
-def support_labelled(cfg: Config) -> bool:
+def support_labelled(cfg: Config, train: Images | None = None) -> bool:
     """Whether the kNN support set has labels, found without decoding an image: digits, CIFAR and
     STL-10 (whose support is its labelled train split) always have; an image folder's or list file's
-    training set is read as a listing."""
-    return cfg.dataset not in ("folder", "lists") or load_split_of(cfg, "train").labelled
+    training set (``train``, else read as a listing) has when every image has a label."""
+    return cfg.dataset not in ("folder", "lists") or (train if train is not None else load_split_of(cfg, "train")).labelled
 
 
-def load_test(cfg: Config) -> tuple[Images | None, str]:
-    """The labelled test split (``test_subset`` of it), or None and why there is no kNN evaluation."""
+def load_test(cfg: Config, train: Images | None = None) -> tuple[Images | None, str]:
+    """The labelled test split (``test_subset`` of it), or None and why there is no kNN evaluation;
+    ``train``, the training set when it is loaded already."""
     try:
         test = load_split_of(cfg, "test")
     except MissingSplit as missing:
         return None, str(missing)
     if not test.labelled:
         return None, "the test split has no labels"
-    if not support_labelled(cfg):
+    if not support_labelled(cfg, train):
         return None, "the training images have no labels"
     return chosen_and_decoded(test, cfg, lambda images: images.subset(cfg.test_subset, cfg.seed)), ""
 
@@ -147,7 +148,7 @@ def load_data(cfg: Config) -> Data:
     """Load the training set (with its variants and subset), the labelled test split when it
     exists, and the labelled kNN support set (STL-10: the labelled train split)."""
     train = load_train(cfg)
-    test, no_knn = load_test(cfg)
+    test, no_knn = load_test(cfg, train)
     return Data(train, test, load_support(cfg, train), no_knn)
 
 

@@ -264,9 +264,18 @@ def _one_size(paths: list[Path], arrays: list[np.ndarray], where: object) -> Non
             )
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Every image file under ``folder`` (recursively), sorted by path."""
-    return sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+def image_files(folder: Path, recursive: bool = True) -> list[Path]:
+    """Every image file under ``folder`` (in its sub-folders too when ``recursive``), sorted by path.
+    One ``scandir`` per folder, no ``stat`` per file: a 50k-image folder lists in a fraction of a second."""
+    found, pending = [], [Path(folder)]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    pending += [Path(entry.path)] if recursive else []
+                elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                    found.append(Path(entry.path))
+    return sorted(found, key=lambda path: path.parts)  # Path order, without comparing Path objects
 
 
 def _decode_all(paths: list[Path], size: int | None, desc: str, cached: bool = False) -> list[np.ndarray | None]:
@@ -384,12 +393,11 @@ def load_folder_split(
         if len(class_dirs) < len(wanted):
             raise CrossLevelError(f"{root} has {len(class_dirs)} of the {len(wanted)} classes of subset '{subset}'")
     if class_dirs:
-        entries = [(f, c) for c, d in enumerate(class_dirs) for f in sorted(d.rglob("*"))]
+        entries = [(f, c) for c, d in enumerate(class_dirs) for f in image_files(d)]
         classes = tuple(d.name for d in class_dirs)
     else:  # a flat folder of unlabelled images
-        entries = [(f, -1) for f in sorted(root.iterdir())]
+        entries = [(f, -1) for f in image_files(root, recursive=False)]
         classes = ()
-    entries = [(f, c) for f, c in entries if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
     return _materialise(entries, classes, root, image_size, in_memory, bad_images)
 
 

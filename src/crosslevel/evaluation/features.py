@@ -44,7 +44,7 @@ class Run:
         """Split ``name`` ('train', 'support' or 'test'; None when the run has no labelled test split), loaded once."""
         if name not in self._splits:
             if name == "test":
-                self._splits[name] = load_test(self.cfg)
+                self._splits[name] = load_test(self.cfg, self._splits.get("train", (None, ""))[0])
             elif name == "train":
                 self._splits[name] = load_train(self.cfg), ""
             else:
