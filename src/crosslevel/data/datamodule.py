@@ -96,7 +96,7 @@ def chosen_and_decoded(images: Images, cfg: Config, choose: Callable[[Images], I
     if not (cfg.in_memory and isinstance(chosen, ImageFiles)):
         return chosen
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a skipped file is reported once, by the decoding below
+        warnings.filterwarnings("ignore", message="skipped .* unreadable image")  # reported once, by the decoding below
         decoded = chosen.decoded(cfg.bad_images)
     return decoded if not decoded.skipped else choose(images.decoded(cfg.bad_images))
 
