@@ -17,6 +17,14 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
 
+@pytest.fixture(autouse=True)
+def decode_cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test decodes into its own cache folder (never the user's ``~/.cache``)."""
+    folder = tmp_path_factory.mktemp("decoded")
+    monkeypatch.setenv("CROSSLEVEL_CACHE_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 def shared_cifar10() -> Path:
     """The shared CIFAR-10 image folder, or a skip that says why."""

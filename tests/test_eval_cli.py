@@ -93,17 +93,15 @@ def test_embed_cluster_and_export_never_read_the_training_data(
     run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What using the model needs about its input is in the run (data.json), not re-read from the data set."""
-    import crosslevel.evaluation.features as features
-    import crosslevel.run_dir as run_dir_module
+    import crosslevel.data.datamodule as datamodule
 
     info = json.loads((run_dir / "data.json").read_text())
     assert (info["size"], info["channels"], len(info["mean"]), len(info["classes"])) == (8, 1, 1, 10)
 
-    def no_data(cfg: object) -> None:
-        raise AssertionError("the training data was loaded")
+    def no_data(*args: object, **keys: object) -> None:
+        raise AssertionError("the run's data was loaded")
 
-    monkeypatch.setattr(features, "load_data", no_data)
-    monkeypatch.setattr(run_dir_module, "load_data", no_data)
+    monkeypatch.setattr(datamodule, "load_split", no_data)  # every split of a run's data set is read through it
     folder = tmp_path / "few"
     folder.mkdir()
     for i in range(4):

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from crosslevel.checkpointing import AtomicCheckpointIO, read_checkpoint
+from crosslevel.checkpointing import AtomicCheckpointIO
 from crosslevel.cli import main
 from crosslevel.config import apply_overrides, load_preset
 from crosslevel.errors import CrossLevelError, TrainingInterrupted
 from crosslevel.methods import ContrastiveModule
-from crosslevel.run_dir import resolve_resume
+from crosslevel.run_dir import read_checkpoint, resolve_resume
 from crosslevel.training import train
 
 TINY = [
@@ -58,9 +58,9 @@ def poison_from_step(monkeypatch: pytest.MonkeyPatch, step: int, only: bool = Fa
     monkeypatch.setattr(ContrastiveModule, "objective", objective)
 
 
-def resume(run_dir: Path) -> tuple[Path, dict | None]:
+def resume(run_dir: Path, verbose: bool = False) -> tuple[Path, dict | None]:
     cfg, _ = resolve_resume(apply_overrides(load_preset("digits-cld"), [f"resume={run_dir}"]), [])
-    return train(cfg)
+    return train(cfg, verbose)
 
 
 def assert_same_state(a: dict, b: dict) -> None:
@@ -185,7 +185,7 @@ def test_mid_epoch_resume_has_a_resumable_loader(tmp_path: Path, monkeypatch: py
     monkeypatch.undo()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        resume(tmp_path / "mid")
+        resume(tmp_path / "mid", verbose=True)  # Lightning's own warnings shown, as they would be to a user
     assert not [w for w in caught if "not resumable" in str(w.message)]
     assert checkpoint_of(tmp_path / "mid")["global_step"] == 6
 

@@ -167,17 +167,6 @@ class LastCheckpoint(Checkpoint):
             self.received = None
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint file on the CPU (memory-mapped); a missing or damaged file is a :class:`CrossLevelError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CrossLevelError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors, ... for a damaged file
-        raise CrossLevelError(f"cannot read checkpoint {path} ({type(err).__name__}: {err}); it is damaged or not a checkpoint") from None
-
-
 def check_compatible(checkpoint: dict[str, Any], path: Path, cfg: Config, num_train: int, in_channels: int) -> None:
     """Raise a :class:`CrossLevelError` naming every difference between the model the checkpoint
     holds and the one ``cfg`` builds (method, backbone, widths, optimiser, bank size, input channels)."""

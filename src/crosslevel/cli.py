@@ -29,10 +29,7 @@ def _shot_line(knn: dict) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lightning.pytorch.utilities import rank_zero_only
-
-    from .run_dir import resolve_resume
-    from .training import train
+    from .run_dir import launch_rank, resolve_resume
 
     preset = args.config or DEFAULT_PRESET
     if args.help_keys:
@@ -47,8 +44,10 @@ def _train(args: argparse.Namespace) -> int:
     else:
         cfg = apply_overrides(load_preset(preset), overrides)
     check_environment(cfg)
-    run_dir, knn = train(cfg)
-    if rank_zero_only.rank != 0:  # under torchrun / SLURM every rank runs this command; one reports
+    from .training import train  # Lightning and the model stack: imported once the config and paths are checked
+
+    run_dir, knn = train(cfg, verbose=args.verbose)
+    if launch_rank() != 0:  # under torchrun / SLURM every rank runs this command; one reports
         return 0
     print(f"run directory: {run_dir}")
     if knn is not None:
@@ -58,20 +57,26 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def check_environment(cfg: Config) -> None:
-    """What a config alone cannot tell, checked before any data is loaded: the accelerator exists
-    and the run directory can be created under ``out``."""
-    import torch
+    """What a config alone cannot tell, checked before any data is loaded: the run directory can be
+    created under ``out`` (and is not an existing run's) and the accelerator exists. PyTorch is
+    imported only to check a GPU accelerator."""
+    from .run_dir import check_new_run
 
-    if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise CrossLevelError(f"accelerator={cfg.accelerator}, but PyTorch sees no CUDA GPU here: use accelerator=cpu or auto")
-    if cfg.accelerator == "mps" and not torch.backends.mps.is_available():
-        raise CrossLevelError("accelerator=mps, but PyTorch has no MPS device (Apple GPU) here: use accelerator=cpu or auto")
     out = Path(cfg.out).expanduser()
     existing = next(folder for folder in (out, *out.parents) if folder.exists())
     if not existing.is_dir():
         raise CrossLevelError(f"out={cfg.out} cannot hold run directories: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise CrossLevelError(f"out={cfg.out} cannot hold run directories: {existing} is not writable (permission denied)")
+    check_new_run(cfg)
+    if cfg.accelerator not in ("gpu", "cuda", "mps"):
+        return
+    import torch
+
+    if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise CrossLevelError(f"accelerator={cfg.accelerator}, but PyTorch sees no CUDA GPU here: use accelerator=cpu or auto")
+    if cfg.accelerator == "mps" and not torch.backends.mps.is_available():
+        raise CrossLevelError("accelerator=mps, but PyTorch has no MPS device (Apple GPU) here: use accelerator=cpu or auto")
 
 
 def check_data_path(cfg: Config, run_dir: Path, option: str) -> None:
@@ -360,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help=f"preset name (default {DEFAULT_PRESET}); see `crosslevel presets`; with resume= the run's saved config is used")
     train.add_argument("--data", help="data set path (same as data=PATH; with resume=: where the run's data set is now)")
     train.add_argument("--help-keys", action="store_true", help="list every config key with its type and default")
+    train.add_argument("--verbose", action="store_true", help="also show Lightning's own messages and warnings (hidden by default)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=10 batch_size=128")
     train.set_defaults(func=_train)
 

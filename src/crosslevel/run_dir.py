@@ -15,6 +15,8 @@
 
 :func:`open_run` reopens a run for evaluation and use: config, trained module and -- only when
 asked for -- its data; :func:`read_run` / :func:`list_runs` report a run's status and results.
+Nothing heavy is imported with this module (the model and data stack load inside the functions that
+need them), so that ``runs``, ``show`` and the checks before training answer at once.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .checkpointing import check_compatible, read_checkpoint
 from .config import Config, apply_overrides, load_config, load_preset
-from .data.datamodule import Data, load_data
 from .errors import CrossLevelError
-from .methods import ContrastiveModule
+
+if TYPE_CHECKING:
+    from .data.datamodule import Data
+    from .methods import ContrastiveModule
 
 CONFIG_FILE = "config.json"
 DATA_FILE = "data.json"
@@ -82,6 +86,23 @@ def run_dir_of(cfg: Config) -> Path:
 
 
 UNTRAINED_KEYS = ("preset", "description", "data", "out", "name", "resume")  # name or place a run, do not shape it
+
+
+def launch_rank() -> int:
+    """This process's rank as a multi-process launcher (torchrun, SLURM, jsrun) set it; 0 for one process.
+    Readable before any process group exists (Lightning reads the same variables)."""
+    for variable in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if variable in os.environ:
+            return int(os.environ[variable])
+    return 0
+
+
+def check_new_run(cfg: Config) -> None:
+    """A new run (no ``resume=``) must not write into an existing run directory. Checked on rank 0
+    only: the other ranks of a multi-process launch may already see the folder rank 0 creates."""
+    run_dir = run_dir_of(cfg)
+    if launch_rank() == 0 and cfg.resume is None and (run_dir / CONFIG_FILE).exists():
+        raise CrossLevelError(f"run directory {run_dir} already exists: resume={run_dir}, or choose another name=")
 
 
 def resolve_resume(cfg: Config, overrides: list[str], preset: str | None = None) -> tuple[Config, Path]:
@@ -157,13 +178,30 @@ def read_data_info(run_dir: Path, cfg: Config) -> DataInfo:
     """The run's ``data.json``; runs trained before it existed load their data once to find out."""
     path = Path(run_dir) / DATA_FILE
     if not path.is_file():
+        from .data.datamodule import load_data
+
         return DataInfo.of(cfg, load_data(cfg))
     values = json.loads(path.read_text())
     return DataInfo(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
 
 
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint file on the CPU (memory-mapped); a missing or damaged file is a :class:`CrossLevelError`."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CrossLevelError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors, ... for a damaged file
+        raise CrossLevelError(f"cannot read checkpoint {path} ({type(err).__name__}: {err}); it is damaged or not a checkpoint") from None
+
+
 def restore(module: ContrastiveModule, saved: dict, checkpoint: Path, cfg: Config, num_train: int, in_channels: int) -> None:
     """Load ``saved``'s weights into ``module`` after checking it is a checkpoint of the same model."""
+    from .checkpointing import check_compatible
+
     check_compatible(saved, checkpoint, cfg, num_train, in_channels)
     try:
         module.load_state_dict(saved["state_dict"])
@@ -225,6 +263,9 @@ def list_runs(folder: Path) -> list[RunInfo]:
 def open_run(run_dir: Path, with_data: bool = False) -> tuple[Config, ContrastiveModule, Data | None]:
     """Config, trained module (last checkpoint, eval mode, on the CPU) and, with ``with_data``, the
     run's data (its splits rebuilt from the config); clear errors for a missing config or checkpoint."""
+    from .data.datamodule import load_data
+    from .methods import ContrastiveModule
+
     run_dir = Path(run_dir)
     cfg, checkpoint = load_run_config(run_dir), checkpoint_of(run_dir)
     if not checkpoint.is_file():

@@ -3,27 +3,36 @@ fit, evaluate with kNN during training, and write the run directory (:mod:`.run_
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import sys
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.fabric.utilities.rank_zero import LightningDeprecationWarning
+from lightning.fabric.utilities.warnings import PossibleUserWarning
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-from .checkpointing import AtomicCheckpointIO, LastCheckpoint, ResumeState, read_checkpoint
+from .checkpointing import AtomicCheckpointIO, LastCheckpoint, ResumeState
 from .config import Config, check_groups, save_config, with_absolute_paths
 from .data.datamodule import ContrastiveDataModule, Data, load_data
 from .errors import CrossLevelError, warn
 from .evaluation import extract_features, knn_accuracy
 from .methods import ContrastiveModule
 from .run_dir import (
-    CONFIG_FILE, LOG_DIR, RUN_NAME_ENV, SUMMARY_FILE, TENSORBOARD_DIR, DataInfo, checkpoint_of, discard_unsaved,
-    merge_metrics, restore, run_dir_of, save_data_info,
+    CONFIG_FILE, LOG_DIR, RUN_NAME_ENV, SUMMARY_FILE, TENSORBOARD_DIR, DataInfo, check_new_run, checkpoint_of,
+    discard_unsaved, merge_metrics, read_checkpoint, restore, run_dir_of, save_data_info,
 )  # fmt: skip
 
 
@@ -141,41 +150,96 @@ def _loggers(cfg: Config, run_dir: Path) -> list[Logger]:
     return loggers
 
 
-def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
+class StderrProgressBar(TQDMProgressBar):
+    """Lightning's progress bar on stderr (Lightning writes it to stdout), so that stdout holds results only."""
+
+    def init_train_tqdm(self) -> Tqdm:
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_train_tqdm()
+
+
+@contextmanager
+def lightning_output(verbose: bool) -> Iterator[None]:
+    """Unless ``verbose``, hide Lightning's own output while training: its informational lines (GPU/TPU
+    available, the litlogger tip, the ``limit_train_batches`` notice, "Loading `train_dataloader`",
+    "Received SIGTERM") and the warnings it issues or passes on (worker-count hints, deprecations).
+    crosslevel's own warnings and Lightning's logged warnings and errors still show."""
+    if verbose:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"lightning(\.|$)")
+        warnings.filterwarnings("ignore", category=PossibleUserWarning)
+        warnings.filterwarnings("ignore", category=LightningDeprecationWarning)
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
+def train(cfg: Config, verbose: bool = False) -> tuple[Path, dict[str, float] | None]:
     """Train as ``cfg`` says; return (run directory, final kNN ``{"top1", "top5"}`` or None).
+    ``verbose`` shows Lightning's own messages too (:func:`lightning_output`).
 
     Raises :class:`TrainingInterrupted` after SIGINT/SIGTERM (a resumable checkpoint is written first).
     """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     cfg = with_absolute_paths(cfg)
     run_dir = run_dir_of(cfg)
-    checkpoint = checkpoint_of(run_dir)
-    if rank_zero_only.rank == 0 and cfg.resume is None and (run_dir / CONFIG_FILE).exists():
-        raise CrossLevelError(f"run directory {run_dir} already exists: resume={run_dir}, or choose another name=")
+    check_new_run(cfg)
     if 0 < cfg.epochs <= cfg.warmup_epochs:
         warn(f"warmup_epochs={cfg.warmup_epochs} >= epochs={cfg.epochs}: the learning rate never reaches base_lr")
     data = load_data(cfg)
     if data.no_knn:
         warn(f"kNN evaluation skipped: {data.no_knn}")
     module = build_module(cfg, data)
-    if cfg.resume is not None:  # before config.json is rewritten: a checkpoint that does not fit leaves the run as it was
-        saved = read_checkpoint(Path(cfg.resume))
-        restore(module, saved, Path(cfg.resume), cfg, len(data.train), data.train.channels)
-        if saved["epoch"] >= cfg.epochs:  # finished: keep its results rather than overwrite them with an empty attempt
-            warn(f"{run_dir} has trained {saved['epoch']} of epochs={cfg.epochs}: nothing left to train (raise epochs= to go on)")
-            summary = run_dir / SUMMARY_FILE
-            return run_dir, json.loads(summary.read_text()).get("knn") if summary.is_file() else None
-    datamodule = ContrastiveDataModule(cfg, data)
-    loader = datamodule.loader
+    if cfg.resume is not None and not _restore_unfinished(module, cfg, data, run_dir):
+        summary = run_dir / SUMMARY_FILE  # finished: keep its results rather than overwrite them with an empty attempt
+        return run_dir, json.loads(summary.read_text()).get("knn") if summary.is_file() else None
+    with lightning_output(verbose):
+        datamodule = ContrastiveDataModule(cfg, data)
+        monitor, timer, last = KNNMonitor(data, cfg), EpochTimer(), LastCheckpoint(checkpoint_of(run_dir))
+        # the timer first, so that epoch times exclude checkpointing and the kNN evaluation
+        trainer = _trainer(cfg, run_dir, datamodule, [timer, last, ResumeState(datamodule.sampler, cfg.batch_size), monitor])
+        _check_fits(cfg, data, trainer)
+        if rank_zero_only.rank == 0:  # written once every check has passed
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / CONFIG_FILE)
+            save_data_info(run_dir, DataInfo.of(cfg, data))
+        _fit(trainer, module, datamodule, last, cfg.resume, run_dir)
+    knn = monitor.last
+    if knn is None and "knn_top1" in trainer.callback_metrics:  # ddp_spawn: the monitor ran in the rank processes
+        knn = {key: float(trainer.callback_metrics[f"knn_{key}"]) for key in ("top1", "top5")}
+    if trainer.is_global_zero:
+        _write_summary(run_dir, trainer, timer, monitor, module, data, knn)
+    return run_dir, knn
+
+
+def _restore_unfinished(module: ContrastiveModule, cfg: Config, data: Data, run_dir: Path) -> bool:
+    """Load the ``resume=`` checkpoint's weights into ``module`` (before config.json is rewritten: a
+    checkpoint that does not fit leaves the run as it was); False, with a warning, when the run has
+    already trained all ``epochs``."""
+    assert cfg.resume is not None
+    saved = read_checkpoint(Path(cfg.resume))
+    restore(module, saved, Path(cfg.resume), cfg, len(data.train), data.train.channels)
+    if saved["epoch"] < cfg.epochs:
+        return True
+    warn(f"{run_dir} has trained {saved['epoch']} of epochs={cfg.epochs}: nothing left to train (raise epochs= to go on)")
+    return False
+
+
+def _trainer(cfg: Config, run_dir: Path, datamodule: ContrastiveDataModule, callbacks: list[Callback]) -> pl.Trainer:
+    """The Lightning trainer of ``cfg``: devices, precision, loggers, ``callbacks`` and the progress bar."""
     limit = cfg.limit_train_batches
-    steps_per_epoch = min(len(loader), int(limit) if limit > 1 else max(1, int(len(loader) * limit)))
-    monitor, timer = KNNMonitor(data, cfg), EpochTimer()
-    last = LastCheckpoint(checkpoint)
-    # the timer first, so that epoch times exclude checkpointing and the kNN evaluation
-    callbacks: list[Callback] = [timer, last, ResumeState(datamodule.sampler, cfg.batch_size), monitor]  # type: ignore[arg-type]
+    steps_per_epoch = min(len(datamodule.loader), int(limit) if limit > 1 else max(1, int(len(datamodule.loader) * limit)))
     if cfg.progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(20, steps_per_epoch // 4))))
-    trainer = pl.Trainer(
+        callbacks = [*callbacks, StderrProgressBar(refresh_rate=max(1, min(20, steps_per_epoch // 4)))]
+    return pl.Trainer(
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
         devices=cfg.devices if cfg.devices == "auto" or "," in cfg.devices else int(cfg.devices),
@@ -196,6 +260,10 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
         deterministic=False,
         benchmark=True,  # cuDNN picks the fastest convolutions for the (fixed) input shape
     )
+
+
+def _check_fits(cfg: Config, data: Data, trainer: pl.Trainer) -> None:
+    """What only the trainer knows: SyncBatchNorm needs GPUs; k fits the batch it groups; every device needs a whole batch."""
     if cfg.sync_bn and isinstance(trainer.accelerator, CPUAccelerator):
         raise CrossLevelError("sync_bn=true needs GPUs: PyTorch's SyncBatchNorm does not run on the CPU")
     check_groups(cfg, trainer.world_size)
@@ -204,23 +272,29 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
             f"{len(data.train)} training images over {trainer.world_size} devices is less than one batch "
             f"(batch_size={cfg.batch_size} per device)"
         )
-    if rank_zero_only.rank == 0:  # written once every check has passed
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / CONFIG_FILE)
-        save_data_info(run_dir, DataInfo.of(cfg, data))
+
+
+def _fit(
+    trainer: pl.Trainer, module: ContrastiveModule, datamodule: ContrastiveDataModule, last: LastCheckpoint, resume: str | None, run_dir: Path
+) -> None:
+    """``trainer.fit`` with the signal handlers of :class:`LastCheckpoint`; a failure before the first
+    checkpoint leaves nothing unusable behind (the run directory is removed)."""
     os.environ[RUN_NAME_ENV] = run_dir.name  # inherited by the rank processes Lightning starts
     try:
         with last.handling_signals(run_dir):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     except BaseException:
-        if trainer.is_global_zero and not checkpoint.is_file():  # nothing to resume: leave nothing unusable behind
+        if trainer.is_global_zero and not last.path.is_file():  # nothing to resume
             discard_unsaved(run_dir)
         raise
     finally:
         os.environ.pop(RUN_NAME_ENV, None)
-    knn = monitor.last
-    if knn is None and "knn_top1" in trainer.callback_metrics:  # ddp_spawn: the monitor ran in the rank processes
-        knn = {key: float(trainer.callback_metrics[f"knn_{key}"]) for key in ("top1", "top5")}
+
+
+def _write_summary(
+    run_dir: Path, trainer: pl.Trainer, timer: EpochTimer, monitor: KNNMonitor, module: ContrastiveModule, data: Data, knn: dict | None
+) -> None:
+    """``summary.json`` (epochs, times, image counts, final and best kNN) and the joined ``metrics.csv``."""
     summary = {
         "epochs": trainer.current_epoch,
         "train_seconds": timer.total(),
@@ -232,9 +306,5 @@ def train(cfg: Config) -> tuple[Path, dict[str, float] | None]:
         "knn_skipped": data.no_knn or None,
         "knn_best": monitor.best,
     }
-    if trainer.is_global_zero:
-        (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-        merge_metrics(run_dir)
-    return run_dir, knn
-
-
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    merge_metrics(run_dir)

@@ -5,6 +5,8 @@ the training device after the batch transfer with ``augment_device=device``."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import lightning.pytorch as pl
@@ -15,7 +17,7 @@ from ..config import Config, num_views
 from ..errors import CrossLevelError, MissingSplit
 from .device_views import DEVICE_RECIPES, DeviceAugment, DeviceViewSource
 from .sampling import ResumableLoader, ResumableSampler
-from .sources import Images, InMemoryImages, load_split
+from .sources import ImageFiles, Images, InMemoryImages, load_split
 from .variants import high_correlation, long_tail
 from .views import LabelledDataset, MultiViewDataset, eval_transform, view_transform
 
@@ -72,44 +74,82 @@ class Data:
 
 
 def load_split_of(cfg: Config, split: str, stl10_unlabeled: bool | None = None) -> Images:
-    """Split ``split`` of the config's data set (before any variant or subset); ``stl10_unlabeled``
-    overrides the config's choice (the kNN support set of STL-10 is its labelled part)."""
+    """Split ``split`` of the config's data set before any variant or subset; image folders and list
+    files as an undecoded :class:`ImageFiles` listing (:func:`chosen_and_decoded` decodes what is
+    kept). ``stl10_unlabeled`` overrides the config's choice (the kNN support set of STL-10 is its
+    labelled part)."""
     return load_split(
         cfg.dataset, cfg.data, split, cfg.image_size, cfg.bad_images,
         subset=cfg.class_subset,
         list_file=cfg.train_list if split == "train" else cfg.test_list,
-        in_memory=cfg.in_memory,
+        in_memory=False,
         stl10_unlabeled=cfg.stl10_unlabeled if stl10_unlabeled is None else stl10_unlabeled,
-    )
+    )  # fmt: skip
+
+
+def chosen_and_decoded(images: Images, cfg: Config, choose: Callable[[Images], Images]) -> Images:
+    """``choose(images)``, with image files decoded into memory (unless ``in_memory=false``) after the
+    choice, so that only the chosen files are decoded. Under ``bad_images=skip`` an unreadable chosen
+    file sends the choice back to the readable files of the whole split, as when every file was
+    decoded first: the same images either way."""
+    chosen = choose(images)
+    if not (cfg.in_memory and isinstance(chosen, ImageFiles)):
+        return chosen
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="skipped .* unreadable image")  # reported once, by the decoding below
+        decoded = chosen.decoded(cfg.bad_images)
+    return decoded if not decoded.skipped else choose(images.decoded(cfg.bad_images))
 
 
 def training_images(images: Images, cfg: Config) -> Images:
     """The training set the config asks for: long-tailed (``lt_ratio``), then subset (``train_subset``),
     then turned into correlated frames (``hc_frames``, ``hc_mode``); all seeded by ``seed``."""
-    if cfg.lt_ratio > 0:
-        images = long_tail(images, cfg.lt_ratio, cfg.seed)
-    images = images.subset(cfg.train_subset, cfg.seed)
-    if cfg.hc_frames > 0:
-        images = high_correlation(images, cfg.hc_frames, cfg.hc_mode, cfg.seed)
-    return images
+
+    def choose(images: Images) -> Images:
+        images = long_tail(images, cfg.lt_ratio, cfg.seed) if cfg.lt_ratio > 0 else images
+        return images.subset(cfg.train_subset, cfg.seed)
+
+    images = chosen_and_decoded(images, cfg, choose)
+    return high_correlation(images, cfg.hc_frames, cfg.hc_mode, cfg.seed) if cfg.hc_frames > 0 else images
+
+
+def load_train(cfg: Config) -> Images:
+    """The training set: the train split with its variants and subset."""
+    return training_images(load_split_of(cfg, "train"), cfg)
+
+
+def load_support(cfg: Config, train: Images) -> Images | None:
+    """The labelled kNN support set when it is not the training set ``train`` (STL-10: its labelled train split)."""
+    return load_split_of(cfg, "train", stl10_unlabeled=False) if cfg.dataset == "stl10" and not train.labelled else None
+
+
+def support_labelled(cfg: Config, train: Images | None = None) -> bool:
+    """Whether the kNN support set has labels, found without decoding an image: digits, CIFAR and
+    STL-10 (whose support is its labelled train split) always have; an image folder's or list file's
+    training set (``train``, else read as a listing) has when every image has a label."""
+    return cfg.dataset not in ("folder", "lists") or (train if train is not None else load_split_of(cfg, "train")).labelled
+
+
+def load_test(cfg: Config, train: Images | None = None) -> tuple[Images | None, str]:
+    """The labelled test split (``test_subset`` of it), or None and why there is no kNN evaluation;
+    ``train``, the training set when it is loaded already."""
+    try:
+        test = load_split_of(cfg, "test")
+    except MissingSplit as missing:
+        return None, str(missing)
+    if not test.labelled:
+        return None, "the test split has no labels"
+    if not support_labelled(cfg, train):
+        return None, "the training images have no labels"
+    return chosen_and_decoded(test, cfg, lambda images: images.subset(cfg.test_subset, cfg.seed)), ""
 
 
 def load_data(cfg: Config) -> Data:
     """Load the training set (with its variants and subset), the labelled test split when it
     exists, and the labelled kNN support set (STL-10: the labelled train split)."""
-    train = training_images(load_split_of(cfg, "train"), cfg)
-    no_knn = ""
-    try:
-        test: Images | None = load_split_of(cfg, "test")
-    except MissingSplit as missing:
-        test, no_knn = None, str(missing)
-    support = None
-    if cfg.dataset == "stl10" and not train.labelled:
-        support = load_split_of(cfg, "train", stl10_unlabeled=False)
-    labelled_support = (train if support is None else support).labelled
-    if test is not None and not (test.labelled and labelled_support):
-        test, no_knn = None, "the test split has no labels" if not test.labelled else "the training images have no labels"
-    return Data(train, test if test is None else test.subset(cfg.test_subset, cfg.seed), support, no_knn)
+    train = load_train(cfg)
+    test, no_knn = load_test(cfg, train)
+    return Data(train, test, load_support(cfg, train), no_knn)
 
 
 def device_views(cfg: Config, images: Images) -> DeviceViewSource:

@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from ..errors import CrossLevelError, MissingSplit, warn
+from . import decode_cache
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -119,9 +120,11 @@ class InMemoryImages(Images):
 
 @dataclass(frozen=True)
 class ImageFiles(Images):
-    """Image files decoded (to RGB) when read, for data sets too large to hold decoded.
+    """Image files decoded (to RGB) when read, for data sets too large to hold decoded -- or a listing
+    whose subset is chosen (from the labels) before :meth:`decoded` decodes only the chosen files.
 
-    ``crop_side`` is the side of views and of the test crop (the files keep their own sizes).
+    ``crop_side`` is the side of views and of the test crop (the files keep their own sizes; 0: not
+    set); ``where`` names the folder or list file in messages.
     """
 
     paths: tuple[Path, ...]
@@ -130,6 +133,7 @@ class ImageFiles(Images):
     mean: tuple[float, ...]
     std: tuple[float, ...]
     crop_side: int
+    where: Path = Path(".")
 
     @property
     def channels(self) -> int:
@@ -147,6 +151,13 @@ class ImageFiles(Images):
 
     def select(self, indices: np.ndarray) -> ImageFiles:
         return replace(self, paths=tuple(self.paths[i] for i in indices), labels=self.labels[indices])
+
+    def decoded(self, bad_images: str = "error") -> InMemoryImages:
+        """The files decoded into memory, each resized to ``crop_side`` × ``crop_side`` when it is set
+        (:func:`decode_images`, through the decoded-image cache)."""
+        desc = f"decoding {self.where.name}"
+        images, kept, bad = decode_images(list(self.paths), self.crop_side, desc, self.where, bad_images, cached=True)
+        return InMemoryImages(images, self.labels[kept], self.classes, self.mean, self.std, tuple(bad))
 
 
 def _stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -252,27 +263,50 @@ def _one_size(paths: list[Path], arrays: list[np.ndarray], where: object) -> Non
             )
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Every image file under ``folder`` (recursively), sorted by path."""
-    return sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+def image_files(folder: Path, recursive: bool = True) -> list[Path]:
+    """Every image file under ``folder`` (in its sub-folders too when ``recursive``), sorted by path.
+    One ``scandir`` per folder, no ``stat`` per file: a 50k-image folder lists in a fraction of a second."""
+    found, pending = [], [Path(folder)]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    pending += [Path(entry.path)] if recursive else []
+                elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                    found.append(Path(entry.path))
+    return sorted(found, key=lambda path: path.parts)  # Path order, without comparing Path objects
 
 
-def _decode_all(paths: list[Path], size: int | None, desc: str) -> list[np.ndarray | None]:
-    """:func:`_decode` of every path on 4 threads, with a progress bar."""
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return list(tqdm(pool.map(lambda path: _decode(path, size), paths), total=len(paths), desc=desc, unit="img", leave=False, mininterval=1.0))
+def _decode_all(paths: list[Path], size: int | None, desc: str, cached: bool = False) -> list[np.ndarray | None]:
+    """:func:`_decode` of every path on 4 threads, with a progress bar; ``cached``: read from and
+    written to the decoded-image cache (:mod:`.decode_cache`)."""
+    entry = decode_cache.entry_path(paths, size) if cached else None
+    arrays = decode_cache.load(entry, len(paths)) if entry is not None else None
+    if arrays is None:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            decoding = pool.map(lambda path: _decode(path, size), paths)
+            arrays = list(tqdm(decoding, total=len(paths), desc=desc, unit="img", leave=False, mininterval=1.0))
+        if entry is not None:
+            decode_cache.save(entry, arrays)
+    return arrays
 
 
 def decode_images(
-    paths: list[Path], image_size: int = 0, desc: str = "decoding", where: object = None, bad_images: str | None = None
+    paths: list[Path],
+    image_size: int = 0,
+    desc: str = "decoding",
+    where: object = None,
+    bad_images: str | None = None,
+    cached: bool = False,
 ) -> tuple[np.ndarray, list[int], list[str]]:
     """The one decode path: ``paths`` to RGB uint8 N×H×W×3, with the indices of the paths kept and the
     files that could not be decoded. An unreadable file is an error naming it (``bad_images`` None or
     ``error``; the latter says how to skip them), or -- ``skip`` -- left out with a warning. All
     images must share one size unless ``image_size`` > 0, which resizes each to a square of that side.
+    ``cached``: decode once, then read the decoded images from :mod:`.decode_cache`.
     """
     where = where if where is not None else Path(paths[0]).parent
-    arrays = _decode_all(paths, image_size or None, desc)
+    arrays = _decode_all(paths, image_size or None, desc, cached)
     bad = [str(path) for path, array in zip(paths, arrays) if array is None]
     if bad and bad_images != "skip":
         hint = "; remove them or set bad_images=skip to go on without them" if bad_images == "error" else ""
@@ -312,12 +346,9 @@ def _materialise(
     (decoded when read; an unreadable file then fails when it is read)."""
     if not entries:
         raise CrossLevelError(f"no images found in {where} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    if not in_memory:
-        labels = np.asarray([c for _, c in entries], dtype=np.int64)
-        return ImageFiles(tuple(f for f, _ in entries), labels, classes, IMAGENET_MEAN, IMAGENET_STD, image_size)
-    images, kept, bad = decode_images([f for f, _ in entries], image_size, f"decoding {where.name}", where, bad_images)
-    labels = np.asarray([entries[i][1] for i in kept], dtype=np.int64)
-    return InMemoryImages(images, labels, classes, IMAGENET_MEAN, IMAGENET_STD, tuple(bad))
+    labels = np.asarray([c for _, c in entries], dtype=np.int64)
+    files = ImageFiles(tuple(f for f, _ in entries), labels, classes, IMAGENET_MEAN, IMAGENET_STD, image_size, where)
+    return files.decoded(bad_images) if in_memory else files
 
 
 def load_folder_split(
@@ -361,12 +392,11 @@ def load_folder_split(
         if len(class_dirs) < len(wanted):
             raise CrossLevelError(f"{root} has {len(class_dirs)} of the {len(wanted)} classes of subset '{subset}'")
     if class_dirs:
-        entries = [(f, c) for c, d in enumerate(class_dirs) for f in sorted(d.rglob("*"))]
+        entries = [(f, c) for c, d in enumerate(class_dirs) for f in image_files(d)]
         classes = tuple(d.name for d in class_dirs)
     else:  # a flat folder of unlabelled images
-        entries = [(f, -1) for f in sorted(root.iterdir())]
+        entries = [(f, -1) for f in image_files(root, recursive=False)]
         classes = ()
-    entries = [(f, c) for f, c in entries if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
     return _materialise(entries, classes, root, image_size, in_memory, bad_images)
 
 

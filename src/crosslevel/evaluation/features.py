@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import FEATURES, Config
-from ..data import Images, LabelledDataset, view_transform
-from ..data.datamodule import Data, load_data
+from ..data import Images, LabelledDataset, eval_transform, view_transform
+from ..data.datamodule import Data, load_support, load_test, load_train
 from ..errors import CrossLevelError
 from ..methods import ContrastiveModule
 from ..run_dir import FEATURE_DIR, DataInfo, checkpoint_of, open_run, read_data_info
@@ -25,14 +25,14 @@ from .knn import extract_features
 @dataclass
 class Run:
     """A run directory's config, trained module (eval mode, on the best device), what its input is
-    (``info``, from ``data.json``) and its data, read from the config's source on first use only
-    (``embed``, ``cluster`` and ``export`` never read it)."""
+    (``info``, from ``data.json``) and its data, each split read from the config's source on first
+    use only (``plot`` reads the test split alone; ``embed``, ``cluster`` and ``export`` none)."""
 
     path: Path
     cfg: Config
     module: ContrastiveModule
     info: DataInfo
-    _data: Data | None = field(default=None, repr=False)
+    _splits: dict[str, tuple[Images | None, str]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, path: str | Path) -> Run:
@@ -40,11 +40,27 @@ class Run:
         module.to("cuda" if torch.cuda.is_available() else "cpu")
         return cls(Path(path), cfg, module, read_data_info(Path(path), cfg))
 
+    def _load(self, name: str) -> Images | None:
+        """Split ``name`` ('train', 'support' or 'test'; None when the run has no labelled test split), loaded once."""
+        if name not in self._splits:
+            if name == "test":
+                self._splits[name] = load_test(self.cfg, self._splits.get("train", (None, ""))[0])
+            elif name == "train":
+                self._splits[name] = load_train(self.cfg), ""
+            else:
+                self._splits[name] = load_support(self.cfg, self.split("train")), ""
+        return self._splits[name][0]
+
     @property
     def data(self) -> Data:
-        if self._data is None:
-            self._data = load_data(self.cfg)
-        return self._data
+        """All the run's splits (as :func:`~crosslevel.data.datamodule.load_data` gives them)."""
+        test = self._load("test")
+        return Data(self.split("train"), test, self._load("support"), self._splits["test"][1])
+
+    @property
+    def test(self) -> Images | None:
+        """The labelled test split, or None when the run has none."""
+        return self._load("test")
 
     @property
     def device(self) -> torch.device:
@@ -58,16 +74,15 @@ class Run:
         """Images of a split: 'train' (everything trained on, labels may be -1), 'support' (the
         labelled training images the supervised protocols fit on; STL-10: its labelled train split)
         or 'test'; a clear error when the run has no labelled test split."""
-        if name == "train":
-            return self.data.train
+        images = self._load(name)
         if name == "support":
-            return self.data.knn_support
-        if self.data.test is None:
+            return images or self.split("train")
+        if images is None:
             raise CrossLevelError(f"{self.path}: this evaluation needs a labelled test split, and the run's data has none")
-        return self.data.test
+        return images
 
     def num_classes(self) -> int:
-        return max(len(self.data.train.classes), len(self.split("test").classes))
+        return max(len(self.info.classes), len(self.split("test").classes))
 
     def features(self, split: str, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(N×D features, N labels) of a split with the test transform; cached in ``features/``.
@@ -92,7 +107,7 @@ class Run:
 
     def embed(self, images: Images, feature: str, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
         """(N×D features, N labels) of ``images`` with the test transform (no caching)."""
-        return extract_features(self.embedder(feature), self.data.eval_loader(images, self.cfg), self.device, desc)
+        return extract_features(self.embedder(feature), self.eval_loader(images), self.device, desc)
 
     def view_features(self, images: Images, feature: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(N×D features, N labels) of one random training-recipe view per image, seeded."""
@@ -108,7 +123,9 @@ class Run:
         return DataLoader(LabelledDataset(images, transform), batch_size=batch, shuffle=shuffle, drop_last=shuffle and len(images) > batch)
 
     def eval_loader(self, images: Images) -> DataLoader:
-        return self.data.eval_loader(images, self.cfg)
+        """In-order batches of (image, label) with the run's test transform."""
+        transform = eval_transform(self.info.size, self.info.mean, self.info.std, self.cfg.eval_resize)
+        return DataLoader(LabelledDataset(images, transform), batch_size=self.batch_size, num_workers=0)
 
     def embedder(self, feature: str) -> Callable[[torch.Tensor], torch.Tensor]:
         """A function B×C×H×W → B×D of the eval-mode module for ``feature``."""

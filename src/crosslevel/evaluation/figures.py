@@ -22,7 +22,7 @@ def plot_run(run: Run, feature: str = "f_I", max_points: int = 2000, pairs: int 
     """
     out = run.path / PLOT_DIR
     out.mkdir(exist_ok=True)
-    split = "test" if run.data.test is not None else "train"
+    split = "test" if run.test is not None else "train"
     images = run.split(split)
     features, labels = run.features(split, feature)
     rng = np.random.default_rng(seed)
