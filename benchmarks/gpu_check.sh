@@ -8,8 +8,10 @@
 #      rounds: epoch seconds per method (target: CLD <= 5 s on one H100), the CLD/NPID step-time
 #      ratio with its spread (target <= 1.05), the k-means + CLD share, and a check that views,
 #      k-means and CLD loss never synchronise with the host;
-#   4. NPID and CLD trained at once on the one card (two processes) on full CIFAR-10 with the
-#      paper's recipe (cifar10-npid / cifar10-cld presets) for EPOCHS epochs, kNN every EVAL_EVERY;
+#   4. the presets cifar10-<name> for each name of TRAIN (default "npid cld") trained at once on the
+#      one card (one process each) on full CIFAR-10 for EPOCHS epochs, kNN every EVAL_EVERY;
+#      e.g. TRAIN="simclr simclr-cld byol byol-cld" THROUGHPUT_METHODS=npid,cld,simclr,simclr+cld,byol,byol+cld
+#      measures CLD on SimCLR and BYOL;
 # and, whatever happened before, a short table last (also in $OUT/summary.txt).
 # Time: the whole script ends within TOTAL_S seconds (default 540): every step's limit is capped
 # by the time left (less RESERVE_S for the kill grace and the table), a step that overruns gets
@@ -43,6 +45,8 @@ WORKERS=${WORKERS:-8}
 EPOCHS=${EPOCHS:-30}
 WARMUP_EPOCHS=${WARMUP_EPOCHS:-$(((EPOCHS + 39) / 40))}  # the paper's 5 of 200, at least 1
 EVAL_EVERY=${EVAL_EVERY:-5}
+THROUGHPUT_METHODS=${THROUGHPUT_METHODS:-npid,cld,moco,cldm}
+TRAIN=${TRAIN:-npid cld}
 TRAIN_EXTRA=${TRAIN_EXTRA:-}
 PACKED=${PACKED:-.gpu-data/cifar10-jpeg.npz}
 DATA_DIR=${DATA_DIR:-/tmp/crosslevel-cifar10}
@@ -55,11 +59,11 @@ START=$SECONDS
 LIMIT=0
 
 summary() {  # the table, from whatever results exist
-  "$PYTHON" - "$OUT" "$EPOCHS" <<'EOF' | tee "$OUT/summary.txt"
+  "$PYTHON" - "$OUT" "$EPOCHS" "$TRAIN" <<'EOF' | tee "$OUT/summary.txt"
 import csv, json, statistics, sys
 from pathlib import Path
 
-out, epochs = Path(sys.argv[1]), sys.argv[2]
+out, epochs, trained = Path(sys.argv[1]), sys.argv[2], sys.argv[3].split()
 print("\n==================== GPU check: summary ====================")
 path = out / "throughput.json"
 machine = None
@@ -68,11 +72,11 @@ if path.is_file():
     machine, s = result["machine"], result["settings"]
     print(f"throughput: {s['backbone']} width {s['width']}, batch {s['batch']}, {s['precision']}, views on {s['augment']}, "
           f"channels_last={s['channels_last']}, {s['steps']} timed steps x {s['repeats']} interleaved rounds (median round)")
-    print(f"{'method':<6} {'images/s':>9} {'ms/step':>8} {'epoch s':>8} {'rounds ms/step':>28} {'CLD share':>9}")
+    print(f"{'method':<10} {'images/s':>9} {'ms/step':>8} {'epoch s':>8} {'rounds ms/step':>28} {'CLD share':>9}")
     for r in result["rows"]:
         rounds = " ".join(f"{ms:.1f}" for ms in r["rounds_ms_per_step"])
         share = f"{100 * r['cld_share']:.1f}%" if "cld_share" in r else "-"
-        print(f"{r['method']:<6} {r['images_per_s']:>9.0f} {r['ms_per_step']:>8.1f} {r['epoch_s']:>8.2f} {rounds:>28} {share:>9}")
+        print(f"{r['method']:<10} {r['images_per_s']:>9.0f} {r['ms_per_step']:>8.1f} {r['epoch_s']:>8.2f} {rounds:>28} {share:>9}")
     cld = next((r for r in result["rows"] if r["method"] == "cld"), None)
     if cld:
         print(f"CLD epoch {cld['epoch_s']:.2f} s ({s['train_size']} images) vs target 5 s: {'met' if cld['epoch_s'] <= 5 else 'MISSED'}")
@@ -96,16 +100,16 @@ def knn_curve(method):
     if not path.is_file():
         return {}
     rows = [r for r in csv.DictReader(open(path, newline="")) if r.get("knn_top1")]
-    return {int(float(r["epoch"])) + 1: float(r["knn_top1"]) for r in rows}
+    return {int(float(r["epoch"])): float(r["knn_top1"]) for r in rows}  # metrics.csv counts epochs from 1
 
-runs = {m: json.loads((out / f"{m}_summary.json").read_text()) for m in ("npid", "cld") if (out / f"{m}_summary.json").is_file()}
-curves = {m: knn_curve(m) for m in ("npid", "cld")}
-print(f"\nNPID vs CLD, CIFAR-10, paper recipe, {epochs} epochs, both at once on one device; kNN top-1 (%):")
-print(f"{'epoch':>5} {'NPID':>7} {'CLD':>7}")
-for epoch in sorted(set(curves["npid"]) | set(curves["cld"])):
-    cells = [f"{curves[m][epoch]:>7.2f}" if epoch in curves[m] else f"{'-':>7}" for m in ("npid", "cld")]
+runs = {m: json.loads((out / f"{m}_summary.json").read_text()) for m in trained if (out / f"{m}_summary.json").is_file()}
+curves = {m: knn_curve(m) for m in trained}
+print(f"\n{' vs '.join(trained)}: presets cifar10-<name>, CIFAR-10, {epochs} epochs, all at once on one device; kNN top-1 (%):")
+print(f"{'epoch':>5} " + " ".join(f"{m:>10}" for m in trained))
+for epoch in sorted(set().union(*curves.values())):
+    cells = [f"{curves[m][epoch]:>10.2f}" if epoch in curves[m] else f"{'-':>10}" for m in trained]
     print(f"{epoch:>5} {' '.join(cells)}")
-for method in ("npid", "cld"):
+for method in trained:
     run = runs.get(method)
     if run is None:
         print(f"{method.upper()}: no result (not run, or failed: see gpu_check.log)")
@@ -162,21 +166,21 @@ else
 fi
 step throughput 180 "$PYTHON" benchmarks/throughput.py --device "$ACCELERATOR" --backbone "$BACKBONE" --width "$WIDTH" --batch "$BATCH" \
   --steps "$STEPS" --warmup "$WARMUP" --repeats "$REPEATS" --train-size "$TRAIN_SIZE" --workers "$WORKERS" \
-  --methods npid,cld,moco,cldm --precision bf16-mixed --channels-last --check-sync --json "$OUT/throughput.json"
+  --methods "$THROUGHPUT_METHODS" --precision bf16-mixed --channels-last --check-sync --json "$OUT/throughput.json"
 
 rm -rf "$RUNS"
 mkdir -p "$RUNS"
-if begin train-npid-cld 480; then  # both runs at once, each under the same capped limit
+if begin train 480; then  # all runs at once, each under the same capped limit
   started=$SECONDS
   pids=()
-  for method in npid cld; do
+  for method in $TRAIN; do
     timeout -k 10 "$LIMIT" "$PYTHON" -m crosslevel train --config "cifar10-$method" --data "$DATA_DIR" \
       epochs="$EPOCHS" warmup_epochs="$WARMUP_EPOCHS" eval_every="$EVAL_EVERY" augment_device=device \
       precision=bf16-mixed channels_last=true workers=0 accelerator="$ACCELERATOR" progress=false \
       out="$RUNS" name="$method" $TRAIN_EXTRA >"$RUNS/$method.log" 2>&1 &
     pids+=($!)
   done
-  for method in npid cld; do
+  for method in $TRAIN; do
     wait "${pids[0]}"
     status=$?
     pids=("${pids[@]:1}")
@@ -188,5 +192,5 @@ if begin train-npid-cld 480; then  # both runs at once, each under the same capp
     cp "$RUNS/$method/metrics.csv" "$OUT/${method}_metrics.csv" 2>/dev/null ||
       cp "$RUNS/$method/logs/version_0/metrics.csv" "$OUT/${method}_metrics.csv" 2>/dev/null
   done
-  echo "=== train-npid-cld: done after $((SECONDS - started))s" | tee -a "$LOG"
+  echo "=== train: done after $((SECONDS - started))s" | tee -a "$LOG"
 fi

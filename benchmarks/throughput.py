@@ -51,7 +51,13 @@ from crosslevel.losses import bank_softmax_loss, cld_loss
 from crosslevel.data.datamodule import ContrastiveDataModule, Data
 from crosslevel.training import build_module
 
-METHOD_PRESETS = {"npid": "cifar10-npid", "cld": "cifar10-cld", "moco": "cifar10-moco", "cldm": "cifar10-cldm"}
+METHOD_PRESETS = {
+    "npid": "cifar10-npid", "cld": "cifar10-cld", "moco": "cifar10-moco", "cldm": "cifar10-cldm",
+    "simclr": "cifar10-simclr", "simclr+cld": "cifar10-simclr-cld", "byol": "cifar10-byol", "byol+cld": "cifar10-byol-cld",
+    "vit-cld": "cifar10-cld-vit",
+}  # fmt: skip
+# (with CLD, without): the step-time ratios reported per round
+PAIRS = (("CLD/NPID", "cld", "npid"), ("CLDm/MoCo", "cldm", "moco"), ("SimCLR+CLD/SimCLR", "simclr+cld", "simclr"), ("BYOL+CLD/BYOL", "byol+cld", "byol"))
 
 
 def synthetic_images(count: int, size: int, seed: int = 0) -> InMemoryImages:
@@ -140,8 +146,10 @@ def random_features(cfg: Config, device: torch.device) -> torch.Tensor:
 def method_config(method: str, args: argparse.Namespace) -> Config:
     """The method's CIFAR-10 preset with this benchmark's model, batch, device and precision."""
     cfg = load_preset(METHOD_PRESETS[method])
+    own_backbone = cfg.backbone.startswith("timm:")  # a timm preset keeps its model (and its backbone_args)
+    model = [] if own_backbone else [f"backbone={args.backbone}", f"width={args.width}"]
     overrides = [
-        f"backbone={args.backbone}", f"width={args.width}", f"batch_size={args.batch}", f"precision={args.precision}",
+        *model, f"batch_size={args.batch}", f"precision={args.precision}",
         f"augment_device={args.augment}", f"workers={args.workers}", f"channels_last={args.channels_last}",
         f"compile={args.compile}", "data=synthetic", "progress=false",
     ]  # fmt: skip
@@ -186,9 +194,10 @@ def median_row(measured: list[dict]) -> dict:
 
 
 def step_ratios(rounds: dict[str, list[dict]]) -> dict[str, dict]:
-    """CLD/NPID and CLDm/MoCo step-time ratios of each round both ran in, with median, min and max."""
+    """Each method's step time over its baseline without CLD (:data:`PAIRS`) in every round both ran
+    in, with median, min and max."""
     ratios = {}
-    for name, method, baseline in (("CLD/NPID", "cld", "npid"), ("CLDm/MoCo", "cldm", "moco")):
+    for name, method, baseline in PAIRS:
         per_round = [a["ms_per_step"] / b["ms_per_step"] for a, b in zip(rounds.get(method, []), rounds.get(baseline, []))]
         if per_round:
             ratios[name] = {
@@ -262,7 +271,7 @@ def machine(device: torch.device) -> dict[str, str]:
 def format_table(rows: list[dict]) -> str:
     npid = next((r["ms_per_step"] for r in rows if r["method"] == "npid"), None)
     lines = [
-        f"{'method':<6} {'images/s':>9} {'ms/step':>8} {'epoch s':>8} {'vs NPID':>8} "
+        f"{'method':<10} {'images/s':>9} {'ms/step':>8} {'epoch s':>8} {'vs NPID':>8} "
         f"{'k-means+CLD ms':>15} {'share':>6} {'views ms':>9}"
     ]
     for r in rows:
@@ -271,7 +280,7 @@ def format_table(rows: list[dict]) -> str:
         share = f"{100 * r['cld_share']:.1f}%" if "cld_share" in r else "-"
         views = f"{r['device_views_ms']:.2f}" if "device_views_ms" in r else "-"
         lines.append(
-            f"{r['method']:<6} {r['images_per_s']:>9.0f} {r['ms_per_step']:>8.1f} {r['epoch_s']:>8.1f} {ratio:>8} "
+            f"{r['method']:<10} {r['images_per_s']:>9.0f} {r['ms_per_step']:>8.1f} {r['epoch_s']:>8.1f} {ratio:>8} "
             f"{cld:>15} {share:>6} {views:>9}"
         )
     return "\n".join(lines)
@@ -279,7 +288,7 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", default="npid,cld,moco,cldm", help="comma-separated: npid, cld, moco, cldm")
+    parser.add_argument("--methods", default="npid,cld,moco,cldm", help="comma-separated: " + ", ".join(METHOD_PRESETS))
     parser.add_argument("--backbone", default="resnet18_cifar")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--batch", type=int, default=256)

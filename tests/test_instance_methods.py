@@ -154,7 +154,7 @@ def test_plug_in_presets_are_valid_and_described(name: str) -> None:
     assert dict(preset_summary())[name]
     cfg = apply_overrides(load_preset(name), ["data=/somewhere"])
     assert cfg.instance == name.split("-")[1] and (cfg.cld_weight > 0) == name.endswith("-cld")
-    assert num_views(cfg) == 2 and cfg.mlp and cfg.num_groups < cfg.batch_size
+    assert num_views(cfg) == 2 and cfg.mlp and cfg.mlp_bn and cfg.num_groups < cfg.batch_size
 
 
 def test_run_table_names_the_plug_in_methods(tmp_path) -> None:
@@ -266,3 +266,17 @@ def test_the_plain_pytorch_example_trains_and_reports_knn() -> None:
     done = subprocess.run([sys.executable, str(script), "--steps", "3"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "step    0  loss" in done.stdout and "kNN top-1 on held-out digits:" in done.stdout
+
+
+def test_mlp_bn_puts_batchnorm_in_the_projector_trunk() -> None:
+    from torch import nn
+
+    from crosslevel.models import TwoHeads
+
+    heads = TwoHeads(8, 4, mlp=True, mlp_bn=True)
+    assert [type(layer) for layer in heads.trunk] == [nn.Linear, nn.BatchNorm1d, nn.ReLU]
+    instance, group = heads(torch.randn(5, 8))
+    torch.testing.assert_close(instance.norm(dim=1), torch.ones(5))
+    with pytest.raises(CrossLevelError, match="mlp_bn=true .* needs mlp=true"):
+        apply_overrides(load_preset("digits-cld"), ["mlp_bn=true"])
+    assert load_preset("cifar10-simclr").mlp_bn and load_preset("cifar10-byol-cld").mlp_bn

@@ -74,6 +74,7 @@ class Config:
     feature_dim: int = key(128, "output size of both heads", min=1)
     normlinear: bool = key(False, "cosine-layer heads instead of Linear (columns start at unit norm, as the reference)")
     mlp: bool = key(False, "shared Linear(d, d)+ReLU trunk before the heads")
+    mlp_bn: bool = key(False, "mlp: BatchNorm1d between the trunk's Linear and ReLU (SimCLR v2 / BYOL / solo-learn projectors)")
     pool_window: int = key(0, "0: global average pool; N: the reference's avg_pool2d(N) (STL-10: 7; not with timm)", min=0)
     conv_init: Literal["torchvision", "pytorch"] = key("torchvision", "ResNets: torchvision: kaiming-normal fan_out; pytorch: the layer default (reference CIFAR ResNet)")
     # --- instance branch ---
@@ -267,6 +268,8 @@ def validate(cfg: Config) -> Config:
     for key, spec in FIELDS.items():
         _check_bounds(key, getattr(cfg, key), spec.metadata)
     _check_backbone(cfg)
+    if cfg.mlp_bn and not cfg.mlp:
+        raise CrossLevelError("mlp_bn=true puts BatchNorm in the MLP trunk: it needs mlp=true")
     if cfg.npid_views == 1 and (cfg.instance != "npid" or cfg.cld_weight > 0):
         raise CrossLevelError(
             "npid_views=1 is the original one-view NPID: it needs instance=npid and cld_weight=0 "

@@ -81,7 +81,7 @@ class ContrastiveModule(pl.LightningModule):
         self.backbone = build_backbone(
             cfg.backbone, in_channels, cfg.width, cfg.pool_window, cfg.conv_init, image_size, backbone_kwargs(cfg.backbone_args)
         )
-        self.heads = TwoHeads(self.backbone.out_dim, cfg.feature_dim, cfg.normlinear, cfg.mlp)
+        self.heads = TwoHeads(self.backbone.out_dim, cfg.feature_dim, cfg.normlinear, cfg.mlp, cfg.mlp_bn)
         if cfg.channels_last:  # before the key encoder copies the backbone, so that both are NHWC
             self.backbone.to(memory_format=torch.channels_last)
         self.branch: InstanceBranch = BRANCHES[cfg.instance](cfg, num_train, self.backbone, self.heads)

@@ -36,14 +36,17 @@ class ProjectionHead(nn.Module):
 
 
 class TwoHeads(nn.Module):
-    """f_I and f_G on a shared pooled feature f, with an optional shared MLP trunk.
+    """f_I and f_G on a shared pooled feature f, with an optional shared MLP trunk
+    ``Linear(d, d) → [BatchNorm1d] → ReLU`` (``mlp``; ``mlp_bn``: the projector of SimCLR v2, BYOL
+    and solo-learn, which BYOL needs not to collapse).
 
     ``forward(f)`` returns ``(instance, group)``, each B×out_dim and L2-normalised.
     """
 
-    def __init__(self, in_dim: int, out_dim: int = 128, normlinear: bool = False, mlp: bool = False) -> None:
+    def __init__(self, in_dim: int, out_dim: int = 128, normlinear: bool = False, mlp: bool = False, mlp_bn: bool = False) -> None:
         super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True)) if mlp else nn.Identity()
+        norm = [nn.BatchNorm1d(in_dim)] if mlp_bn else []
+        self.trunk = nn.Sequential(nn.Linear(in_dim, in_dim), *norm, nn.ReLU(inplace=True)) if mlp else nn.Identity()
         self.instance = ProjectionHead(in_dim, out_dim, normlinear)
         self.group = ProjectionHead(in_dim, out_dim, normlinear)
 
