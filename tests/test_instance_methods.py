@@ -280,3 +280,10 @@ def test_mlp_bn_puts_batchnorm_in_the_projector_trunk() -> None:
     with pytest.raises(CrossLevelError, match="mlp_bn=true .* needs mlp=true"):
         apply_overrides(load_preset("digits-cld"), ["mlp_bn=true"])
     assert load_preset("cifar10-simclr").mlp_bn and load_preset("cifar10-byol-cld").mlp_bn
+
+
+def test_resuming_with_or_without_the_jigsaw_head_is_a_clear_error(tmp_path) -> None:
+    cfg = apply_overrides(load_preset("digits-cld"), TINY + [f"out={tmp_path}", "name=plain"])
+    run_dir, _ = train(cfg)
+    with pytest.raises(CrossLevelError, match="jigsaw_head=False .this run: True"):
+        train(resolve_resume(apply_overrides(cfg, [f"resume={run_dir}", "epochs=2", "jigsaw_weight=0.5"]), ["epochs=2", "jigsaw_weight=0.5"])[0])

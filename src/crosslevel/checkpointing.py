@@ -176,8 +176,8 @@ def check_compatible(checkpoint: dict[str, Any], path: Path, cfg: Config, num_tr
     keys = MODEL_KEYS + BRANCH_STATE_KEYS.get(cfg.instance, ())
     ours = {key: getattr(cfg, key) for key in keys}
     theirs = {key: saved["cfg"].get(key, FIELDS[key].default) for key in keys}  # keys newer than the checkpoint: their defaults
-    ours.update(num_train=num_train, in_channels=in_channels)
-    theirs.update(num_train=saved.get("num_train"), in_channels=saved.get("in_channels"))
+    ours.update(num_train=num_train, in_channels=in_channels, jigsaw_head=cfg.jigsaw_weight > 0)
+    theirs.update(num_train=saved.get("num_train"), in_channels=saved.get("in_channels"), jigsaw_head=saved["cfg"].get("jigsaw_weight", 0) > 0)
     differences = [f"{key}={theirs[key]!r} (this run: {ours[key]!r})" for key in ours if theirs[key] != ours[key]]
     if differences:
         raise CrossLevelError(
