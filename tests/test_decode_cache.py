@@ -82,3 +82,12 @@ def test_decoded_images_are_cached_until_a_file_or_the_size_changes(
 
     resized = load_split("folder", str(data), "train", image_size=8)
     assert len(decoded) == 24 and resized.images.shape[1:] == (8, 8, 3)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", b"not a zip at all"])
+def test_a_damaged_cache_entry_is_decoded_again(tmp_path: Path, content: bytes) -> None:
+    from crosslevel.data import decode_cache
+
+    entry = tmp_path / "entry.npz"
+    entry.write_bytes(content)
+    assert decode_cache.load(entry, 3) is None  # not an exception: the caller decodes the files again

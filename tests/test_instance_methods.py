@@ -69,8 +69,9 @@ def test_nce_loss_matches_a_naive_loop() -> None:
             p_noise = math.exp(float(features[b] @ bank[j]) / t) / z
             expected -= math.log((k / n) / (p_noise + k / n + 1e-7))
     assert nce_loss(features, bank, indices, noise, t, z).item() == pytest.approx(expected / 3, rel=1e-10)
-    mean_exp = sum(math.exp(float(features[b] @ bank[j]) / t) for b in range(3) for j in noise[b]) / 6
-    assert nce_normaliser(features, bank, noise, t).item() == pytest.approx(mean_exp * n, rel=1e-10)
+    rows = [[int(indices[b]), *noise[b].tolist()] for b in range(3)]  # the positive and the K noise rows
+    mean_exp = sum(math.exp(float(features[b] @ bank[j]) / t) for b in range(3) for j in rows[b]) / 9
+    assert nce_normaliser(features, bank, indices, noise, t).item() == pytest.approx(mean_exp * n, rel=1e-10)
 
 
 def test_byol_momentum_schedule_runs_from_base_to_one() -> None:
@@ -287,3 +288,14 @@ def test_resuming_with_or_without_the_jigsaw_head_is_a_clear_error(tmp_path) -> 
     run_dir, _ = train(cfg)
     with pytest.raises(CrossLevelError, match="jigsaw_head=False .this run: True"):
         train(resolve_resume(apply_overrides(cfg, [f"resume={run_dir}", "epochs=2", "jigsaw_weight=0.5"]), ["epochs=2", "jigsaw_weight=0.5"])[0])
+
+
+def test_resume_may_change_k_of_nce_but_not_switch_it_on(tmp_path) -> None:
+    cfg = apply_overrides(load_preset("digits-npid"), TINY + [f"out={tmp_path}", "name=nce", "nce_negatives=32", "cld_weight=0"])
+    run_dir, _ = train(cfg)
+    more = ["epochs=2", "nce_negatives=64"]
+    resumed, _ = train(resolve_resume(apply_overrides(cfg, [f"resume={run_dir}", *more]), more)[0])  # K may change
+    assert open_run(resumed)[0].nce_negatives == 64
+    off = ["epochs=3", "nce_negatives=0"]
+    with pytest.raises(CrossLevelError, match="nce=True .this run: False"):
+        train(resolve_resume(apply_overrides(cfg, [f"resume={run_dir}", *off]), off)[0])

@@ -28,8 +28,9 @@ RESUME_KEY = "crosslevel_resume"
 # Config keys that decide the shapes of the saved tensors: a checkpoint only fits a model built with the same values.
 # What a checkpoint's weights and optimiser state fit (the optimiser: SGD's one parameter group, AdamW's two).
 MODEL_KEYS = ("backbone", "backbone_args", "width", "feature_dim", "normlinear", "mlp", "mlp_bn", "instance", "optimizer")
-# keys that shape a branch's checkpointed state: MoCo's queue buffer, BYOL's predictor, NPID's NCE normaliser
-BRANCH_STATE_KEYS = {"moco": ("queue_size",), "byol": ("predictor_hidden",), "npid": ("nce_negatives",)}
+# keys that shape a branch's checkpointed state: MoCo's queue buffer, BYOL's predictor (and, below, whether
+# NPID keeps an NCE normaliser and the model a jigsaw head: on or off, whatever their values)
+BRANCH_STATE_KEYS = {"moco": ("queue_size",), "byol": ("predictor_hidden",)}
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -176,8 +177,13 @@ def check_compatible(checkpoint: dict[str, Any], path: Path, cfg: Config, num_tr
     keys = MODEL_KEYS + BRANCH_STATE_KEYS.get(cfg.instance, ())
     ours = {key: getattr(cfg, key) for key in keys}
     theirs = {key: saved["cfg"].get(key, FIELDS[key].default) for key in keys}  # keys newer than the checkpoint: their defaults
-    ours.update(num_train=num_train, in_channels=in_channels, jigsaw_head=cfg.jigsaw_weight > 0)
-    theirs.update(num_train=saved.get("num_train"), in_channels=saved.get("in_channels"), jigsaw_head=saved["cfg"].get("jigsaw_weight", 0) > 0)
+    ours.update(num_train=num_train, in_channels=in_channels, jigsaw_head=cfg.jigsaw_weight > 0, nce=cfg.nce_negatives > 0)
+    theirs.update(
+        num_train=saved.get("num_train"),
+        in_channels=saved.get("in_channels"),
+        jigsaw_head=saved["cfg"].get("jigsaw_weight", 0) > 0,
+        nce=saved["cfg"].get("nce_negatives", 0) > 0,
+    )
     differences = [f"{key}={theirs[key]!r} (this run: {ours[key]!r})" for key in ours if theirs[key] != ours[key]]
     if differences:
         raise CrossLevelError(

@@ -86,7 +86,7 @@ def check_data_path(cfg: Config, run_dir: Path, option: str) -> None:
         raise CrossLevelError(f"the data set of run {run_dir} is not at {cfg.data}: if it has moved, give its new location with {option}")
 
 
-def open_run(run_dir: str, data: str | None) -> Run:
+def open_evaluation_run(run_dir: str, data: str | None) -> Run:
     """A run opened for a command that reads its data set: from ``data`` (``--data``: the data
     set's new location) when given, else from the path saved in the run."""
     from .evaluation.features import Run
@@ -146,7 +146,7 @@ METRIC_COLUMNS = ["metric", "feature", "top1", "top5", "nmi", "retrieval", "shot
 def _eval(args: argparse.Namespace) -> int:
     from .evaluation import protocols
 
-    run = open_run(args.run_dir, args.data)
+    run = open_evaluation_run(args.run_dir, args.data)
     metrics = list(METRIC_DEFAULT_FEATURE) if args.metric == "all" else [args.metric]
     results = {}
     for metric in metrics:
@@ -170,7 +170,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _eval_semi(args: argparse.Namespace) -> int:
     from .evaluation import protocols
 
-    run = open_run(args.run_dir, args.data)
+    run = open_evaluation_run(args.run_dir, args.data)
     result = protocols.semi(run, args.fraction, args.epochs, args.seed)
     _print_table([result], ["fraction", "labelled_images", "epochs", "top1", "top5", "shots"])
     _write_json(run.path, "semi", f"{args.fraction:g}", result)
@@ -192,7 +192,7 @@ def _score(args: argparse.Namespace) -> int:
     from .evaluation import protocols
     from .evaluation.unsupervised import spearman
 
-    runs = [open_run(run_dir, args.data) for run_dir in args.run_dirs]
+    runs = [open_evaluation_run(run_dir, args.data) for run_dir in args.run_dirs]
     differences = data_differences(runs)
     if differences:
         described = "; ".join(f"{run.path} ({run.cfg.dataset}{' ' + run.cfg.data if run.cfg.data else ''}, {run.info.size}px, {len(run.info.classes)} classes)" for run in runs)
@@ -227,7 +227,7 @@ def _score(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from .evaluation.figures import plot_run
 
-    run = open_run(args.run_dir, args.data)
+    run = open_evaluation_run(args.run_dir, args.data)
     for path in plot_run(run, args.feature, args.max_points, args.pairs, args.seed):
         print(f"wrote {path}")
     return 0

@@ -69,7 +69,7 @@ def spectral_embedding(x: torch.Tensor, dims: int) -> torch.Tensor:
     unit = F.normalize(x, dim=1)
     affinity = (unit @ unit.t()).abs()
     affinity = torch.maximum(affinity, affinity.t()).fill_diagonal_(0.0)
-    inv_sqrt_degree = affinity.sum(dim=0).rsqrt()
+    inv_sqrt_degree = affinity.sum(dim=0).clamp_min(1e-12).rsqrt()  # a row with no affinity (a zero feature, B = 1) stays finite
     identity = torch.eye(len(x), dtype=x.dtype, device=x.device)
     laplacian = identity - inv_sqrt_degree[:, None] * affinity * inv_sqrt_degree[None, :]
     _, eigenvectors = torch.linalg.eigh(laplacian)  # ascending eigenvalues

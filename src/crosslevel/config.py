@@ -37,7 +37,9 @@ Optimizer = Literal["sgd", "adamw"]
 Instance = Literal["npid", "moco", "simclr", "byol"]  # the instance branches of methods/module.py's BRANCHES
 Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
 Strategy = Literal["auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"]  # the bank/queue sync is DDP's
-Precision = Literal["32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"]  # Lightning's names
+# Lightning's names. Not its "16-true" / "bf16-true" / "64-true": the memory bank, queue and losses stay float32
+# while those cast every input and weight (a bf16 bank loses the small momentum updates).
+Precision = Literal["32-true", "16-mixed", "bf16-mixed"]
 
 
 @dataclass
@@ -84,7 +86,7 @@ class Config:
     instance_temperature: float = key(0.1, "T_I of the instance loss (MoCo: 0.07 CIFAR, 0.2 ImageNet; SimCLR's τ; unused by BYOL)", gt=0)
     bank_momentum: float = key(0.5, "NPID: row <- normalise(m·row + (1-m)·f)", min=0, lt=1)
     queue_size: int = key(4096, "MoCo: negatives in the queue (>= the global batch)", min=1)
-    ema_momentum: float = key(0.999, "MoCo key encoder / BYOL target <- m·θ + (1-m)·θ_online (BYOL: the base of its cosine m -> 1)", min=0, lt=1)
+    ema_momentum: float = key(0.999, "MoCo key encoder / BYOL target <- m·θ + (1-m)·θ_online (BYOL: the base of its cosine m -> 1; BYOL uses 0.99-0.996)", min=0, lt=1)
     jigsaw_weight: float = key(0.0, "β of PIRL's jigsaw auxiliary (npid, moco): (1-β)·instance + β·jigsaw query's instance loss; 0: off", min=0, lt=1)
     predictor_hidden: int = key(4096, "BYOL: hidden width of the predictor MLP (D -> hidden -> D)", min=1)
     # --- cross-level term ---

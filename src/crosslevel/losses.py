@@ -63,11 +63,15 @@ def nce_loss(
     return -(log_positive.sum() + log_negatives.sum()) / len(features)
 
 
-def nce_normaliser(features: torch.Tensor, bank: torch.Tensor, noise: torch.Tensor, temperature: float) -> torch.Tensor:
-    """NPID's Z: ``N · mean exp(v·m / T)`` over a batch's positive and noise rows, taken once from the
-    first batch and kept constant (the reference's ``params[2]``). Returns a 0-d tensor, no gradient."""
+def nce_normaliser(
+    features: torch.Tensor, bank: torch.Tensor, indices: torch.Tensor, noise: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """NPID's Z: ``N · mean exp(v·m / T)`` over a batch's positive row and its K noise rows (B×(K+1)
+    values, as the reference's ``out``), taken once from the first batch and kept constant (the
+    reference's ``params[2]``). Returns a 0-d tensor, no gradient."""
     with torch.no_grad():
-        return torch.exp(torch.einsum("bd,bkd->bk", features, bank[noise]) / temperature).mean() * bank.shape[0]
+        rows = torch.cat([indices[:, None], noise], dim=1)  # B×(K+1), the positive first
+        return torch.exp(torch.einsum("bd,bkd->bk", features, bank[rows]) / temperature).mean() * bank.shape[0]
 
 
 def moco_loss(
@@ -107,7 +111,7 @@ def nt_xent_loss(view_a: torch.Tensor, view_b: torch.Tensor, temperature: float 
     logits = embeddings @ embeddings.t() / temperature
     logits = logits.masked_fill(torch.eye(len(embeddings), dtype=torch.bool, device=logits.device), float("-inf"))
     batch = len(view_a)
-    partners = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)]).to(logits.device)
+    partners = torch.arange(2 * batch, device=logits.device).roll(batch)  # i ↔ i ± B, made on the device (no copy, no sync)
     return F.cross_entropy(logits, partners)
 
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import PIL
 
 FORMAT = 1  # raised when an entry's layout changes
+DECODE_VERSION = 1  # raised when decoding itself changes (colour conversion, resize filter): old entries are not reused
 
 
 def cache_dir() -> Path:
@@ -33,7 +35,7 @@ def cache_dir() -> Path:
 def entry_path(paths: list[Path], size: int | None) -> Path:
     """The cache file of ``paths`` decoded at ``size`` (None: the files' own size)."""
     files = [(os.path.abspath(path), *_stamp(path)) for path in paths]
-    key = json.dumps([FORMAT, PIL.__version__, size, files])
+    key = json.dumps([FORMAT, DECODE_VERSION, PIL.__version__, size, files])
     return cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:40]}.npz"
 
 
@@ -51,7 +53,7 @@ def load(entry: Path, count: int) -> list[np.ndarray | None] | None:
     try:
         with np.load(entry, allow_pickle=False) as saved:
             images, bad = saved["images"], set(saved["bad"].tolist())
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing, truncated or foreign: decode again
         return None
     if len(images) + len(bad) != count:
         return None

@@ -223,7 +223,8 @@ def build_optimizer(module: torch.nn.Module, cfg: Config, lr: float) -> torch.op
 
     ``sgd``: momentum ``sgd_momentum``, L2 ``weight_decay`` on every parameter (the reference's).
     ``adamw``: betas (0.9, 0.999), decoupled ``weight_decay`` on the weight matrices and kernels only:
-    biases and norm scales/shifts (every parameter of one dimension) get none, as in DeiT and DINO.
+    biases and norm scales/shifts (every parameter of one dimension) get none, as DINO does (a ViT's
+    position embedding and class token are decayed; DeiT also exempts those).
     """
     trainable = [p for p in module.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":

@@ -77,7 +77,7 @@ class NPIDBranch(InstanceBranch):
         if not self._normaliser_checked:
             self._normaliser_checked = True
             if self.nce_normaliser < 0:  # a fresh run: estimate Z on its first batch, the same on every rank
-                self.nce_normaliser.copy_(gather(nce_normaliser(query, bank, noise, self.temperature)[None]).mean())
+                self.nce_normaliser.copy_(gather(nce_normaliser(query, bank, indices, noise, self.temperature)[None]).mean())
         return nce_loss(query, bank, indices, noise, self.temperature, self.nce_normaliser)
 
     def after_step(self, backbone: nn.Module, heads: nn.Module, progress: float) -> None:
