@@ -299,3 +299,9 @@ def test_resume_may_change_k_of_nce_but_not_switch_it_on(tmp_path) -> None:
     off = ["epochs=3", "nce_negatives=0"]
     with pytest.raises(CrossLevelError, match="nce=True .this run: False"):
         train(resolve_resume(apply_overrides(cfg, [f"resume={run_dir}", *off]), off)[0])
+
+
+def test_a_queue_smaller_than_the_global_batch_is_refused_before_any_data() -> None:
+    with pytest.raises(CrossLevelError, match=r"queue_size=256 is smaller than batch_size=128 × 4 devices"):
+        apply_overrides(load_preset("digits-cld"), ["instance=moco", "queue_size=256", "devices=4"])
+    apply_overrides(load_preset("digits-cld"), ["instance=moco", "queue_size=256", "devices=2"])  # 256 keys fit

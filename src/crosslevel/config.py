@@ -285,9 +285,11 @@ def validate(cfg: Config) -> Config:
             f"it needs instance=npid or moco (got instance={cfg.instance})"
         )
     if cfg.instance == "moco":
-        if cfg.queue_size < cfg.batch_size:
+        world = known_world_size(cfg) or 1  # devices=auto: checked again when training starts
+        if cfg.queue_size < cfg.batch_size * world:
+            devices = f" × {world} devices" if world > 1 else ""
             raise CrossLevelError(
-                f"queue_size={cfg.queue_size} is smaller than batch_size={cfg.batch_size}: "
+                f"queue_size={cfg.queue_size} is smaller than batch_size={cfg.batch_size}{devices}: "
                 "the MoCo queue must hold at least one (global) batch of keys"
             )
     if cfg.lt_ratio != 0 and cfg.lt_ratio < 1:
