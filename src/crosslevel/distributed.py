@@ -62,4 +62,3 @@ def any_rank(flag: torch.Tensor) -> bool:
         flag = flag.to(torch.int32)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag)
-
