@@ -38,6 +38,7 @@ import platform
 import statistics
 import time
 import traceback
+import warnings
 from typing import Callable
 
 import lightning.pytorch as pl
@@ -151,7 +152,7 @@ def method_config(method: str, args: argparse.Namespace) -> Config:
     overrides = [
         *model, f"batch_size={args.batch}", f"precision={args.precision}",
         f"augment_device={args.augment}", f"workers={args.workers}", f"channels_last={args.channels_last}",
-        f"compile={args.compile}", "data=synthetic", "progress=false",
+        f"compile={args.compile}", f"cuda_graphs={args.cuda_graphs}", "data=synthetic", "progress=false",
     ]  # fmt: skip
     cfg = dataclasses.replace(cfg, num_groups=min(cfg.num_groups, args.batch // 2))  # k < B at small CPU batches
     return apply_overrides(cfg, overrides + list(args.set))
@@ -238,6 +239,42 @@ def check_no_sync(cfg: Config, device: torch.device) -> str:
     return "ok (no host synchronisation in views, bank softmax, k-means, CLD loss)"
 
 
+def check_step_sync(cfg: Config, data: Data, warm: int = 4, steps: int = 4) -> str:
+    """Train ``warm`` steps of ``cfg`` (compiling, recording the graphs, NCE's one-off normaliser), then
+    ``steps`` more with CUDA's sync debug mode set to *warn* inside the step (views, forward, losses,
+    backward, optimiser: Lightning's ``optimizer_step``; the branch's update after it), and count the
+    synchronisations; the deferred non-finite check and Lightning's logging are outside the step."""
+    if not torch.cuda.is_available():
+        return "not checked (CUDA only)"
+    module, datamodule = build_module(cfg, data), ContrastiveDataModule(cfg, data)
+    seen: list[str] = []
+
+    def warn_on_sync(function: Callable) -> Callable:
+        def wrapped(*args: object, **kwargs: object) -> object:
+            if module.trainer.global_step < warm:
+                return function(*args, **kwargs)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+                    seen.extend(str(w.message) for w in caught if "synchroniz" in str(w.message))
+
+        return wrapped
+
+    module.optimizer_step = warn_on_sync(module.optimizer_step)
+    module.branch.after_step = warn_on_sync(module.branch.after_step)
+    datamodule.on_after_batch_transfer = warn_on_sync(datamodule.on_after_batch_transfer)
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=warm + steps, accelerator="gpu", devices=1, precision=cfg.precision, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=datamodule)
+    return "ok: no synchronisation in the step" if not seen else f"{len(seen)} synchronisations in {steps} steps, first: {seen[0]}"
+
+
 def cpu_pipeline_ms(cfg: Config, data: Data, batches: int) -> float:
     """ms per batch of torchvision views from ``cfg.workers`` loader processes (the CPU path)."""
     loader = data.train_loader(dataclasses.replace(cfg, augment_device="cpu"))
@@ -304,9 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (cuDNN autotune, compile); >= 1")
     parser.add_argument("--repeats", type=int, default=3, help="rounds over the methods; the median round is reported")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--cuda-graphs", action="store_true", help="cuda_graphs=true: compiled with mode=reduce-overhead (CUDA graphs)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--pipeline-batches", type=int, default=10, help="batches timed for the CPU view pipeline (0: skip)")
-    parser.add_argument("--check-sync", action="store_true", help="CUDA: fail if views / k-means / CLD loss synchronise")
+    parser.add_argument(
+        "--check-sync", action="store_true",
+        help="CUDA: fail if views / k-means / CLD loss synchronise; with --cuda-graphs also count the whole step's synchronisations",
+    )  # fmt: skip
     parser.add_argument("--set", nargs="*", default=[], metavar="key=value", help="extra config overrides for every method")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
@@ -360,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         pipeline["cpu_views_workers"] = args.workers
     if args.check_sync and reference is not None:
         pipeline["sync_check"] = check_no_sync(reference, device)
+        if args.cuda_graphs:
+            pipeline["step_sync_check"] = {method: check_step_sync(cfg, data) for method, cfg in configs.items()}
     final = result()
     if args.json:
         write_json(args.json, final)
@@ -368,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{info['device']} | {info['cpu']} ({info['threads']} threads) | torch {info['torch']} | {info['date']}")
     print(
         f"{args.backbone} width {args.width}, batch {args.batch}, {args.image_size}px, {args.precision}, views on {args.augment}, "
-        f"compile={args.compile}, channels_last={args.channels_last}, {args.steps} timed steps after {args.warmup}"
+        f"compile={args.compile}, cuda_graphs={args.cuda_graphs}, channels_last={args.channels_last}, "
+        f"{args.steps} timed steps after {args.warmup}"
     )
     print(format_table(rows))
     for name, ratio in final["ratios"].items():
@@ -378,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"CPU view pipeline (torchvision, {args.workers} workers): {pipeline['cpu_views_ms_per_batch']:.1f} ms/batch")
     if "sync_check" in pipeline:
         print(f"sync check: {pipeline['sync_check']}")
+    for method, verdict in pipeline.get("step_sync_check", {}).items():
+        print(f"whole-step sync check, {method}: {verdict}")
     for method, why in skipped.items():
         print(f"skipped {method}: {why}")
     for method, why in failed.items():

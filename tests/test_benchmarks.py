@@ -137,3 +137,49 @@ def test_cld_grouping_times_both_groupings_and_the_gather(tmp_path: Path, capsys
     # 4 rows × 2 views × 3 dims × 4 bytes, sent once to the other rank; twice that in the ring all-reduce
     assert gather["bytes_sent_per_rank"] == {"forward_all_gather": 96, "backward_all_reduce": 192}
     assert "ncuts" in capsys.readouterr().out
+
+
+REPRODUCE = BENCHMARKS / "reproduce_cifar10.sh"
+
+
+def run_reproduce(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "OUT": str(tmp_path / "out"), "RUNS": str(tmp_path / "runs"), "PYTHON": sys.executable, **env}
+    return subprocess.run(["bash", str(REPRODUCE)], cwd=BENCHMARKS.parent, env=environment, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_reproduce_stops_at_once_without_cuda(tmp_path: Path) -> None:
+    result = run_reproduce(tmp_path)
+    assert result.returncode == 1 and "no usable CUDA GPU" in result.stderr and "DEVICE=cpu" in result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.slow
+def test_reproduce_dry_run_prints_the_paper_table_and_leaves_finished_runs_alone(tmp_path: Path) -> None:
+    from conftest import write_cifar10
+
+    tiny = "backbone=smallcnn width=4 feature_dim=16 batch_size=32 num_groups=4 nce_negatives=16 knn_k=5"
+    env = {"DEVICE": "cpu", "METHODS": "cld npid-1view", "EPOCHS": "1", "EVAL_EVERY": "1", "SPEED": "", "EXTRA": tiny,
+           "DATA_DIR": str(write_cifar10(tmp_path / "data", per_batch=40))}  # fmt: skip
+    first = run_reproduce(tmp_path, **env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "paper vs crosslevel" in first.stdout
+    assert "| CLD | `cifar10-cld` | 1/1 |" in first.stdout and "| NPID | `cifar10-npid-1view` | 1/1 |" in first.stdout
+    out = tmp_path / "out"
+    assert (out / "cld_curves.png").is_file() and (out / "npid-1view_summary.json").is_file()
+    assert "| 86.7 |" in (out / "table.md").read_text() and "| 80.8 |" in (out / "table.md").read_text()
+    second = run_reproduce(tmp_path, **env)
+    assert "cld: finished earlier" in second.stdout and "crosslevel train" not in second.stdout
+
+
+def test_paper_table_reads_an_unfinished_run_from_its_logs(tmp_path: Path) -> None:
+    run = tmp_path / "cld"
+    (run / "logs" / "version_0").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"preset": "cifar10-cld", "epochs": 200}))
+    (run / "data.json").write_text(json.dumps({"num_train": 50000}))
+    rows = "epoch,images_per_s,knn_top1\n0,25000,,\n9,,80.5\n19,,86.25\n29,,86.0\n"  # Lightning counts epochs from 0
+    (run / "logs" / "version_0" / "metrics.csv").write_text(rows.replace(",,\n", ",\n"))
+    (row,) = [load("paper_table").row(run)]
+    assert row["epochs"] == "30/200" and row["final"] == 86.0 and (row["best"], row["best_epoch"]) == (86.25, 20)
+    assert row["method"] == "CLD" and row["paper"] == 86.7 and row["median_epoch_s"] == pytest.approx(2.0)
+    assert "| CLD | `cifar10-cld` | 30/200 | 86.00 | 86.25 (20) | 86.7 | -0.70 | 2.00 |" in load("paper_table").table([row])

@@ -125,6 +125,11 @@ class Config:
     precision: Precision = key("32-true", "Lightning precision (k-means and losses always run in fp32)")
     channels_last: bool = key(False, "NHWC memory layout for the backbone (faster convolutions on GPUs)")
     compile: bool = key(False, "torch.compile the backbone, heads, on-device views and k-means + CLD")
+    cuda_graphs: bool = key(
+        False,
+        "GPU: replay the compiled parts as CUDA graphs (torch.compile mode=reduce-overhead, implies compile) with "
+        "no host sync in the step; the non-finite check then runs every log interval and before each checkpoint",
+    )
     logger: Literal["csv", "tensorboard", "both"] = key("csv", "training logs")
     progress: bool = key(True, "progress bars")
     limit_train_batches: float = key(1.0, "<1: fraction, >1: count of batches per epoch (tests)", gt=0)
@@ -144,6 +149,14 @@ ALIASES = {
     "T_G": "cld_temperature",
     "moco_momentum": "ema_momentum",
 }
+
+
+def compile_mode(cfg: Config) -> str | None:
+    """torch.compile's ``mode`` for the run: None (eager), ``"default"`` (``compile``) or
+    ``"reduce-overhead"`` (``cuda_graphs``: Inductor's CUDA graphs; on a CPU it compiles the same code without them)."""
+    if cfg.cuda_graphs:
+        return "reduce-overhead"
+    return "default" if cfg.compile else None
 
 
 def num_views(cfg: Config) -> int:
@@ -270,6 +283,13 @@ def validate(cfg: Config) -> Config:
     for key, spec in FIELDS.items():
         _check_bounds(key, getattr(cfg, key), spec.metadata)
     _check_backbone(cfg)
+    if cfg.cuda_graphs and cfg.skip_nonfinite:
+        raise CrossLevelError(
+            "skip_nonfinite=true reads every step's loss on the host before the update; cuda_graphs=true "
+            "never does (its non-finite check is deferred): use one of them"
+        )
+    if cfg.cuda_graphs and cfg.grouping == "ncuts":
+        raise CrossLevelError("cuda_graphs=true needs grouping=kmeans: ncuts' eigensolver checks its result on the host")
     if cfg.mlp_bn and not cfg.mlp:
         raise CrossLevelError("mlp_bn=true puts BatchNorm in the MLP trunk: it needs mlp=true")
     if cfg.npid_views == 1 and (cfg.instance != "npid" or cfg.cld_weight > 0):

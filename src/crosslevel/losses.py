@@ -193,7 +193,7 @@ class CrossLevelLoss(nn.Module):
     batch identically on every rank (initial centroids: its first k rows, rank 0's first) and averages
     the cross-entropy over this device's rows; with DDP's gradient averaging this equals one process
     on the concatenated batch, and ``num_groups`` may exceed B (it must stay below the global batch).
-    No parameters; ``compile=True`` compiles the grouping + loss (the gather stays eager).
+    No parameters; ``compile`` compiles the grouping + loss (the gather stays eager).
 
     Usage, beside any instance loss (``head`` maps backbone features to the group space)::
 
@@ -208,7 +208,8 @@ class CrossLevelLoss(nn.Module):
         grouping: ``kmeans`` or ``ncuts`` (k-way normalised cuts).
         scope: ``local`` or ``global`` (see above).
         eigenvectors: ``ncuts``: columns of the spectral embedding (the reference's ``k_eigen``).
-        compile: ``torch.compile`` the grouping and the loss.
+        compile: ``torch.compile`` the grouping and the loss: True, or torch.compile's ``mode``
+            (``"reduce-overhead"``: as a CUDA graph on a GPU).
     """
 
     def __init__(
@@ -219,14 +220,15 @@ class CrossLevelLoss(nn.Module):
         grouping: str = "kmeans",
         scope: str = "local",
         eigenvectors: int = 10,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         if grouping not in ("kmeans", "ncuts") or scope not in ("local", "global"):
             raise ValueError(f"grouping must be kmeans or ncuts and scope local or global; got {grouping!r}, {scope!r}")
         self.num_groups, self.temperature, self.iters = num_groups, temperature, iters
         self.grouping, self.scope, self.eigenvectors = grouping, scope, eigenvectors
-        self._loss = torch.compile(cld_loss) if compile else cld_loss
+        mode = compile if isinstance(compile, str) else None
+        self._loss = torch.compile(cld_loss, mode=mode) if compile else cld_loss
 
     def forward(self, group_a: torch.Tensor, group_b: torch.Tensor) -> torch.Tensor:
         local_rows = None

@@ -45,10 +45,16 @@ def build_module(cfg: Config, data: Data) -> ContrastiveModule:
 class EpochTimer(Callback):
     """Wall-clock seconds of every training epoch (kNN evaluation excluded), in ``seconds``, and of
     training as a whole, :meth:`total`. Kept in checkpoints, so both add up over the attempts of a
-    resumed run (an epoch stopped midway counts its part from each attempt)."""
+    resumed run (an epoch stopped midway counts its part from each attempt).
 
-    def __init__(self) -> None:
+    At the end of every epoch it logs the speed of this attempt's part of the epoch: ``steps_per_s``
+    and ``images_per_s`` (steps × ``batch_size`` per device × devices), on the progress bar and in
+    metrics.csv. The first epoch's figure includes compiling (``compile``, ``cuda_graphs``)."""
+
+    def __init__(self, batch_size: int) -> None:
         self.seconds: list[float] = []
+        self.batch_size = batch_size
+        self._steps = 0  # training steps of the current epoch in this attempt
         self._start: float | None = None  # of the current epoch in this attempt
         self._carried = 0.0  # of the current epoch in earlier attempts
         self._train_start = time.perf_counter()  # reset when training starts (kept under ddp_spawn, whose ranks time it)
@@ -75,12 +81,20 @@ class EpochTimer(Callback):
         self._train_start = self._start = self._now(pl_module)  # a resumed epoch gets no on_train_epoch_start
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start = self._now(pl_module)
+        self._start, self._steps = self._now(pl_module), 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
+        self._steps += 1
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self._start is not None
-        self.seconds.append(round(self._carried + self._now(pl_module) - self._start, 3))
+        elapsed = self._now(pl_module) - self._start  # this attempt's part of the epoch
+        self.seconds.append(round(self._carried + elapsed, 3))
         self._start, self._carried = None, 0.0
+        if self._steps and elapsed > 0:
+            steps_per_s = self._steps / elapsed
+            speed = {"steps_per_s": steps_per_s, "images_per_s": steps_per_s * self.batch_size * trainer.world_size}
+            pl_module.log_dict(speed, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
 
 
 def evaluate_knn(module: ContrastiveModule, data: Data, cfg: Config, feature: str = "f_I") -> dict:
@@ -203,7 +217,7 @@ def train(cfg: Config, verbose: bool = False) -> tuple[Path, dict[str, float] | 
         return run_dir, json.loads(summary.read_text()).get("knn") if summary.is_file() else None
     with lightning_output(verbose):
         datamodule = ContrastiveDataModule(cfg, data)
-        monitor, timer, last = KNNMonitor(data, cfg), EpochTimer(), LastCheckpoint(checkpoint_of(run_dir))
+        monitor, timer, last = KNNMonitor(data, cfg), EpochTimer(cfg.batch_size), LastCheckpoint(checkpoint_of(run_dir))
         # the timer first, so that epoch times exclude checkpointing and the kNN evaluation
         trainer = _trainer(cfg, run_dir, datamodule, [timer, last, ResumeState(datamodule.sampler, cfg.batch_size), monitor])
         _check_fits(cfg, data, trainer)

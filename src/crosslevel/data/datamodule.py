@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import Config, num_views
+from ..config import Config, compile_mode, num_views
 from ..errors import CrossLevelError, MissingSplit
 from .device_views import DEVICE_RECIPES, DeviceAugment, DeviceViewSource
 from .sampling import ResumableLoader, ResumableSampler
@@ -190,8 +190,9 @@ class ContrastiveDataModule(pl.LightningDataModule):
         super().__init__()
         self.cfg, self.data = cfg, data
         self.views = device_views(cfg, data.train) if cfg.augment_device == "device" else None
-        if self.views is not None and cfg.compile:  # one graph per batch shape: random sizes do not trace symbolically
-            self.views.augment.compile(dynamic=False)
+        mode = compile_mode(cfg)
+        if self.views is not None and mode is not None:  # one graph per batch shape: random sizes do not trace symbolically
+            self.views.augment.compile(dynamic=False, mode=mode)
         self.loader = data.train_loader(cfg)
 
     @property
@@ -202,7 +203,10 @@ class ContrastiveDataModule(pl.LightningDataModule):
         return self.loader
 
     def on_after_batch_transfer(self, batch: object, dataloader_idx: int) -> object:
-        """On-device views: B indices (already on the device) → ``(views, indices)``."""
+        """On-device views: B indices (already on the device) → ``(views, indices)``. With
+        ``cuda_graphs`` this is where a training step begins (the first graph replayed is the views')."""
+        if self.cfg.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         if self.views is None or not isinstance(batch, torch.Tensor):
             return batch
         if self.views.images.device != batch.device:

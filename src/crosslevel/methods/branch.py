@@ -37,8 +37,8 @@ class InstanceBranch(nn.Module):
         DDP must not broadcast them from rank 0."""
         return []
 
-    def compile_encoders(self) -> None:
-        """``torch.compile`` in place whatever network the branch runs itself (``compile=true``)."""
+    def compile_encoders(self, mode: str) -> None:
+        """``torch.compile`` in place, with ``mode``, whatever network the branch runs itself (``compile=true``)."""
 
     def targets(self, views: Sequence[torch.Tensor]) -> torch.Tensor | None:
         """What the queries are compared with, computed by the branch's own network from the batch's

@@ -43,9 +43,9 @@ class BYOLBranch(InstanceBranch):
     def from_config(cls, cfg: Config, num_train: int, backbone: nn.Module, heads: nn.Module) -> BYOLBranch:
         return cls(backbone, heads, cfg.feature_dim, cfg.predictor_hidden, cfg.ema_momentum, cfg.channels_last)
 
-    def compile_encoders(self) -> None:
-        self.target.backbone.compile()
-        self.target.heads.compile()
+    def compile_encoders(self, mode: str) -> None:
+        self.target.backbone.compile(mode=mode)
+        self.target.heads.compile(mode=mode)
 
     def targets(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
         """2×B×D: the target network's f_I of views a and b."""

@@ -155,9 +155,9 @@ class MoCoBranch(InstanceBranch):
     def ddp_ignore(self) -> list[str]:
         return ["queue.keys", "queue.pointer"]
 
-    def compile_encoders(self) -> None:
-        self.key_encoder.backbone.compile()
-        self.key_encoder.heads.compile()
+    def compile_encoders(self, mode: str) -> None:
+        self.key_encoder.backbone.compile(mode=mode)
+        self.key_encoder.heads.compile(mode=mode)
 
     def targets(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.key_encoder(views[-1]).float()

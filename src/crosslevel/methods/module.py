@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import lightning.pytorch as pl
 import torch
 
-from ..config import Config, backbone_kwargs, peak_lr
+from ..config import Config, backbone_kwargs, compile_mode, peak_lr
 from ..distributed import any_rank
 from ..errors import CrossLevelError, warn
 from ..losses import CrossLevelLoss
@@ -93,20 +93,25 @@ class ContrastiveModule(pl.LightningModule):
         unused = [f"heads.group.{name}" for name, _ in self.heads.group.named_parameters()] if cfg.cld_weight == 0 else []
         shared = [f"branch.{name}" for name in self.branch.ddp_ignore()]
         self._ddp_params_and_buffers_to_ignore = [*shared, *unused]
-        if cfg.compile:  # in place: parameter names and checkpoints stay those of the plain modules
-            self.backbone.compile()
-            self.heads.compile()
-            self.branch.compile_encoders()
+        mode = compile_mode(cfg)
+        if mode is not None:  # in place: parameter names and checkpoints stay those of the plain modules
+            self.backbone.compile(mode=mode)
+            self.heads.compile(mode=mode)
+            self.branch.compile_encoders(mode)
         # k-means + CLD are ~80 small kernels per step: compiled, they fuse into a few (launch-bound on GPUs)
         self.cld = CrossLevelLoss(
-            cfg.num_groups, cfg.cld_temperature, cfg.kmeans_iters, cfg.grouping, cfg.kmeans_scope, cfg.ncuts_eigenvectors, cfg.compile
+            cfg.num_groups, cfg.cld_temperature, cfg.kmeans_iters, cfg.grouping, cfg.kmeans_scope, cfg.ncuts_eigenvectors, mode or False
         )
         self._skip_step = False
+        self._nonfinite_steps: torch.Tensor | None = None  # cuda_graphs: non-finite steps not yet read on the host
         self._total_steps = 1  # set when training starts: the branch reads progress = step / total
         self.skipped_steps = 0
 
     def setup(self, stage: str) -> None:
         self.branch.check(self.cfg, self.trainer.world_size)
+        device = self.trainer.strategy.root_device.type
+        if self.cfg.cuda_graphs and device != "cuda":
+            warn(f"cuda_graphs=true needs a CUDA GPU (this run trains on {device}): compiled without CUDA graphs")
 
     def on_train_start(self) -> None:
         self._total_steps = int(self.trainer.estimated_stepping_batches)  # for the branch's progress
@@ -124,8 +129,11 @@ class ContrastiveModule(pl.LightningModule):
     @torch.no_grad()
     def embed(self, images: torch.Tensor, feature: str = "f_I") -> torch.Tensor:
         """Evaluation features of a batch: ``f`` (pooled, L2-normalised), ``f_I`` or ``f_G``."""
+        if self.cfg.cuda_graphs:  # a new graph replay would overwrite the outputs of the last one
+            torch.compiler.cudagraph_mark_step_begin()
         pooled, instance, group = self(images)
-        return {"f": torch.nn.functional.normalize(pooled.float(), dim=1), "f_I": instance, "f_G": group}[feature].float()
+        chosen = {"f": torch.nn.functional.normalize(pooled.float(), dim=1), "f_I": instance, "f_G": group}[feature]
+        return chosen.float().clone() if self.cfg.cuda_graphs else chosen.float()
 
     def objective(
         self,
@@ -161,8 +169,10 @@ class ContrastiveModule(pl.LightningModule):
                 logs["loss_cld"] = loss_cld
         return loss, logs
 
-    def training_step(self, batch: tuple[list[torch.Tensor], torch.Tensor], batch_idx: int) -> torch.Tensor:
-        views, indices = batch
+    def step_loss(self, views: Sequence[torch.Tensor], indices: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one batch and its parts: V views B×C×H×W of the images ``indices`` (B)
+        through the query encoder (one pass per view), the branch's targets and :meth:`objective`.
+        Tensor work only: nothing here reads a value back to the host."""
         split = len(views) - self.branch.key_views
         jigsaw = None
         if self.jigsaw is not None:  # the last view before the key views is cut into patches
@@ -170,11 +180,19 @@ class ContrastiveModule(pl.LightningModule):
             jigsaw = self.jigsaw(self.backbone(self._layout(jigsaw_patches(views[split]))))
         outputs = [self(view) for view in views[:split]]  # one pass per view: BN never mixes views
         targets = self.branch.targets(views)
-        loss, logs = self.objective([o[1] for o in outputs], [o[2] for o in outputs], indices, targets, jigsaw)
-        self._skip_step = any_rank(~torch.isfinite(loss.detach()))
-        if self._skip_step:
-            self.branch.discard()
-            self._on_nonfinite(loss)
+        return self.objective([o[1] for o in outputs], [o[2] for o in outputs], indices, targets, jigsaw)
+
+    def training_step(self, batch: tuple[list[torch.Tensor], torch.Tensor], batch_idx: int) -> torch.Tensor:
+        views, indices = batch
+        loss, logs = self.step_loss(views, indices)
+        nonfinite = ~torch.isfinite(loss.detach())
+        if self.cfg.cuda_graphs:  # no host sync: counted on the device, read by _check_deferred
+            self._nonfinite_steps = nonfinite.long() if self._nonfinite_steps is None else self._nonfinite_steps + nonfinite
+        else:
+            self._skip_step = any_rank(nonfinite)
+            if self._skip_step:
+                self.branch.discard()
+                self._on_nonfinite(loss)
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(indices), sync_dist=True)
         self.log_dict(logs, on_step=False, on_epoch=True, batch_size=len(indices), sync_dist=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=len(indices))
@@ -199,10 +217,35 @@ class ContrastiveModule(pl.LightningModule):
         if self._skip_step:
             optimizer.zero_grad(set_to_none=True)
 
+    def _check_deferred(self, collective: bool = True) -> None:
+        """``cuda_graphs``: stop with a clear error if any step since the start had a non-finite loss
+        (one host sync; ``collective``: all ranks must call it together, and any rank's counts)."""
+        if self._nonfinite_steps is None:
+            return
+        found = self._nonfinite_steps > 0
+        if not (any_rank(found) if collective else bool(found)):
+            return
+        last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none yet (first epoch): nothing to resume, rerunning starts afresh"
+        raise CrossLevelError(
+            f"the loss became non-finite before step {self.trainer.global_step} (epoch {self.current_epoch + 1}); "
+            f"cuda_graphs=true checks it every {self.trainer.log_every_n_steps} steps and before every checkpoint, "
+            f"so no checkpoint holds those steps. Last good checkpoint: {last}. Lower base_lr, or train without "
+            "cuda_graphs (which checks every step and can skip such steps with skip_nonfinite=true)"
+        )
+
     def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
-        """After the optimiser step: the branch's update (NPID: bank rows; MoCo: EMA, then enqueue; BYOL: EMA)."""
+        """After the optimiser step: the branch's update (NPID: bank rows; MoCo: EMA, then enqueue; BYOL: EMA);
+        with ``cuda_graphs``, the deferred non-finite check every log interval and at the end of the epoch."""
         progress = self.trainer.global_step / max(1, self._total_steps)
         self.branch.after_step(self.backbone, self.heads, progress)
+        if self.cfg.cuda_graphs and (
+            self.trainer.global_step % self.trainer.log_every_n_steps == 0 or batch_idx + 1 >= self.trainer.num_training_batches
+        ):
+            self._check_deferred()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """``cuda_graphs``: a checkpoint is never written after a non-finite step (this rank's count)."""
+        self._check_deferred(collective=False)
 
     def configure_optimizers(self) -> dict:
         world = self.trainer.world_size if self._trainer is not None else 1

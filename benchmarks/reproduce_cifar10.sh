@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The paper's CIFAR-10 row on one GPU: kNN top-1 after 200 epochs, NPID 80.8 / MoCo 82.1 / CLD 86.7 /
+# CLDm 87.5 (Table 2). One command; it prints the table "paper vs crosslevel" last:
+#   bash benchmarks/reproduce_cifar10.sh                      # METHODS="cld npid-1view cldm moco"
+#   METHODS="cld npid-1view" TOTAL_S=540 bash benchmarks/reproduce_cifar10.sh
+# Each preset cifar10-<method> trains as shipped (ResNet-18, batch 256, the reference's recipe, 200
+# epochs, kNN every EVAL_EVERY epochs), with the speed path that leaves the recipe alone: views made
+# on the GPU, bf16-mixed autocast (losses in fp32), channels_last and cuda_graphs=true (SPEED to
+# change it). All runs train at once on the one card, one process each.
+# Time: the script ends within TOTAL_S seconds (default: none). A run still going then gets SIGTERM
+# and writes a resumable checkpoint; running the script again with the same RUNS resumes every
+# unfinished run where it stopped (resume=RUNS/<method>) and leaves finished ones alone. A
+# checkpoint of one run is ~115 MB (weights, SGD momentum, the 50,000 x 128 bank): RUNS must
+# persist between the calls (a machine that is handed back loses it).
+# Data: DATA_DIR with cifar-10-batches-py/, else unpacked from PACKED (made beforehand with
+#   python benchmarks/cifar_pack.py pack ../shared/data/cifar10 .gpu-data/cifar10-jpeg.npz).
+# Results in $OUT (default reproduce-out/): table.md, each run's summary.json, metrics.csv and
+# training-curve PNG (from `crosslevel plot`), the log.
+# Dry run on a CPU (about 2 minutes), from the repository root:
+#   DEVICE=cpu PYTHON=.venv/bin/python METHODS="cld npid-1view" EPOCHS=2 EVAL_EVERY=1 DATA_DIR=/tmp/tiny-cifar \
+#   EXTRA="backbone=smallcnn width=8 batch_size=64 num_groups=32 train_subset=512 test_subset=256 \
+#   nce_negatives=64" SPEED="augment_device=device" bash benchmarks/reproduce_cifar10.sh
+set -uo pipefail
+OUT=${OUT:-reproduce-out}
+PYTHON=${PYTHON:-python3}
+DEVICE=${DEVICE:-gpu}  # gpu (CUDA checked first) | cpu (dry run)
+METHODS=${METHODS:-cld npid-1view cldm moco}
+EPOCHS=${EPOCHS:-200}
+EVAL_EVERY=${EVAL_EVERY:-10}
+TOTAL_S=${TOTAL_S:-0}  # 0: no limit
+RESERVE_S=${RESERVE_S:-60}  # kept for the checkpoints, plots and the table
+SPEED=${SPEED:-augment_device=device precision=bf16-mixed channels_last=true cuda_graphs=true}
+EXTRA=${EXTRA:-}
+PACKED=${PACKED:-.gpu-data/cifar10-jpeg.npz}
+DATA_DIR=${DATA_DIR:-/tmp/crosslevel-cifar10}
+RUNS=${RUNS:-runs/reproduce-cifar10}
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$RUNS"
+LOG="$OUT/reproduce.log"
+START=$SECONDS
+
+report() {  # plots, copies and the table, from whatever the runs hold
+  local runs=()
+  for method in $METHODS; do
+    [ -f "$RUNS/$method/config.json" ] || continue
+    runs+=("$RUNS/$method")
+    if [ -f "$RUNS/$method/metrics.csv" ] && [ ! "$OUT/${method}_curves.png" -nt "$RUNS/$method/metrics.csv" ]; then
+      timeout -k 10 120 "$PYTHON" -m crosslevel plot "$RUNS/$method" --data "$DATA_DIR" >>"$LOG" 2>&1 &&
+        cp "$RUNS/$method/plots/training_curves.png" "$OUT/${method}_curves.png"
+      cp "$RUNS/$method/metrics.csv" "$OUT/${method}_metrics.csv"
+    fi
+    cp "$RUNS/$method/summary.json" "$OUT/${method}_summary.json" 2>/dev/null
+  done
+  echo
+  echo "==================== paper vs crosslevel: CIFAR-10, kNN top-1 (k = 200, f_I) ===================="
+  [ ${#runs[@]} -gt 0 ] && "$PYTHON" benchmarks/paper_table.py "${runs[@]}" --out "$OUT/table.md"
+  "$PYTHON" -c 'import datetime, torch; print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+"| torch", torch.__version__, "|", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))' | tee -a "$OUT/table.md"
+  echo "settings: presets as shipped, epochs=$EPOCHS eval_every=$EVAL_EVERY $SPEED $EXTRA" | tee -a "$OUT/table.md"
+}
+trap report EXIT
+trap 'exit 143' TERM INT
+
+if [ "$DEVICE" = cpu ]; then
+  ACCELERATOR=cpu
+else
+  ACCELERATOR=gpu
+  if ! timeout -k 10 60 "$PYTHON" -c 'import torch; assert torch.cuda.is_available()' >>"$LOG" 2>&1; then
+    echo "reproduce_cifar10: stopping: no usable CUDA GPU (see $LOG); DEVICE=cpu for a dry run" >&2
+    trap - EXIT
+    exit 1
+  fi
+fi
+if [ ! -f "$DATA_DIR/cifar-10-batches-py/test_batch" ]; then
+  "$PYTHON" benchmarks/cifar_pack.py unpack "$PACKED" "$DATA_DIR" 2>&1 | tee -a "$LOG" || exit 1
+fi
+
+pids=()
+launched=()
+for method in $METHODS; do
+  if [ -f "$RUNS/$method/summary.json" ]; then
+    echo "$method: finished earlier ($RUNS/$method)" | tee -a "$LOG"
+    continue
+  elif [ -f "$RUNS/$method/checkpoints/last.ckpt" ]; then
+    what=(resume="$RUNS/$method" --data "$DATA_DIR")
+  else
+    what=(--config "cifar10-$method" --data "$DATA_DIR" epochs="$EPOCHS" eval_every="$EVAL_EVERY" $SPEED
+          accelerator="$ACCELERATOR" workers=0 progress=false out="$RUNS" name="$method" $EXTRA)
+  fi
+  echo "$method: crosslevel train ${what[*]}" | tee -a "$LOG"
+  if [ "$TOTAL_S" -gt 0 ]; then
+    limit=$((TOTAL_S - (SECONDS - START) - RESERVE_S))
+    [ "$limit" -gt 10 ] || { echo "$method: no time left" | tee -a "$LOG"; continue; }
+    timeout -k 60 "$limit" "$PYTHON" -m crosslevel train "${what[@]}" >>"$OUT/$method.log" 2>&1 &
+  else
+    "$PYTHON" -m crosslevel train "${what[@]}" >>"$OUT/$method.log" 2>&1 &
+  fi
+  pids+=($!)
+  launched+=("$method")
+done
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}"
+  status=$?
+  case $status in
+    0) note="done" ;;
+    124) note="stopped at TOTAL_S: resumable checkpoint in $RUNS/${launched[$i]} (run the script again)" ;;
+    *) note="failed: see $OUT/${launched[$i]}.log" ;;
+  esac
+  echo "train ${launched[$i]}: exit $status, $note" | tee -a "$LOG"
+done
