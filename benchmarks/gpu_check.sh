@@ -5,7 +5,8 @@
 #   2. CIFAR-10 unpacked from the packed file (below);
 #   3. throughput of NPID, CLD, MoCo and CLDm (ResNet-18, CIFAR stem, batch 256, bf16, channels_last,
 #      views made on the GPU, the MoCo presets' random erasing included; SPEED_FLAGS, default
-#      --cuda-graphs: compiled and replayed as CUDA graphs; "" for eager, --compile without graphs)
+#      "--cuda-graphs --set fused_views=true": compiled and replayed as CUDA graphs, one pass over
+#      the stacked query views; "" for eager, --compile without graphs)
 #      over REPEATS interleaved rounds: epoch seconds per method (target: CLD <= 1.5 s on an
 #      H100/H200 with CUDA graphs), the CLD/NPID (target <= 1.05) and CLDm/MoCo (target <= 1.6)
 #      step-time ratios with their spread, the k-means + CLD share, a check that views, k-means and
@@ -13,7 +14,8 @@
 #      in each method's whole training step;
 #   4. the presets cifar10-<name> for each name of TRAIN (default "npid cld") trained at once on the
 #      one card (one process each) on full CIFAR-10 for EPOCHS epochs, kNN every EVAL_EVERY, with
-#      TRAIN_SPEED (default cuda_graphs=true); the paper's 200-epoch row: reproduce_cifar10.sh;
+#      TRAIN_SPEED (default fused_views=true cuda_graphs=true); the paper's 200-epoch row:
+#      reproduce_cifar10.sh;
 #      e.g. TRAIN="simclr simclr-cld byol byol-cld" THROUGHPUT_METHODS=npid,cld,simclr,simclr+cld,byol,byol+cld
 #      measures CLD on SimCLR and BYOL;
 # and, whatever happened before, a short table last (also in $OUT/summary.txt).
@@ -45,8 +47,8 @@ BATCH=${BATCH:-256}
 STEPS=${STEPS:-30}
 WARMUP=${WARMUP:-10}
 REPEATS=${REPEATS:-3}
-SPEED_FLAGS=${SPEED_FLAGS---cuda-graphs}
-TRAIN_SPEED=${TRAIN_SPEED-cuda_graphs=true}
+SPEED_FLAGS=${SPEED_FLAGS---cuda-graphs --set fused_views=true}
+TRAIN_SPEED=${TRAIN_SPEED-fused_views=true cuda_graphs=true}
 TRAIN_SIZE=${TRAIN_SIZE:-50000}
 WORKERS=${WORKERS:-8}
 EPOCHS=${EPOCHS:-30}

@@ -5,8 +5,9 @@
 #   METHODS="cld npid-1view" TOTAL_S=540 bash benchmarks/reproduce_cifar10.sh
 # Each preset cifar10-<method> trains as shipped (ResNet-18, batch 256, the reference's recipe, 200
 # epochs, kNN every EVAL_EVERY epochs), with the speed path that leaves the recipe alone: views made
-# on the GPU, bf16-mixed autocast (losses in fp32), channels_last and cuda_graphs=true (SPEED to
-# change it). All runs train at once on the one card, one process each.
+# on the GPU, bf16-mixed autocast (losses in fp32), channels_last, fused_views=true (one pass over the
+# stacked views, BatchNorm per view) and cuda_graphs=true (SPEED to change it). All runs train at
+# once on the one card, one process each.
 # Time: the script ends within TOTAL_S seconds (default: none). A run still going then gets SIGTERM
 # and writes a resumable checkpoint; running the script again with the same RUNS resumes every
 # unfinished run where it stopped (resume=RUNS/<method>) and leaves finished ones alone. A
@@ -29,7 +30,7 @@ EPOCHS=${EPOCHS:-200}
 EVAL_EVERY=${EVAL_EVERY:-10}
 TOTAL_S=${TOTAL_S:-0}  # 0: no limit
 RESERVE_S=${RESERVE_S:-60}  # kept for the checkpoints, plots and the table
-SPEED=${SPEED:-augment_device=device precision=bf16-mixed channels_last=true cuda_graphs=true}
+SPEED=${SPEED-augment_device=device precision=bf16-mixed channels_last=true fused_views=true cuda_graphs=true}
 EXTRA=${EXTRA:-}
 PACKED=${PACKED:-.gpu-data/cifar10-jpeg.npz}
 DATA_DIR=${DATA_DIR:-/tmp/crosslevel-cifar10}

@@ -125,6 +125,11 @@ class Config:
     precision: Precision = key("32-true", "Lightning precision (k-means and losses always run in fp32)")
     channels_last: bool = key(False, "NHWC memory layout for the backbone (faster convolutions on GPUs)")
     compile: bool = key(False, "torch.compile the backbone, heads, on-device views and k-means + CLD")
+    fused_views: bool = key(
+        False,
+        "one forward pass over the stacked query views, BatchNorm statistics still per view: the model of one "
+        "pass per view (to rounding) in fewer, larger kernels",
+    )
     cuda_graphs: bool = key(
         False,
         "GPU: replay the compiled parts as CUDA graphs (torch.compile mode=reduce-overhead, implies compile) with "
@@ -283,6 +288,11 @@ def validate(cfg: Config) -> Config:
     for key, spec in FIELDS.items():
         _check_bounds(key, getattr(cfg, key), spec.metadata)
     _check_backbone(cfg)
+    if cfg.fused_views and cfg.sync_bn:
+        raise CrossLevelError(
+            "fused_views=true keeps each view's BatchNorm statistics apart, which SyncBatchNorm (sync_bn=true) "
+            "does not: use one of them"
+        )
     if cfg.cuda_graphs and cfg.skip_nonfinite:
         raise CrossLevelError(
             "skip_nonfinite=true reads every step's loss on the host before the update; cuda_graphs=true "

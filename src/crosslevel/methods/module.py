@@ -14,6 +14,7 @@ from ..distributed import any_rank
 from ..errors import CrossLevelError, warn
 from ..losses import CrossLevelLoss
 from ..models import TwoHeads, build_backbone
+from ..models.view_norm import per_view_batchnorm, stacked_views
 from .branch import InstanceBranch
 from .byol import BYOLBranch
 from .jigsaw import JigsawHead, jigsaw_patches
@@ -56,7 +57,8 @@ class ContrastiveModule(pl.LightningModule):
     heads) sees the *query views*: all but the branch's last ``key_views`` (NPID: every view, two
     or one with ``npid_views=1``; MoCo: all but the key view; SimCLR, BYOL: both). Each view has its own forward pass,
     as in the reference: BatchNorm statistics never mix views (a joint pass would leak them, the
-    leak MoCo's shuffle-BN avoids). Then
+    leak MoCo's shuffle-BN avoids); ``fused_views`` stacks the views into one pass whose BatchNorm
+    layers still normalise each view apart (:mod:`~crosslevel.models.view_norm`). Then
 
         loss = branch.loss(f_I of the query views) + λ · cld_loss(f_G(view 1), f_G(view 2))
 
@@ -85,6 +87,8 @@ class ContrastiveModule(pl.LightningModule):
         if cfg.channels_last:  # before the key encoder copies the backbone, so that both are NHWC
             self.backbone.to(memory_format=torch.channels_last)
         self.branch: InstanceBranch = BRANCHES[cfg.instance](cfg, num_train, self.backbone, self.heads)
+        # fused_views: after the branch copied the encoder (its key / target networks see one view at a time)
+        self._view_norms = per_view_batchnorm(self.backbone) + per_view_batchnorm(self.heads) if cfg.fused_views else []
         self.jigsaw = JigsawHead(self.backbone.out_dim, cfg.feature_dim, cfg.normlinear, cfg.mlp) if cfg.jigsaw_weight > 0 else None
         self._register_load_state_dict_pre_hook(_rename_old_branch_keys)
         # DDP would broadcast the N×D bank (or the queue) from rank 0 before every forward; every rank
@@ -178,9 +182,18 @@ class ContrastiveModule(pl.LightningModule):
         if self.jigsaw is not None:  # the last view before the key views is cut into patches
             split -= 1
             jigsaw = self.jigsaw(self.backbone(self._layout(jigsaw_patches(views[split]))))
-        outputs = [self(view) for view in views[:split]]  # one pass per view: BN never mixes views
+        outputs = self._query_passes(views[:split])
         targets = self.branch.targets(views)
         return self.objective([o[1] for o in outputs], [o[2] for o in outputs], indices, targets, jigsaw)
+
+    def _query_passes(self, views: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(f, f_I, f_G) of each query view: one pass per view, or (``fused_views``) one pass over the
+        stacked views with per-view BatchNorm statistics. Either way BN never mixes views."""
+        if not self.cfg.fused_views or len(views) == 1:
+            return [self(view) for view in views]
+        with stacked_views(self._view_norms, len(views)):
+            stacked = self(torch.cat(list(views)))
+        return list(zip(*(part.chunk(len(views)) for part in stacked)))
 
     def training_step(self, batch: tuple[list[torch.Tensor], torch.Tensor], batch_idx: int) -> torch.Tensor:
         views, indices = batch
