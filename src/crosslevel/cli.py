@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .config import DEFAULT_PRESET, FEATURES, Config, apply_overrides, canonical, describe_keys, load_preset, preset_summary
 from .errors import CrossLevelError, CrossLevelWarning, TrainingInterrupted, warn
+from .paths import check_creatable
 
 if TYPE_CHECKING:
     from .evaluation.features import Run
@@ -62,12 +63,6 @@ def check_environment(cfg: Config) -> None:
     imported only to check a GPU accelerator."""
     from .run_dir import check_new_run
 
-    out = Path(cfg.out).expanduser()
-    existing = next(folder for folder in (out, *out.parents) if folder.exists())
-    if not existing.is_dir():
-        raise CrossLevelError(f"out={cfg.out} cannot hold run directories: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise CrossLevelError(f"out={cfg.out} cannot hold run directories: {existing} is not writable (permission denied)")
     check_new_run(cfg)
     if cfg.accelerator not in ("gpu", "cuda", "mps"):
         return
@@ -99,6 +94,11 @@ def open_evaluation_run(run_dir: str, data: str | None) -> Run:
     else:
         run.cfg = dataclasses.replace(run.cfg, data=os.path.abspath(Path(data).expanduser()))
     return run
+
+
+def check_output(path: Path) -> None:
+    """The folder of a command's ``--out`` file exists or can be made, before any work is done."""
+    check_creatable(path.expanduser().parent, f"--out {path} cannot be written")
 
 
 def _best_line(run_dir: Path) -> str:
@@ -192,6 +192,8 @@ def _score(args: argparse.Namespace) -> int:
     from .evaluation import protocols
     from .evaluation.unsupervised import spearman
 
+    if args.out:
+        check_output(Path(args.out))
     runs = [open_evaluation_run(run_dir, args.data) for run_dir in args.run_dirs]
     differences = data_differences(runs)
     if differences:
@@ -239,9 +241,10 @@ def _embed(args: argparse.Namespace) -> int:
     from .evaluation.features import Run
     from .export import embed_folder
 
+    out = Path(args.out)
+    check_output(out)
     run = Run.open(Path(args.run_dir))
     paths, _, features = embed_folder(run, Path(args.data), args.feature)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, features)
     files = out.with_suffix(".txt")
@@ -255,6 +258,7 @@ def _cluster(args: argparse.Namespace) -> int:
     from .evaluation.features import Run
     from .export import cluster_folder
 
+    check_output(Path(args.out))
     run = Run.open(Path(args.run_dir))
     sizes = cluster_folder(run, Path(args.data), args.k, Path(args.out), args.feature, args.seed)
     _print_table([{"group": group, "images": size} for group, size in enumerate(sizes)], ["group", "images"])
@@ -265,6 +269,7 @@ def _cluster(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .export import export_backbone
 
+    check_output(Path(args.out))
     described, written = export_backbone(Path(args.run_dir), Path(args.out), args.format)
     _print_table([described], list(described))
     print("wrote " + " and ".join(str(path) for path in written))
@@ -302,14 +307,17 @@ def _run_row(run: RunInfo) -> dict[str, object]:
 def _runs(args: argparse.Namespace) -> int:
     from .run_dir import list_runs
 
-    runs = list_runs(Path(args.folder))
-    if not runs:
+    runs, problems = list_runs(Path(args.folder))
+    if not runs and not problems:
         print(f"no runs in {args.folder}")
         return 0
     rows = [(_run_row(run), run.cfg.epochs) for run in runs]
     numeric = args.sort in NUMERIC_RUN_COLUMNS
     rows.sort(key=lambda pair: (pair[0][args.sort] is None, pair[0][args.sort] if not numeric else -(pair[0][args.sort] or 0)))  # type: ignore[operator]
-    _print_table([{**row, "epochs": f"{row['epochs']}/{asked}"} for row, asked in rows], list(RUN_COLUMNS))
+    if rows:
+        _print_table([{**row, "epochs": f"{row['epochs']}/{asked}"} for row, asked in rows], list(RUN_COLUMNS))
+    if problems:
+        raise CrossLevelError(f"{len(problems)} run(s) in {args.folder} cannot be read (the table shows the others): {'; '.join(problems)}")
     return 0
 
 
@@ -481,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except CrossLevelError as err:
         print(f"crosslevel: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the file system refused a write or a read: a full disk, a quota, a lost mount
+        print(f"crosslevel: error: {err.filename or 'a file'}: {err.strerror or err}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stop:
         print(f"crosslevel: {stop}", file=sys.stderr)
