@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import CrossLevelError
+from .models import TIMM_PREFIX
 from .paths import read_json_object
 
 DEFAULT_PRESET = "digits-cld"
@@ -33,7 +34,6 @@ def key(default: Any, help: str, **bounds: float) -> Any:
 Dataset = Literal["digits", "cifar10", "cifar100", "stl10", "folder", "lists"]
 Recipe = Literal["auto", "cifar", "v2", "digits", "none"]
 Backbone = Literal["resnet18_cifar", "resnet18", "resnet50", "smallcnn"]  # and TIMM_PREFIX + any timm model
-TIMM_PREFIX = "timm:"
 Optimizer = Literal["sgd", "adamw"]
 Instance = Literal["npid", "moco", "simclr", "byol"]  # the instance branches of methods/module.py's BRANCHES
 Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
