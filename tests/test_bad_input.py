@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from crosslevel.cli import main
-from crosslevel.data.sources import load_split, to_rgb
+from crosslevel.data.folders import to_rgb
+from crosslevel.data.sources import load_split
 
 SMALL = ["width=8", "feature_dim=16", "epochs=1", "limit_train_batches=1", "workers=0", "progress=false", "knn_k=5"]
 FOLDER = ["--config", "digits-cld", "dataset=folder", "augment=none", "batch_size=8", "num_groups=2", *SMALL]

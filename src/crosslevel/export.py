@@ -15,13 +15,13 @@ from PIL import Image
 from . import plots
 from .config import backbone_kwargs
 from .data import eval_transform
-from .data.sources import decode_images, image_files
+from .data.folders import decode_images, image_files
 from .errors import CrossLevelError, warn
-from .paths import check_new_file
 from .evaluation.features import Run
 from .evaluation.nmi import kmeans_labels
 from .models import TIMM_PREFIX
 from .models.exported import FORMAT, VERSION, detectron2_key, torchvision_architecture
+from .paths import check_new_file
 from .run_dir import open_run, read_data_info
 
 
