@@ -70,9 +70,14 @@ def newer_checkpoint(w: Path) -> None:
     torch.save(saved, checkpoint(w))
 
 
-def interrupted(w: Path) -> None:
-    """The run as one stopped before it finished: no summary, so its status is read from the checkpoint."""
-    (w / "runs" / "run" / "summary.json").unlink()
+def interrupted(damage: Callable[[Path], None]) -> Callable[[Path], None]:
+    """``damage`` done to a run stopped before it finished (no summary: its status is read from the checkpoint)."""
+
+    def apply(w: Path) -> None:
+        (w / "runs" / "run" / "summary.json").unlink()
+        damage(w)
+
+    return apply
 
 
 def images(folder: Path, count: int = 4, corrupt: bool = False) -> Path:
@@ -111,7 +116,7 @@ def run_cmd(*args: str, damage: Callable[[Path], None] | None = None) -> Setup:
 
 
 def train_out(out: str, *extra: str) -> Setup:
-    return lambda w, mp: ["train", *TINY, f"out={out.replace('W/', f'{w}/')}", *extra]
+    return run_cmd("train", *TINY, f"out={out}", *extra)
 
 
 def denied(w: Path, mp: pytest.MonkeyPatch) -> list[str]:
@@ -173,10 +178,10 @@ DAMAGES = {
     "config newer": (newer_config, r"config keys this crosslevel does not know \(future_key\).*newer version"),
     "config not an object": (lambda w: config(w).write_text("[1, 2]"), r"config\.json is damaged \(a JSON list, not an object\)"),
     "config wrong value": (lambda w: config(w).write_text('{"epochs": "ten"}'), r"config\.json is damaged: config key 'epochs' expects a int"),
-    "checkpoint truncated": (lambda w: (interrupted(w), truncate(checkpoint(w))), r"cannot read checkpoint .*last\.ckpt .*damaged"),
+    "checkpoint truncated": (interrupted(lambda w: truncate(checkpoint(w))), r"cannot read checkpoint .*last\.ckpt .*damaged"),
     "checkpoint missing": (lambda w: checkpoint(w).unlink(), r"no checkpoint (in|to resume from at) .*last\.ckpt"),
-    "checkpoint newer": (lambda w: (interrupted(w), newer_checkpoint(w)), r"last\.ckpt was written by a newer crosslevel \(config keys .*: future_key\)"),
-    "checkpoint foreign": (lambda w: (interrupted(w), torch.save({"state_dict": {}}, checkpoint(w))), r"last\.ckpt is not a crosslevel training checkpoint"),
+    "checkpoint newer": (interrupted(newer_checkpoint), r"last\.ckpt was written by a newer crosslevel \(config keys .*: future_key\)"),
+    "checkpoint foreign": (interrupted(lambda w: torch.save({"state_dict": {}}, checkpoint(w))), r"last\.ckpt is not a crosslevel training checkpoint"),
 }
 COMMANDS = {
     "show": (["show", RUN], ["config truncated", "config missing", "config newer", "config not an object", "checkpoint truncated", "checkpoint newer"]),
@@ -275,4 +280,20 @@ def test_disk_full_while_resuming_keeps_the_previous_checkpoint(workspace: Path,
     monkeypatch.undo()
     err = capsys.readouterr().err
     assert code == 2 and re.fullmatch(r"crosslevel: error: cannot write checkpoint .*last\.ckpt \(No space left on device\); the previous checkpoint there is intact\n", err), err
+    assert snapshot(workspace / "runs" / "run" / "checkpoints") == kept
+
+
+def test_a_second_ctrl_c_during_the_checkpoint_write_keeps_the_previous_checkpoint(workspace: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    kept = snapshot(workspace / "runs" / "run" / "checkpoints")
+    real_fsync = os.fsync
+
+    def interrupted_write(fd: int) -> None:  # Ctrl-C twice while the checkpoint file is being written
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", interrupted_write)
+    code = main(["train", f"resume={workspace / 'runs' / 'run'}", "epochs=2"])
+    monkeypatch.undo()
+    assert (code, shown(capsys.readouterr().err)) == (130, ["crosslevel: interrupted"])
     assert snapshot(workspace / "runs" / "run" / "checkpoints") == kept

@@ -166,6 +166,10 @@ class LastCheckpoint(Checkpoint):
         except SIGTERMException:
             received = self.received or signal.SIGTERM
             raise TrainingInterrupted(signal.Signals(received).name, 128 + received, self.path, run_dir) from None
+        except SystemExit:  # Lightning's answer to the KeyboardInterrupt of a second Ctrl-C is exit(1)
+            if self.received is None:
+                raise
+            raise KeyboardInterrupt from None
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
