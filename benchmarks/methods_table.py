@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from crosslevel.config import Config, apply_overrides, load_preset
-from crosslevel.data.sources import load_folder_split
+from crosslevel.data.folders import load_folder_split
 from crosslevel.methods import ContrastiveModule
 from crosslevel.data.datamodule import Data, load_data
 from crosslevel.run_dir import checkpoint_of, open_run

@@ -46,7 +46,8 @@ import numpy as np
 import torch
 
 from crosslevel.config import Config, apply_overrides, load_preset, preset_names
-from crosslevel.data.sources import CIFAR_MEAN, CIFAR_STD, InMemoryImages
+from crosslevel.data.images import InMemoryImages
+from crosslevel.data.sources import CIFAR_MEAN, CIFAR_STD
 from crosslevel.errors import CrossLevelError
 from crosslevel.losses import bank_softmax_loss, cld_loss
 from crosslevel.data.datamodule import ContrastiveDataModule, Data

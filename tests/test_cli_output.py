@@ -41,6 +41,8 @@ def test_commands_answer_without_importing_torch_or_lightning(tmp_path: Path) ->
         ["train", f"out={tmp_path / 'afile'}"],  # out is a file
         ["train", f"out={tmp_path / 'runs'}", "name=done"],  # an existing run
         ["train", f"resume={tmp_path / 'nowhere'}"],  # nothing to resume
+        ["train", "out=/proc/crosslevel-nope"],  # out cannot be created
+        ["train", "name=../escape"],  # a name that is a path
         ["presets"],
         ["runs", str(tmp_path / "runs")],
         ["show", str(finished)],
@@ -54,7 +56,7 @@ def test_commands_answer_without_importing_torch_or_lightning(tmp_path: Path) ->
     )
     result = python(tmp_path, code, json.dumps(commands))
     report = json.loads(result.stdout.splitlines()[-1])
-    assert report["codes"] == [2, 2, 2, 2, 2, 0, 0, 0, 0], result.stderr
+    assert report["codes"] == [2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0], result.stderr
     assert report["heavy"] == []
     assert "unknown config key 'foo'" in result.stderr and "already exists" in result.stderr
     assert "done" in result.stdout and "status: finished" in result.stdout

@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import write_image_folder
 from crosslevel.config import Config
-from crosslevel.data import sources
+from crosslevel.data import folders
 from crosslevel.data.datamodule import load_data, load_split_of
 from crosslevel.data.sources import InMemoryImages, load_split
 
@@ -20,8 +20,8 @@ from crosslevel.data.sources import InMemoryImages, load_split
 def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """The paths decoded from now on, in a list that fills as files are decoded."""
     decoded: list[Path] = []
-    original = sources._decode
-    monkeypatch.setattr(sources, "_decode", lambda path, size: decoded.append(path) or original(path, size))
+    original = folders._decode
+    monkeypatch.setattr(folders, "_decode", lambda path, size: decoded.append(path) or original(path, size))
     return decoded
 
 

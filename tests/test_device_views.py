@@ -24,7 +24,8 @@ from crosslevel.data.device_views import (
     shift_hue,
 )
 from crosslevel.config import apply_overrides, load_preset
-from crosslevel.data.sources import CIFAR_MEAN, CIFAR_STD, InMemoryImages
+from crosslevel.data.images import InMemoryImages
+from crosslevel.data.sources import CIFAR_MEAN, CIFAR_STD
 from crosslevel.data.views import view_transform
 from crosslevel.data.datamodule import device_views
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import write_image_folder
 from crosslevel.cli import main
-from crosslevel.data import sources
+from crosslevel.data import folders
 
 TINY = ["epochs=1", "limit_train_batches=1", "batch_size=4", "num_groups=2", "width=4", "feature_dim=8",
         "backbone=smallcnn", "progress=false", "workers=0", "knn_k=3"]  # fmt: skip
@@ -30,7 +30,7 @@ def test_plot_decodes_the_test_split_only(tmp_path: Path, monkeypatch: pytest.Mo
     assert main(["train", *TINY, "dataset=folder", f"data={data}", f"out={tmp_path}", "name=run"]) == 0
     monkeypatch.setenv("CROSSLEVEL_CACHE_DIR", str(tmp_path / "empty-cache"))  # nothing decoded yet
     decoded: list[Path] = []
-    original = sources._decode
-    monkeypatch.setattr(sources, "_decode", lambda path, size: decoded.append(path) or original(path, size))
+    original = folders._decode
+    monkeypatch.setattr(folders, "_decode", lambda path, size: decoded.append(path) or original(path, size))
     assert main(["plot", str(tmp_path / "run"), "--max-points", "12", "--pairs", "8"]) == 0
     assert sorted(decoded) == sorted((data / "test").rglob("*.png"))

@@ -13,7 +13,7 @@ from PIL import Image
 
 from crosslevel.config import apply_overrides, load_preset
 from crosslevel.data import ImageFiles, InMemoryImages, load_split
-from crosslevel.data.sources import class_list
+from crosslevel.data.folders import class_list
 from crosslevel.errors import CrossLevelError
 from crosslevel.methods import ContrastiveModule
 from crosslevel.data.datamodule import load_data

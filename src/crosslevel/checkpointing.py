@@ -36,8 +36,9 @@ BRANCH_STATE_KEYS = {"moco": ("queue_size",), "byol": ("predictor_hidden",)}
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes ``<name>.tmp-<pid>`` next to the target, syncs it to disk, then renames it over the target.
 
-    A crash or a full disk while saving leaves the previous checkpoint intact: the target is only
-    ever replaced by a complete file (``os.replace`` is atomic on POSIX and Windows).
+    A crash, a signal or a full disk while saving leaves the previous checkpoint intact: the target is
+    only ever replaced by a complete file (``os.replace`` is atomic on POSIX and Windows). A failed
+    write is a :class:`CrossLevelError` that says so.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
@@ -52,6 +53,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, target)
+        except OSError as err:  # a full disk, a quota, a file system gone read-only
+            kept = "; the previous checkpoint there is intact" if target.is_file() else ""
+            raise CrossLevelError(f"cannot write checkpoint {target} ({err.strerror or err}){kept}") from None
         finally:
             temporary.unlink(missing_ok=True)
 
@@ -162,6 +166,10 @@ class LastCheckpoint(Checkpoint):
         except SIGTERMException:
             received = self.received or signal.SIGTERM
             raise TrainingInterrupted(signal.Signals(received).name, 128 + received, self.path, run_dir) from None
+        except SystemExit:  # Lightning's answer to the KeyboardInterrupt of a second Ctrl-C is exit(1)
+            if self.received is None:
+                raise
+            raise KeyboardInterrupt from None
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -171,9 +179,7 @@ class LastCheckpoint(Checkpoint):
 def check_compatible(checkpoint: dict[str, Any], path: Path, cfg: Config, num_train: int, in_channels: int) -> None:
     """Raise a :class:`CrossLevelError` naming every difference between the model the checkpoint
     holds and the one ``cfg`` builds (method, backbone, widths, optimiser, bank size, input channels)."""
-    saved = checkpoint.get("hyper_parameters", {})
-    if "cfg" not in saved or "state_dict" not in checkpoint:
-        raise CrossLevelError(f"{path} is not a crosslevel training checkpoint (no saved config)")
+    saved = checkpoint["hyper_parameters"]  # a crosslevel checkpoint: checked by run_dir.read_checkpoint
     keys = MODEL_KEYS + BRANCH_STATE_KEYS.get(cfg.instance, ())
     ours = {key: getattr(cfg, key) for key in keys}
     theirs = {key: saved["cfg"].get(key, FIELDS[key].default) for key in keys}  # keys newer than the checkpoint: their defaults

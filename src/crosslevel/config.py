@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import CrossLevelError
+from .models import TIMM_PREFIX
+from .paths import read_json_object
 
 DEFAULT_PRESET = "digits-cld"
 FEATURES = ("f", "f_I", "f_G")  # what evaluation can read: pooled backbone output, instance head, group head
@@ -32,7 +34,6 @@ def key(default: Any, help: str, **bounds: float) -> Any:
 Dataset = Literal["digits", "cifar10", "cifar100", "stl10", "folder", "lists"]
 Recipe = Literal["auto", "cifar", "v2", "digits", "none"]
 Backbone = Literal["resnet18_cifar", "resnet18", "resnet50", "smallcnn"]  # and TIMM_PREFIX + any timm model
-TIMM_PREFIX = "timm:"
 Optimizer = Literal["sgd", "adamw"]
 Instance = Literal["npid", "moco", "simclr", "byol"]  # the instance branches of methods/module.py's BRANCHES
 Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
@@ -447,12 +448,19 @@ def save_config(cfg: Config, path: Path) -> None:
 
 
 def load_config(path: Path) -> Config:
-    """Read a config written by :func:`save_config`; unknown keys are an error."""
+    """Read a config written by :func:`save_config`; a damaged file, a wrong value or keys this version
+    does not know (a newer crosslevel's run) are an error naming the file."""
+    values = read_json_object(path)
+    unknown = sorted(key for key in values if canonical(key) not in FIELDS)
+    if unknown:
+        raise CrossLevelError(
+            f"{path} has config keys this crosslevel does not know ({', '.join(unknown)}): "
+            "it was written by a newer version; upgrade crosslevel to use this run"
+        )
     try:
-        values = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CrossLevelError(f"cannot read config {path}: {err}") from None
-    return Config(**{canonical(key): coerce(canonical(key), value) for key, value in values.items()})
+        return Config(**{canonical(key): coerce(canonical(key), value) for key, value in values.items()})
+    except CrossLevelError as err:
+        raise CrossLevelError(f"{path} is damaged: {err}") from None
 
 
 def describe_keys(cfg: Config | None = None) -> str:

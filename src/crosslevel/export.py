@@ -13,13 +13,15 @@ import torch
 from PIL import Image
 
 from . import plots
-from .config import TIMM_PREFIX, backbone_kwargs
+from .config import backbone_kwargs
 from .data import eval_transform
-from .data.sources import decode_images, image_files
+from .data.folders import decode_images, image_files
 from .errors import CrossLevelError, warn
 from .evaluation.features import Run
 from .evaluation.nmi import kmeans_labels
+from .models import TIMM_PREFIX
 from .models.exported import FORMAT, VERSION, detectron2_key, torchvision_architecture
+from .paths import check_new_file
 from .run_dir import open_run, read_data_info
 
 
@@ -28,31 +30,35 @@ def export_backbone(run_dir: Path, out: Path, fmt: str = "crosslevel") -> tuple[
     :func:`crosslevel.load_backbone` reads (and, for a standard torchvision ResNet, its plain ``state_dict`` without ``fc`` at
     ``<out stem>_torchvision.pth``); for ``detectron2`` a detectron2 weights ``.pkl``.
     Return the backbone's description (name, width, in_channels, pool_window, for timm models image_size
-    and args, feature_dim) and the files written."""
+    and args, feature_dim) and the files written. A file already at ``out`` (or at the torchvision
+    file's place) is an error: an export never writes over a file."""
+    check_new_file(out, "--out")
     cfg, module, _ = open_run(run_dir)
     spec = {"name": cfg.backbone, "width": cfg.width, "in_channels": module.hparams["in_channels"], "pool_window": cfg.pool_window}
     if cfg.backbone.startswith(TIMM_PREFIX):  # what timm.create_model needs besides the name
         spec.update(image_size=module.hparams["image_size"], args=backbone_kwargs(cfg.backbone_args))
     weights = {key: value.detach().cpu().contiguous() for key, value in module.backbone.state_dict().items()}
     described = {**spec, "feature_dim": module.backbone.out_dim}
+    if fmt == "detectron2" and torchvision_architecture(spec, cifar_stem=False) is None:
+        raise CrossLevelError(
+            f"--format detectron2 needs a standard ImageNet-stem ResNet (backbone=resnet18 or resnet50, width=64, "
+            f"3 channels, pool_window=0); this run's backbone is {spec}"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "detectron2":
-        if torchvision_architecture(spec, cifar_stem=False) is None:
-            raise CrossLevelError(
-                f"--format detectron2 needs a standard ImageNet-stem ResNet (backbone=resnet18 or resnet50, width=64, "
-                f"3 channels, pool_window=0); this run's backbone is {spec}"
-            )
         model = {detectron2_key(key): value.numpy() for key, value in _torchvision_weights(weights).items()}
         with open(out, "wb") as handle:
             pickle.dump({"model": model, "__author__": "crosslevel", "matching_heuristics": True}, handle)
         return described, [out]
+    plain = out.with_name(f"{out.stem}_torchvision.pth") if torchvision_architecture(spec) is not None else None
+    if plain is not None:
+        check_new_file(plain, "--out")
     info = read_data_info(Path(run_dir), cfg)
     preprocessing = {"channels": info.channels, "image_size": info.size, "mean": list(info.mean), "std": list(info.std)}
     torch.save({"format": FORMAT, "version": VERSION, "backbone": spec, "state_dict": weights,
                 "preprocessing": preprocessing, "feature_dim": module.backbone.out_dim}, out)
-    if torchvision_architecture(spec) is None:
+    if plain is None:
         return described, [out]
-    plain = out.with_name(f"{out.stem}_torchvision.pth")
     torch.save(_torchvision_weights(weights), plain)
     return described, [out, plain]
 

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import Config, apply_overrides, load_config, load_preset
+from .config import FIELDS, Config, apply_overrides, load_config, load_preset
 from .errors import CrossLevelError
+from .paths import check_creatable, check_run_name, read_json_object
 
 if TYPE_CHECKING:
     from .data.datamodule import Data
@@ -98,8 +99,11 @@ def launch_rank() -> int:
 
 
 def check_new_run(cfg: Config) -> None:
-    """A new run (no ``resume=``) must not write into an existing run directory. Checked on rank 0
-    only: the other ranks of a multi-process launch may already see the folder rank 0 creates."""
+    """``name=`` is a run name and the run directory can be created under ``out=``; a new run (no
+    ``resume=``) must not write into an existing run directory. The latter is checked on rank 0 only:
+    the other ranks of a multi-process launch may already see the folder rank 0 creates."""
+    check_run_name(cfg.name)
+    check_creatable(Path(cfg.out).expanduser(), f"out={cfg.out} cannot hold run directories")
     run_dir = run_dir_of(cfg)
     if launch_rank() == 0 and cfg.resume is None and (run_dir / CONFIG_FILE).exists():
         raise CrossLevelError(f"run directory {run_dir} already exists: resume={run_dir}, or choose another name=")
@@ -181,21 +185,36 @@ def read_data_info(run_dir: Path, cfg: Config) -> DataInfo:
         from .data.datamodule import load_data
 
         return DataInfo.of(cfg, load_data(cfg))
-    values = json.loads(path.read_text())
-    return DataInfo(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
+    values = read_json_object(path)
+    try:
+        return DataInfo(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
+    except TypeError as err:
+        raise CrossLevelError(f"{path} is damaged ({err})") from None
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint file on the CPU (memory-mapped); a missing or damaged file is a :class:`CrossLevelError`."""
+    """Load a crosslevel training checkpoint on the CPU (memory-mapped); a missing or damaged file, one
+    that is not a crosslevel checkpoint or one of a newer crosslevel is a :class:`CrossLevelError`."""
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise CrossLevelError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors, ... for a damaged file
-        raise CrossLevelError(f"cannot read checkpoint {path} ({type(err).__name__}: {err}); it is damaged or not a checkpoint") from None
+        reason = str(err).strip().split(". ")[0]  # torch's first sentence; the rest is advice for its developers
+        raise CrossLevelError(f"cannot read checkpoint {path} ({type(err).__name__}: {reason}); it is damaged or not a checkpoint") from None
+    hparams = saved.get("hyper_parameters") if isinstance(saved, dict) else None
+    if not isinstance(hparams, dict) or not isinstance(hparams.get("cfg"), dict) or "state_dict" not in saved:
+        raise CrossLevelError(f"{path} is not a crosslevel training checkpoint (no saved config)")
+    newer = sorted(set(hparams["cfg"]) - set(FIELDS))
+    if newer:
+        raise CrossLevelError(
+            f"checkpoint {path} was written by a newer crosslevel (config keys this version does not know: "
+            f"{', '.join(newer)}): upgrade crosslevel to use it"
+        )
+    return saved
 
 
 def restore(module: ContrastiveModule, saved: dict, checkpoint: Path, cfg: Config, num_train: int, in_channels: int) -> None:
@@ -213,6 +232,8 @@ def restore(module: ContrastiveModule, saved: dict, checkpoint: Path, cfg: Confi
 def load_run_config(run_dir: Path) -> Config:
     """The saved config of a run directory; a clear error when ``run_dir`` is not one."""
     path = Path(run_dir) / CONFIG_FILE
+    if not Path(run_dir).is_dir():
+        raise CrossLevelError(f"{run_dir} is not a run directory (not a folder)")
     if not path.is_file():
         raise CrossLevelError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
     return load_config(path)
@@ -244,20 +265,28 @@ def read_run(run_dir: Path) -> RunInfo:
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     path, checkpoint = run_dir / SUMMARY_FILE, checkpoint_of(run_dir)
-    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary = read_json_object(path) if path.is_file() else {}
     if summary.get("epochs") == cfg.epochs:
         return RunInfo(run_dir, cfg, summary, cfg.epochs, "finished")
     if checkpoint.is_file():
-        return RunInfo(run_dir, cfg, summary, int(read_checkpoint(checkpoint)["epoch"]), "interrupted")
+        return RunInfo(run_dir, cfg, summary, int(read_checkpoint(checkpoint).get("epoch", 0)), "interrupted")
     return RunInfo(run_dir, cfg, summary, 0, "failed")
 
 
-def list_runs(folder: Path) -> list[RunInfo]:
-    """The runs directly under ``folder`` (sub-folders with a ``config.json``), by name."""
+def list_runs(folder: Path) -> tuple[list[RunInfo], list[str]]:
+    """The runs directly under ``folder`` (sub-folders with a ``config.json``), by name, and what is
+    wrong with each one that cannot be read (one damaged run does not hide the others)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CrossLevelError(f"no folder of runs at {folder}")
-    return [read_run(path) for path in sorted(folder.iterdir()) if (path / CONFIG_FILE).is_file()]
+    runs, problems = [], []
+    for path in sorted(folder.iterdir()):
+        if (path / CONFIG_FILE).is_file():
+            try:
+                runs.append(read_run(path))
+            except CrossLevelError as err:
+                problems.append(str(err))
+    return runs, problems
 
 
 def open_run(run_dir: Path, with_data: bool = False) -> tuple[Config, ContrastiveModule, Data | None]:

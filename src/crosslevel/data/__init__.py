@@ -1,7 +1,10 @@
-"""Data: sources (digits, CIFAR, STL-10, image folders, list files), variants (long tail, high
-correlation), view recipes and datasets."""
+"""Data: the image sets (:mod:`.images`), the built-in sources (digits, CIFAR, STL-10: :mod:`.sources`),
+image folders and list files (:mod:`.folders`), variants (long tail, high correlation), view recipes
+and datasets."""
 
-from .sources import ImageFiles, Images, InMemoryImages, decode_images, image_files, load_split
+from .folders import ImageFiles, decode_images, image_files
+from .images import Images, InMemoryImages
+from .sources import load_split
 from .variants import high_correlation, long_tail, long_tail_counts
 from .views import LabelledDataset, MultiViewDataset, eval_transform, view_transform
 

@@ -17,7 +17,9 @@ from ..config import Config, compile_mode, num_views
 from ..errors import CrossLevelError, MissingSplit
 from .device_views import DEVICE_RECIPES, DeviceAugment, DeviceViewSource
 from .sampling import ResumableLoader, ResumableSampler
-from .sources import ImageFiles, Images, InMemoryImages, load_split
+from .folders import ImageFiles
+from .images import Images, InMemoryImages
+from .sources import load_split
 from .variants import high_correlation, long_tail
 from .views import LabelledDataset, MultiViewDataset, eval_transform, view_transform
 

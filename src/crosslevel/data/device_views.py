@@ -73,6 +73,32 @@ def _uniform(
     return torch.rand(shape, device=device, generator=generator) * (high - low) + low
 
 
+def _tried_boxes(
+    batch: int, area: float, scale: tuple[float, float], ratio: tuple[float, float], attempts: int,
+    device: torch.device, generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's ``attempts`` tries at a box of ``scale`` × ``area`` with a log-uniform aspect in
+    ``ratio``: the B×attempts sides ``(√(a·aspect), √(a/aspect))``, rounded."""
+    target = area * _uniform((batch, attempts), *scale, device, generator)
+    aspect = _uniform((batch, attempts), math.log(ratio[0]), math.log(ratio[1]), device, generator).exp()
+    return (target * aspect).sqrt().round(), (target / aspect).sqrt().round()
+
+
+def _first_fit(fits: torch.Tensor, first_side: torch.Tensor, second_side: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per image, whether any try ``fits`` and the sides of the first one that does (of try 0 where none does)."""
+    first = fits.int().argmax(dim=1, keepdim=True)
+    return fits.any(dim=1), first_side.gather(1, first).squeeze(1), second_side.gather(1, first).squeeze(1)
+
+
+def _random_corner(
+    height: int, width: int, box_h: torch.Tensor, box_w: torch.Tensor, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uniformly random top-left corner for each box inside a height×width image."""
+    top = (torch.rand(len(box_h), device=box_h.device, generator=generator) * (height - box_h + 1)).floor()
+    left = (torch.rand(len(box_w), device=box_w.device, generator=generator) * (width - box_w + 1)).floor()
+    return top, left
+
+
 def sample_crops(
     batch: int,
     height: int,
@@ -88,15 +114,9 @@ def sample_crops(
     Returns:
         B×4 long ``(top, left, crop height, crop width)``.
     """
-    area = torch.full((batch, attempts), float(height * width), device=device)
-    target = area * _uniform((batch, attempts), *scale, device, generator)
-    log_ratio = _uniform((batch, attempts), math.log(ratio[0]), math.log(ratio[1]), device, generator)
-    aspect = log_ratio.exp()
-    crop_w = (target * aspect).sqrt().round()
-    crop_h = (target / aspect).sqrt().round()
+    crop_w, crop_h = _tried_boxes(batch, float(height * width), scale, ratio, attempts, device, generator)
     fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
-    first = fits.int().argmax(dim=1, keepdim=True)  # the first attempt that fits
-    crop_w, crop_h = crop_w.gather(1, first).squeeze(1), crop_h.gather(1, first).squeeze(1)
+    found, crop_w, crop_h = _first_fit(fits, crop_w, crop_h)
     # torchvision's fallback when no attempt fits: the central crop with the ratio clamped.
     in_ratio = width / height
     if in_ratio < min(ratio):
@@ -105,11 +125,9 @@ def sample_crops(
         fallback_w, fallback_h = float(round(height * max(ratio))), float(height)
     else:
         fallback_w, fallback_h = float(width), float(height)
-    found = fits.any(dim=1)
     crop_w = torch.where(found, crop_w, torch.full_like(crop_w, fallback_w))
     crop_h = torch.where(found, crop_h, torch.full_like(crop_h, fallback_h))
-    top = (torch.rand(batch, device=device, generator=generator) * (height - crop_h + 1)).floor()
-    left = (torch.rand(batch, device=device, generator=generator) * (width - crop_w + 1)).floor()
+    top, left = _random_corner(height, width, crop_h, crop_w, generator)
     top = torch.where(found, top, (height - crop_h).div(2, rounding_mode="floor"))
     left = torch.where(found, left, (width - crop_w).div(2, rounding_mode="floor"))
     return torch.stack([top, left, crop_h, crop_w], dim=1).long()
@@ -130,17 +148,10 @@ def sample_erasing(
     Returns:
         B×4 long ``(top, left, box height, box width)``; an empty box (0 × 0) where no attempt fits.
     """
-    area = float(height * width) * _uniform((batch, attempts), *scale, device, generator)
-    aspect = _uniform((batch, attempts), math.log(ratio[0]), math.log(ratio[1]), device, generator).exp()
-    box_h = (area * aspect).sqrt().round()
-    box_w = (area / aspect).sqrt().round()
-    fits = (box_h < height) & (box_w < width)
-    first = fits.int().argmax(dim=1, keepdim=True)  # the first attempt that fits
-    found = fits.any(dim=1)
-    box_h = torch.where(found, box_h.gather(1, first).squeeze(1), 0.0)
-    box_w = torch.where(found, box_w.gather(1, first).squeeze(1), 0.0)
-    top = (torch.rand(batch, device=device, generator=generator) * (height - box_h + 1)).floor()
-    left = (torch.rand(batch, device=device, generator=generator) * (width - box_w + 1)).floor()
+    box_h, box_w = _tried_boxes(batch, float(height * width), scale, ratio, attempts, device, generator)
+    found, box_h, box_w = _first_fit((box_h < height) & (box_w < width), box_h, box_w)
+    box_h, box_w = torch.where(found, box_h, 0.0), torch.where(found, box_w, 0.0)
+    top, left = _random_corner(height, width, box_h, box_w, generator)
     return torch.stack([top, left, box_h, box_w], dim=1).long()
 
 

@@ -9,7 +9,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import CrossLevelError
-from .sources import Images
+from .images import Images
 
 
 def long_tail_counts(n_max: int, num_classes: int, ratio: float) -> list[int]:

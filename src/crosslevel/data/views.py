@@ -10,7 +10,7 @@ from torchvision.transforms import v2
 
 from ..errors import CrossLevelError
 from .device_views import BLUR_SIGMA, blur_kernel_size
-from .sources import Images
+from .images import Images
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 

@@ -13,8 +13,8 @@ from torch import nn
 from torchvision.models import resnet18, resnet50
 from torchvision.models.resnet import ResNet
 
-from ..config import TIMM_PREFIX
 from ..errors import CrossLevelError
+from . import TIMM_PREFIX
 from .timm_backbone import TimmBackbone
 
 

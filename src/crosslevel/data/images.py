@@ -1,0 +1,95 @@
+"""The two kinds of image set every data source returns: :class:`Images` (what training and
+evaluation read) and :class:`InMemoryImages` (decoded uint8 images in memory); image files decoded
+when read are :class:`~.folders.ImageFiles`."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+
+class Images(abc.ABC):
+    """What training and evaluation read from a set of images.
+
+    ``labels`` int64 N (-1 = unlabelled), ``classes`` names, ``mean`` / ``std`` per channel for
+    normalisation; ``image(i)`` is a uint8 C×H×W tensor; ``side`` the side (pixels) views are cropped to.
+    """
+
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    skipped: tuple[str, ...] = ()  # files left out because they could not be decoded
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    @abc.abstractmethod
+    def channels(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def side(self) -> int:
+        """The side, in pixels, of the square views and test crops made from these images."""
+
+    @abc.abstractmethod
+    def image(self, index: int) -> torch.Tensor:
+        """Image ``index`` as a uint8 C×H×W tensor."""
+
+    @abc.abstractmethod
+    def select(self, indices: np.ndarray) -> Images:
+        """The images at ``indices`` (in that order), same class names and statistics."""
+
+    @property
+    def labelled(self) -> bool:
+        return bool(len(self.labels)) and bool((self.labels >= 0).all())
+
+    def class_counts(self) -> np.ndarray:
+        """Images per class (length = number of classes; labelled sets only)."""
+        return np.bincount(self.labels, minlength=len(self.classes))
+
+    def subset(self, size: int, seed: int) -> Images:
+        """A seeded subset of ``size`` images, class-stratified when labelled (sorted indices)."""
+        if size <= 0 or size >= len(self):
+            return self
+        rng = np.random.default_rng(seed)
+        if self.labelled:
+            from sklearn.model_selection import train_test_split
+
+            keep, _ = train_test_split(
+                np.arange(len(self)), train_size=size, stratify=self.labels, random_state=seed
+            )
+        else:
+            keep = rng.choice(len(self), size=size, replace=False)
+        return self.select(np.sort(keep))
+
+
+@dataclass(frozen=True)
+class InMemoryImages(Images):
+    """Decoded images in memory: ``images`` uint8 N×H×W×C, ``labels`` int64 N (-1 = unlabelled);
+    ``skipped``: files left out because they could not be decoded (``bad_images=skip``)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    skipped: tuple[str, ...] = field(default=())
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[3])
+
+    @property
+    def side(self) -> int:
+        return int(self.images.shape[1])
+
+    def image(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(self.images[index]).permute(2, 0, 1)
+
+    def select(self, indices: np.ndarray) -> InMemoryImages:
+        return replace(self, images=self.images[indices], labels=self.labels[indices])
