@@ -70,6 +70,11 @@ class Config:
     workers: int = key(2, "data-loader worker processes", min=0)
     bad_images: Literal["error", "skip"] = key("error", "an unreadable image: error (stop) or skip (warn, count in summary.json)")
     augment_device: Literal["cpu", "device"] = key("cpu", "cpu: torchvision in loader workers; device: batched on the training device")
+    decode: Literal["cpu", "gpu"] = key(
+        "cpu",
+        "folder/lists with in_memory=false: cpu: PIL in loader workers; gpu: the workers read JPEG bytes, the GPU "
+        "decodes them (nvJPEG) and makes the views (PIL with a warning when a file is not a JPEG or there is no GPU)",
+    )
     # --- model ---
     backbone: Backbone = key("resnet18_cifar", "the network before the heads; timm:<name> needs pip install 'crosslevel[timm]'")
     backbone_args: str = key("", "timm:<name> only: constructor arguments, e.g. 'patch_size=4,drop_path_rate=0.1'")
@@ -327,6 +332,8 @@ def validate(cfg: Config) -> Config:
         raise CrossLevelError(f"lt_ratio (ρ) must be 0 (off) or >= 1, e.g. 10, 50, 100; got {cfg.lt_ratio}")
     if cfg.dataset == "lists" and not cfg.train_list:
         raise CrossLevelError("dataset 'lists' needs train_list=FILE (lines of 'relative/path label')")
+    if cfg.decode == "gpu":
+        _check_gpu_decode(cfg)
     if not cfg.in_memory and not cfg.image_size:
         raise CrossLevelError("in_memory=false decodes images on the fly and needs image_size=N (e.g. 224)")
     if cfg.dataset != "digits" and not cfg.data:
@@ -337,6 +344,20 @@ def validate(cfg: Config) -> Config:
         )
     check_groups(cfg, known_world_size(cfg))
     return cfg
+
+
+def _check_gpu_decode(cfg: Config) -> None:
+    """``decode=gpu`` is for large image files read on the fly, with views the device can make."""
+    if cfg.dataset not in ("folder", "lists"):
+        raise CrossLevelError(f"decode=gpu decodes image files: it needs dataset=folder or lists (got dataset={cfg.dataset})")
+    if cfg.in_memory:
+        raise CrossLevelError("decode=gpu decodes every batch's files again: it needs in_memory=false (images decoded once into memory need no GPU decode)")
+    if cfg.augment_device == "device":
+        raise CrossLevelError("decode=gpu makes the views on the GPU itself; augment_device=device is for images held in memory: set augment_device=cpu")
+    if cfg.augment == "digits":
+        raise CrossLevelError("augment=digits has no on-device version: decode=gpu needs augment=auto, cifar, v2 or none")
+    if cfg.hc_frames > 0:
+        raise CrossLevelError("decode=gpu reads each file as it is; hc_frames makes frames of decoded images: use decode=cpu")
 
 
 def known_world_size(cfg: Config) -> int | None:

@@ -14,8 +14,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import Config, compile_mode, num_views
-from ..errors import CrossLevelError, MissingSplit
+from ..errors import CrossLevelError, MissingSplit, warn
 from .device_views import DEVICE_RECIPES, DeviceAugment, DeviceViewSource
+from .jpeg_views import EncodedBatch, EncodedFiles, JpegViews, collate_encoded, first_non_jpeg
 from .sampling import ResumableLoader, ResumableSampler
 from .folders import ImageFiles
 from .images import Images, InMemoryImages
@@ -45,9 +46,10 @@ class Data:
         return self.train.side
 
     def train_loader(self, cfg: Config) -> DataLoader:
-        """Batches of (views, indices), or of indices alone with ``augment_device=device`` (the module
-        then makes the views on the device), in the :class:`ResumableSampler` order (seeded per epoch,
-        one share per device); the last partial batch is dropped (k-means needs k < B)."""
+        """Batches of (views, indices), of indices alone with ``augment_device=device``, or of encoded
+        files with ``decode=gpu`` (:class:`~.jpeg_views.EncodedBatch`; the data module then makes the
+        views on the device), in the :class:`ResumableSampler` order (seeded per epoch, one share per
+        device); the last partial batch is dropped (k-means needs k < B)."""
         if len(self.train) < cfg.batch_size:
             raise CrossLevelError(
                 f"the training set has {len(self.train)} images, fewer than batch_size={cfg.batch_size}"
@@ -55,6 +57,11 @@ class Data:
         sampler = ResumableSampler(len(self.train), cfg.seed)
         if cfg.augment_device == "device":
             return ResumableLoader(range(len(self.train)), batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
+        workers = {"num_workers": cfg.workers, "persistent_workers": cfg.workers > 0}
+        if cfg.decode == "gpu":
+            assert isinstance(self.train, ImageFiles)
+            dataset = EncodedFiles(self.train.paths)
+            return ResumableLoader(dataset, cfg.batch_size, sampler=sampler, drop_last=True, collate_fn=collate_encoded, **workers)
         size = cfg.image_size or self.side
         transform = view_transform(
             cfg.augment, size, self.train.channels, self.train.mean, self.train.std, cfg.random_erasing, cfg.blur
@@ -64,9 +71,8 @@ class Data:
             batch_size=cfg.batch_size,
             sampler=sampler,
             drop_last=True,
-            num_workers=cfg.workers,
-            persistent_workers=cfg.workers > 0,
             pin_memory=torch.cuda.is_available(),
+            **workers,
         )
 
     def eval_loader(self, images: Images, cfg: Config) -> DataLoader:
@@ -155,13 +161,18 @@ def load_data(cfg: Config) -> Data:
 
 
 def device_views(cfg: Config, images: Images) -> DeviceViewSource:
-    """The on-device view maker of ``augment_device=device``: ``images`` kept as uint8 on the device;
-    ``random_erasing`` and (``augment=v2``) ``blur`` set the recipe's probabilities."""
+    """The on-device view maker of ``augment_device=device``: ``images`` kept as uint8 on the device."""
     if not isinstance(images, InMemoryImages):
         raise CrossLevelError(
             "augment_device=device needs decoded images in memory (not in_memory=false or hc_frames); "
             "set augment_device=cpu"
         )
+    return DeviceViewSource(torch.from_numpy(images.images), device_augment(cfg, images), num_views(cfg))
+
+
+def device_augment(cfg: Config, images: Images) -> DeviceAugment:
+    """The on-device recipe of the config for ``images``; ``random_erasing`` and (``augment=v2``)
+    ``blur`` set its probabilities."""
     recipe = cfg.augment if cfg.augment != "auto" else ("cifar" if images.channels == 3 else "digits")
     if recipe not in DEVICE_RECIPES:
         raise CrossLevelError(
@@ -173,8 +184,21 @@ def device_views(cfg: Config, images: Images) -> DeviceViewSource:
     device_recipe = dataclasses.replace(DEVICE_RECIPES[recipe], erasing_p=cfg.random_erasing)
     if recipe == "v2":
         device_recipe = dataclasses.replace(device_recipe, blur_p=cfg.blur)
-    augment = DeviceAugment(device_recipe, cfg.image_size or images.side, images.mean, images.std)
-    return DeviceViewSource(torch.from_numpy(images.images), augment, num_views(cfg))
+    return DeviceAugment(device_recipe, cfg.image_size or images.side, images.mean, images.std)
+
+
+def jpeg_views(cfg: Config, images: Images, decode_device: str | None = None) -> JpegViews | None:
+    """``decode=gpu``'s view maker, or None after one warning when it falls back to PIL in the loader
+    workers: when training will not run on a CUDA device (unless ``decode_device`` says where to
+    decode) or when a training file is not a JPEG (checked by its first bytes, up front)."""
+    assert isinstance(images, ImageFiles)  # decode=gpu is validated to mean in_memory=false folders / lists
+    on_cuda = cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    not_jpeg = first_non_jpeg(images.paths) if on_cuda or decode_device else None
+    if not (on_cuda or decode_device) or not_jpeg:
+        why = f"{not_jpeg} is not a JPEG file" if not_jpeg else "training will not run on a CUDA GPU"
+        warn(f"decode=gpu: {why}; decoding with PIL in the loader workers instead (decode=cpu)")
+        return None
+    return JpegViews(device_augment(cfg, images), num_views(cfg), decode_device)
 
 
 
@@ -184,14 +208,21 @@ class ContrastiveDataModule(pl.LightningDataModule):
     With ``augment_device=device`` the loader yields image indices only; the images live on the
     training device as uint8 (:class:`~.device_views.DeviceViewSource`, moved there with the first
     batch) and :meth:`on_after_batch_transfer` -- which Lightning calls after moving each batch --
-    makes the views there. The loader is built once, so its :class:`ResumableSampler` is the one
-    the checkpoints record.
+    makes the views there. With ``decode=gpu`` the loader yields encoded JPEG files, decoded and made
+    into views there (:class:`~.jpeg_views.JpegViews`; ``decode_device`` decodes elsewhere, e.g. on
+    the CPU for tests). The loader is built once, so its :class:`ResumableSampler` is the one the
+    checkpoints record.
     """
 
-    def __init__(self, cfg: Config, data: Data) -> None:
+    def __init__(self, cfg: Config, data: Data, decode_device: str | None = None) -> None:
         super().__init__()
         self.cfg, self.data = cfg, data
-        self.views = device_views(cfg, data.train) if cfg.augment_device == "device" else None
+        self.views: DeviceViewSource | JpegViews | None = None
+        if cfg.decode == "gpu":
+            self.views = jpeg_views(cfg, data.train, decode_device)
+            cfg = cfg if self.views is not None else dataclasses.replace(cfg, decode="cpu")
+        elif cfg.augment_device == "device":
+            self.views = device_views(cfg, data.train)
         mode = compile_mode(cfg)
         if self.views is not None and mode is not None:  # one graph per batch shape: random sizes do not trace symbolically
             self.views.augment.compile(dynamic=False, mode=mode)
@@ -205,12 +236,12 @@ class ContrastiveDataModule(pl.LightningDataModule):
         return self.loader
 
     def on_after_batch_transfer(self, batch: object, dataloader_idx: int) -> object:
-        """On-device views: B indices (already on the device) → ``(views, indices)``. With
-        ``cuda_graphs`` this is where a training step begins (the first graph replayed is the views')."""
+        """On-device views: B indices or an encoded batch (already on the device) → ``(views, indices)``.
+        With ``cuda_graphs`` this is where a training step begins (the first graph replayed is the views')."""
         if self.cfg.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        if self.views is None or not isinstance(batch, torch.Tensor):
+        if self.views is None or not isinstance(batch, (torch.Tensor, EncodedBatch)):
             return batch
-        if self.views.images.device != batch.device:
+        if self.views.augment.mean.device != batch.device:
             self.views.to(batch.device)
         return self.views(batch)

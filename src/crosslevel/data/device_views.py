@@ -74,11 +74,11 @@ def _uniform(
 
 
 def _tried_boxes(
-    batch: int, area: float, scale: tuple[float, float], ratio: tuple[float, float], attempts: int,
+    batch: int, area: float | torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float], attempts: int,
     device: torch.device, generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """torchvision's ``attempts`` tries at a box of ``scale`` × ``area`` with a log-uniform aspect in
-    ``ratio``: the B×attempts sides ``(√(a·aspect), √(a/aspect))``, rounded."""
+    """torchvision's ``attempts`` tries at a box of ``scale`` × ``area`` (a number, or B×1 per image) with a
+    log-uniform aspect in ``ratio``: the B×attempts sides ``(√(a·aspect), √(a/aspect))``, rounded."""
     target = area * _uniform((batch, attempts), *scale, device, generator)
     aspect = _uniform((batch, attempts), math.log(ratio[0]), math.log(ratio[1]), device, generator).exp()
     return (target * aspect).sqrt().round(), (target / aspect).sqrt().round()
@@ -91,9 +91,10 @@ def _first_fit(fits: torch.Tensor, first_side: torch.Tensor, second_side: torch.
 
 
 def _random_corner(
-    height: int, width: int, box_h: torch.Tensor, box_w: torch.Tensor, generator: torch.Generator | None
+    height: int | torch.Tensor, width: int | torch.Tensor, box_h: torch.Tensor, box_w: torch.Tensor,
+    generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A uniformly random top-left corner for each box inside a height×width image."""
+    """A uniformly random top-left corner for each box inside a height×width image (sides: numbers or B)."""
     top = (torch.rand(len(box_h), device=box_h.device, generator=generator) * (height - box_h + 1)).floor()
     left = (torch.rand(len(box_w), device=box_w.device, generator=generator) * (width - box_w + 1)).floor()
     return top, left
@@ -101,8 +102,8 @@ def _random_corner(
 
 def sample_crops(
     batch: int,
-    height: int,
-    width: int,
+    height: int | torch.Tensor,
+    width: int | torch.Tensor,
     scale: tuple[float, float],
     ratio: tuple[float, float],
     device: torch.device,
@@ -111,22 +112,22 @@ def sample_crops(
 ) -> torch.Tensor:
     """Crop boxes of torchvision's ``RandomResizedCrop`` sampler, for ``batch`` images at once.
 
+    ``height`` and ``width``: one image size for all, or B sides per image (images of different sizes).
+
     Returns:
         B×4 long ``(top, left, crop height, crop width)``.
     """
-    crop_w, crop_h = _tried_boxes(batch, float(height * width), scale, ratio, attempts, device, generator)
-    fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
+    height = torch.as_tensor(height, dtype=torch.float32, device=device).expand(batch)
+    width = torch.as_tensor(width, dtype=torch.float32, device=device).expand(batch)
+    crop_w, crop_h = _tried_boxes(batch, (height * width)[:, None], scale, ratio, attempts, device, generator)
+    fits = (crop_w > 0) & (crop_w <= width[:, None]) & (crop_h > 0) & (crop_h <= height[:, None])
     found, crop_w, crop_h = _first_fit(fits, crop_w, crop_h)
     # torchvision's fallback when no attempt fits: the central crop with the ratio clamped.
     in_ratio = width / height
-    if in_ratio < min(ratio):
-        fallback_w, fallback_h = float(width), float(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        fallback_w, fallback_h = float(round(height * max(ratio))), float(height)
-    else:
-        fallback_w, fallback_h = float(width), float(height)
-    crop_w = torch.where(found, crop_w, torch.full_like(crop_w, fallback_w))
-    crop_h = torch.where(found, crop_h, torch.full_like(crop_h, fallback_h))
+    narrow, wide = in_ratio < min(ratio), in_ratio > max(ratio)
+    fallback_w = torch.where(wide, (height * max(ratio)).round(), width)
+    fallback_h = torch.where(narrow, (width / min(ratio)).round(), height)
+    crop_w, crop_h = torch.where(found, crop_w, fallback_w), torch.where(found, crop_h, fallback_h)
     top, left = _random_corner(height, width, crop_h, crop_w, generator)
     top = torch.where(found, top, (height - crop_h).div(2, rounding_mode="floor"))
     left = torch.where(found, left, (width - crop_w).div(2, rounding_mode="floor"))
@@ -299,10 +300,13 @@ class DeviceAugment(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32)[None, :, None, None], persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32)[None, :, None, None], persistent=False)
 
-    def sample(self, batch: int, height: int, width: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Random parameters of ``batch`` views of height×width images (all on this module's device); the
-        erasing boxes ``erase`` are on the size×size view."""
-        r, device = self.recipe, self.mean.device
+    def sample(
+        self, batch: int, height: int | torch.Tensor, width: int | torch.Tensor,
+        generator: torch.Generator | None = None, device: torch.device | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Random parameters of ``batch`` views of height×width images (sides: numbers, or B per image), on
+        ``device`` (default: this module's); the erasing boxes ``erase`` are on the size×size view."""
+        r, device = self.recipe, device or self.mean.device
 
         def coin(p: float) -> torch.Tensor:
             return torch.rand(batch, device=device, generator=generator) < p
@@ -328,8 +332,12 @@ class DeviceAugment(nn.Module):
 
     def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """The views of uint8 B×C×H×W ``images`` for given ``params`` (see :meth:`sample`), normalised."""
+        return self.finish(resized_crop(images.float() / 255.0, params["boxes"], params["flip"], self.size), params)
+
+    def finish(self, views: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Everything after the crop: colour, grayscale, blur, normalisation and erasing of float
+        B×C×size×size ``views`` in [0, 1] (already cropped, resized and flipped), for ``params``."""
         r = self.recipe
-        views = resized_crop(images.float() / 255.0, params["boxes"], params["flip"], self.size)
         if r.jitter_p > 0 and any(r.jitter):
             views = color_jitter(views, params["order"], params["factors"])
         if r.grayscale_p > 0:

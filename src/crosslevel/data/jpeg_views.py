@@ -1,0 +1,186 @@
+"""``decode=gpu``: JPEG files read as bytes by the loader workers, decoded on the training device
+(batched nvJPEG, ``torchvision.io.decode_jpeg(..., device="cuda")``) and made into views there by
+the on-device view maker of :mod:`.device_views`.
+
+* Loader: :class:`EncodedFiles` yields each file's bytes; :func:`collate_encoded` packs a batch into
+  one :class:`EncodedBatch` (the bytes end to end, offsets, indices), of which only the indices move
+  to the device: ``decode_jpeg`` reads its input from host memory whatever device decodes.
+* Views: :class:`JpegViews` decodes the batch (each image keeps its own size), draws every view's
+  parameters on the CPU from torch's global generator -- seeded by ``seed`` and saved in checkpoints,
+  so the same seed gives the same crops whichever device decodes --, crops each image with its own
+  box and resizes it to size×size (torchvision's ``resized_crop`` of a float image, antialiased),
+  flips, and hands the stacked batch to :meth:`DeviceAugment.finish` (colour, grayscale, blur,
+  normalisation, erasing: the parameters of the CPU recipe).
+* Pixels: nvJPEG's IDCT rounds differently from libjpeg-turbo's (PIL), a grey level or two here and
+  there; the views are otherwise the CPU recipe's, computed in float32 without its uint8 rounding.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+import torch.nn.functional as F
+import torchvision.io
+from torch import nn
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode
+
+from ..errors import CrossLevelError
+from .device_views import DeviceAugment
+
+T = TypeVar("T")
+JPEG_MAGIC = b"\xff\xd8\xff"  # start-of-image marker and the first byte of the next marker
+
+
+def _quiet(function: Callable[..., T]) -> Callable[..., T]:
+    """``function`` without torchvision 0.29's deprecation warning of its image decoders (on every call)."""
+
+    def quiet(*args: object, **kwargs: object) -> T:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The image decoding and encoding", category=DeprecationWarning)
+            return function(*args, **kwargs)
+
+    return quiet
+
+
+read_file, decode_jpeg = _quiet(torchvision.io.read_file), _quiet(torchvision.io.decode_jpeg)
+
+
+def is_jpeg(path: Path) -> bool:
+    """Whether the file at ``path`` starts like a JPEG (an unreadable file does not)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(3) == JPEG_MAGIC
+    except OSError:
+        return False
+
+
+def first_non_jpeg(paths: Sequence[Path], chunk: int = 4096) -> Path | None:
+    """The first of ``paths`` that is not a JPEG file, or None: 3 bytes read per file, on 8 threads."""
+
+    def first_in(start: int) -> Path | None:
+        return next((path for path in paths[start : start + chunk] if not is_jpeg(path)), None)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return next((path for path in pool.map(first_in, range(0, len(paths), chunk)) if path is not None), None)
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """Encoded image files of one batch: ``data`` uint8, their bytes end to end (host memory);
+    ``offsets`` B + 1 positions in it; ``indices`` long B, the images' indices; ``names`` their paths
+    (for messages). Lightning moves a batch with :meth:`to`, which moves the indices only."""
+
+    data: torch.Tensor
+    offsets: tuple[int, ...]
+    indices: torch.Tensor
+    names: tuple[str, ...]
+
+    @property
+    def device(self) -> torch.device:
+        return self.indices.device
+
+    def files(self) -> list[torch.Tensor]:
+        """The B files' bytes, uint8 each."""
+        return [self.data[start:end] for start, end in itertools.pairwise(self.offsets)]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> EncodedBatch:
+        return replace(self, indices=self.indices.to(device, non_blocking=non_blocking))
+
+
+class EncodedFiles(Dataset):
+    """Yields ``(bytes, index, path)``: the undecoded file ``index`` of ``paths`` as a uint8 tensor."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+        path = str(self.paths[index])
+        return read_file(path), index, path
+
+
+def collate_encoded(items: list[tuple[torch.Tensor, int, str]]) -> EncodedBatch:
+    """``(bytes, index, path)`` items → one :class:`EncodedBatch` (one tensor to share between processes)."""
+    files, indices, names = zip(*items)
+    offsets = tuple(itertools.accumulate((len(data) for data in files), initial=0))
+    return EncodedBatch(torch.cat(files), offsets, torch.tensor(indices), names)
+
+
+def decode(files: list[torch.Tensor], device: torch.device, names: Sequence[str] = ()) -> list[torch.Tensor]:
+    """JPEG ``files`` (uint8 bytes) → uint8 3×H×W RGB images of their own sizes, decoded on ``device``
+    (CUDA: one batched nvJPEG call); a file that fails is an error naming it (from ``names``, when given)."""
+    try:
+        return decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError as err:
+        for number, data in enumerate(files):  # find the file, for the message
+            try:
+                decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+            except RuntimeError:
+                name = names[number] if names else f"file {number} of the batch"
+                raise CrossLevelError(f"cannot decode {name} on {device} ({err}); decode=cpu decodes with PIL") from None
+        raise
+
+
+def resized_crops(images: Sequence[torch.Tensor], boxes: list[list[int]], flip: torch.Tensor, size: int) -> torch.Tensor:
+    """Each image cropped to its own box, resized to size×size and flipped where ``flip``: torchvision's
+    ``resized_crop(image / 255, ..., antialias=True)`` (bilinear) image by image, as the sizes differ.
+
+    Args:
+        images: B uint8 C×H×W (sizes may differ), all on one device.
+        boxes: B ``(top, left, height, width)`` host integers (:func:`~.device_views.sample_crops`).
+        flip: B bool on the images' device.
+        size: output side.
+
+    Returns:
+        float B×C×size×size in [0, 1].
+    """
+    views = torch.cat([
+        F.interpolate(image[None, :, top : top + height, left : left + width].float() / 255.0, size=(size, size),
+                      mode="bilinear", align_corners=False, antialias=True)
+        for image, (top, left, height, width) in zip(images, boxes)
+    ])  # fmt: skip
+    return torch.where(flip[:, None, None, None], views.flip(-1), views)
+
+
+class JpegViews(nn.Module):
+    """``decode=gpu``'s view maker: an :class:`EncodedBatch` → (``num_views`` float B×C×size×size
+    views, the indices), decoded and made on the batch's device (``decode_device``, when set, decodes
+    there instead: the CPU, to test everything but the nvJPEG call).
+
+    Args:
+        augment: the view maker (its recipe, size and normalisation).
+        num_views: views per image.
+        decode_device: where to decode; None: the batch's device.
+    """
+
+    def __init__(self, augment: DeviceAugment, num_views: int = 2, decode_device: str | None = None) -> None:
+        super().__init__()
+        self.augment, self.num_views = augment, num_views
+        self.decode_device = torch.device(decode_device) if decode_device else None
+
+    def sample(self, images: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The parameters of ``num_views`` views of each image (view v of image i at v·B + i), on the CPU
+        from torch's global generator: the same for the same seed whichever device decoded ``images``."""
+        heights = torch.tensor([image.shape[-2] for image in images]).repeat(self.num_views)
+        widths = torch.tensor([image.shape[-1] for image in images]).repeat(self.num_views)
+        return self.augment.sample(len(heights), heights, widths, device=torch.device("cpu"))
+
+    def forward(self, batch: EncodedBatch) -> tuple[list[torch.Tensor], torch.Tensor]:
+        device = batch.device
+        images = decode(batch.files(), self.decode_device or device, batch.names)
+        images = [image.to(device, non_blocking=True) for image in images]
+        params = self.sample(images)
+        flip = params["flip"].to(device, non_blocking=True)
+        views = resized_crops(images * self.num_views, params["boxes"].tolist(), flip, self.augment.size)
+        views = self.augment.finish(views, {name: value.to(device, non_blocking=True) for name, value in params.items()})
+        return list(views.chunk(self.num_views)), batch.indices
