@@ -88,9 +88,9 @@ def test_throughput_keeps_rows_written_before_a_method_fails(tmp_path: Path, cap
     assert "FAILED cld" in capsys.readouterr().out
 
 
-def run_gpu_check(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def run_gpu_check(tmp_path: Path, script: Path = SCRIPT, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "OUT": str(tmp_path / "out"), "RUNS": str(tmp_path / "runs"), **env}
-    return subprocess.run(["bash", str(SCRIPT)], cwd=BENCHMARKS.parent, env=environment, capture_output=True, text=True, timeout=120)
+    return subprocess.run(["bash", str(script)], cwd=BENCHMARKS.parent, env=environment, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
@@ -98,6 +98,13 @@ def test_gpu_check_stops_at_once_without_cuda(tmp_path: Path) -> None:
     result = run_gpu_check(tmp_path, PYTHON=sys.executable)
     assert result.returncode == 1 and "no usable CUDA GPU" in result.stderr and "DEVICE=cpu" in result.stderr
     assert "=== throughput" not in result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_decode_check_stops_at_once_without_cuda(tmp_path: Path) -> None:
+    result = run_gpu_check(tmp_path, BENCHMARKS / "gpu_decode_check.sh", PYTHON=sys.executable)
+    assert result.returncode == 1 and "no usable CUDA GPU" in result.stderr and "DEVICE=cpu" in result.stderr
+    assert "=== make" not in result.stdout and "decode speed: no result" in result.stdout
 
 
 def test_gpu_check_keeps_its_deadline_and_prints_the_summary(tmp_path: Path) -> None:
@@ -183,3 +190,33 @@ def test_paper_table_reads_an_unfinished_run_from_its_logs(tmp_path: Path) -> No
     assert row["epochs"] == "30/200" and row["final"] == 86.0 and (row["best"], row["best_epoch"]) == (86.25, 20)
     assert row["method"] == "CLD" and row["paper"] == 86.7 and row["median_epoch_s"] == pytest.approx(2.0)
     assert "| CLD | `cifar10-cld` | 30/200 | 86.00 | 86.25 (20) | 86.7 | -0.70 | 2.00 |" in load("paper_table").table([row])
+
+
+def test_decode_speed_makes_a_jpeg_folder_and_dry_runs_on_the_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The decode=gpu measurement at a tiny budget: the GPU-decode rows run with the decode on the CPU and say so."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    blobs = []
+    for seed in range(30):
+        buffer = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+        blobs.append(np.frombuffer(buffer.getvalue(), dtype=np.uint8))
+    packed = tmp_path / "packed.npz"  # cifar_pack.py's format
+    np.savez(packed, blob=np.concatenate(blobs), offsets=np.cumsum([0] + [len(b) for b in blobs]),
+             labels=np.zeros(30, np.int16), splits=np.zeros(30, np.int8), classes=np.array(["a"]))  # fmt: skip
+    speed, folder, out = load("decode_speed"), tmp_path / "in100", tmp_path / "decode_speed.json"
+    assert speed.main(["make", str(packed), str(folder), "--per-class", "1", "--width", "48", "--height", "40"]) == 0
+    assert len(list(folder.glob("train/*/*.jpg"))) == 100 and Image.open(next(folder.glob("train/*/*.jpg"))).size == (48, 40)
+    argv = ["measure", str(folder), "--workers", "0", "--seconds", "1", "--warmup", "1", "--steps", "1", "--precision", "32-true",
+            "--json", str(out), "--set", "backbone=smallcnn", "width=4", "image_size=32", "batch_size=8"]  # fmt: skip
+    assert speed.main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert list(rows) == ["a_pil_data_path", "b_gpu_decode_data_path", "c_step_fed_by_pil", "d_step_fed_by_gpu_decode", "e_step_from_gpu_memory"]
+    assert all(row["images_per_s"] > 0 for row in rows.values())
+    assert rows["b_gpu_decode_data_path"]["note"].startswith("not measured (CUDA only)") and "note" not in rows["c_step_fed_by_pil"]
+    printed = capsys.readouterr().out
+    assert "100 JPEGs, 100 classes, 48x40" in printed and "target (b) >= 1.5 x (e): not measured (CUDA only)" in printed
+    assert speed.main(["table", str(out)]) == 0
