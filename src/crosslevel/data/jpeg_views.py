@@ -117,18 +117,25 @@ def collate_encoded(items: list[tuple[torch.Tensor, int, str]]) -> EncodedBatch:
 
 
 def decode(files: list[torch.Tensor], device: torch.device, names: Sequence[str] = ()) -> list[torch.Tensor]:
-    """JPEG ``files`` (uint8 bytes) → uint8 3×H×W RGB images of their own sizes, decoded on ``device``
-    (CUDA: one batched nvJPEG call); a file that fails is an error naming it (from ``names``, when given)."""
+    """JPEG ``files`` (uint8 bytes) → uint8 3×H×W RGB images of their own sizes on ``device`` (CUDA: one
+    batched nvJPEG call). When the batch fails, file by file: a file that ``device`` cannot decode (nvJPEG
+    may refuse a CMYK JPEG) is decoded on the CPU and moved there; one that neither can is an error
+    naming it (from ``names``, when given)."""
     try:
         return decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
-    except RuntimeError as err:
-        for number, data in enumerate(files):  # find the file, for the message
-            try:
-                decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-            except RuntimeError:
-                name = names[number] if names else f"file {number} of the batch"
-                raise CrossLevelError(f"cannot decode {name} on {device} ({err}); decode=cpu decodes with PIL") from None
-        raise
+    except RuntimeError:
+        names = names or [f"file {number} of the batch" for number in range(len(files))]
+        return [_decode_one(data, device, name) for data, name in zip(files, names)]
+
+
+def _decode_one(data: torch.Tensor, device: torch.device, name: str) -> torch.Tensor:
+    error: RuntimeError | None = None
+    for where in dict.fromkeys([device, torch.device("cpu")]):
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=where).to(device)
+        except RuntimeError as err:
+            error = err
+    raise CrossLevelError(f"cannot decode {name} ({error}): corrupt or truncated, or not a JPEG; decode=cpu decodes with PIL")
 
 
 def resized_crops(images: Sequence[torch.Tensor], boxes: list[list[int]], flip: torch.Tensor, size: int) -> torch.Tensor:
