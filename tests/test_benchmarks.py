@@ -220,3 +220,16 @@ def test_decode_speed_makes_a_jpeg_folder_and_dry_runs_on_the_cpu(tmp_path: Path
     printed = capsys.readouterr().out
     assert "100 JPEGs, 100 classes, 48x40" in printed and "target (b) >= 1.5 x (e): not measured (CUDA only)" in printed
     assert speed.main(["table", str(out)]) == 0
+
+
+def test_decode_speed_table_judges_the_target_from_measured_rows() -> None:
+    rows = {"a_pil_data_path": {"images_per_s": 400.0}, "b_gpu_decode_data_path": {"images_per_s": 3000.0},
+            "c_step_fed_by_pil": {"images_per_s": 380.0}, "d_step_fed_by_gpu_decode": {"note": "FAILED: RuntimeError: x"},
+            "e_step_from_gpu_memory": {"images_per_s": 1500.0}}  # fmt: skip
+    result = {"settings": {"preset": "imagenet100-cldm", "set": [], "workers": 8, "precision": "bf16-mixed"},
+              "machine": {"device": "H200", "cpu": "x", "torch": "2", "date": "now"}, "rows": rows}  # fmt: skip
+    printed = load("decode_speed").table(result)
+    assert "target (b) >= 1.5 x (e): 2.00 x, met; as multiples of (e): (a) 0.27, (c) 0.25" in printed
+    assert "not measured  (FAILED: RuntimeError: x)" in printed
+    rows["b_gpu_decode_data_path"]["images_per_s"] = 2000.0
+    assert "1.33 x, MISSED" in load("decode_speed").table(result)

@@ -129,6 +129,7 @@ def decode(files: list[torch.Tensor], device: torch.device, names: Sequence[str]
 
 
 def _decode_one(data: torch.Tensor, device: torch.device, name: str) -> torch.Tensor:
+    """One file decoded on ``device``, else on the CPU and moved to ``device``, else an error naming it."""
     error: RuntimeError | None = None
     for where in dict.fromkeys([device, torch.device("cpu")]):
         try:
@@ -183,11 +184,11 @@ class JpegViews(nn.Module):
         return self.augment.sample(len(heights), heights, widths, device=torch.device("cpu"))
 
     def forward(self, batch: EncodedBatch) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """B encoded files (their indices on the training device) → (the views, the indices)."""
         device = batch.device
         images = decode(batch.files(), self.decode_device or device, batch.names)
         images = [image.to(device, non_blocking=True) for image in images]
-        params = self.sample(images)
-        flip = params["flip"].to(device, non_blocking=True)
-        views = resized_crops(images * self.num_views, params["boxes"].tolist(), flip, self.augment.size)
-        views = self.augment.finish(views, {name: value.to(device, non_blocking=True) for name, value in params.items()})
-        return list(views.chunk(self.num_views)), batch.indices
+        drawn = self.sample(images)
+        params = {name: value.to(device, non_blocking=True) for name, value in drawn.items()}
+        views = resized_crops(images * self.num_views, drawn["boxes"].tolist(), params["flip"], self.augment.size)
+        return list(self.augment.finish(views, params).chunk(self.num_views)), batch.indices
