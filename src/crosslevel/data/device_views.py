@@ -100,6 +100,14 @@ def _random_corner(
     return top, left
 
 
+def _per_image(side: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    """A side as B floats on ``device``: a number filled there (no host-to-device copy, so no
+    synchronisation), per-image sides converted."""
+    if isinstance(side, torch.Tensor):
+        return side.to(device=device, dtype=torch.float32)
+    return torch.full((batch,), float(side), device=device)
+
+
 def sample_crops(
     batch: int,
     height: int | torch.Tensor,
@@ -117,8 +125,7 @@ def sample_crops(
     Returns:
         B×4 long ``(top, left, crop height, crop width)``.
     """
-    height = torch.as_tensor(height, dtype=torch.float32, device=device).expand(batch)
-    width = torch.as_tensor(width, dtype=torch.float32, device=device).expand(batch)
+    height, width = (_per_image(side, batch, device) for side in (height, width))
     crop_w, crop_h = _tried_boxes(batch, (height * width)[:, None], scale, ratio, attempts, device, generator)
     fits = (crop_w > 0) & (crop_w <= width[:, None]) & (crop_h > 0) & (crop_h <= height[:, None])
     found, crop_w, crop_h = _first_fit(fits, crop_w, crop_h)
