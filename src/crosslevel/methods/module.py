@@ -169,6 +169,8 @@ class ContrastiveModule(pl.LightningModule):
             if self.cfg.cld_weight > 0:
                 group_a, group_b = (group.float() for group in group_views[:2])
                 loss_cld = self.cld(group_a, group_b)
+                if self.cfg.cuda_graphs:  # a graph's output: the next replay overwrites it, the logs keep it
+                    loss_cld = loss_cld.clone()
                 loss = loss + self.cfg.cld_weight * loss_cld
                 logs["loss_cld"] = loss_cld
         return loss, logs
