@@ -177,7 +177,7 @@ class ContrastiveModule(pl.LightningModule):
 
     def step_loss(self, views: Sequence[torch.Tensor], indices: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of one batch and its parts: V views B×C×H×W of the images ``indices`` (B)
-        through the query encoder (one pass per view), the branch's targets and :meth:`objective`.
+        through the query encoder (:meth:`_query_passes`), the branch's targets and :meth:`objective`.
         Tensor work only: nothing here reads a value back to the host."""
         split = len(views) - self.branch.key_views
         jigsaw = None
