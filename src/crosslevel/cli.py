@@ -1,4 +1,4 @@
-"""The ``crosslevel`` command: train, eval, score, plot, embed, cluster, export, runs, show, presets."""
+"""The ``crosslevel`` command: train, eval, score, plot, embed, cluster, export, pack, runs, show, presets."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import DEFAULT_PRESET, FEATURES, Config, apply_overrides, canonical, describe_keys, load_preset, preset_summary
+from .config import DEFAULT_PRESET, FEATURES, Config, apply_overrides, canonical, describe_keys, is_url, load_preset, preset_summary
 from .errors import CrossLevelError, CrossLevelWarning, TrainingInterrupted, warn
+from .packing import add_pack_command
 
 if TYPE_CHECKING:
     from .evaluation.features import Run
@@ -82,7 +83,7 @@ def check_environment(cfg: Config) -> None:
 def check_data_path(cfg: Config, run_dir: Path, option: str) -> None:
     """The data set of a run is where ``cfg`` (its saved config, or a new ``data=``) says; else an
     error naming the path and the option that gives a moved data set's new place."""
-    if cfg.data and not Path(cfg.data).exists():
+    if cfg.data and not is_url(cfg.data) and not Path(cfg.data).exists():
         raise CrossLevelError(f"the data set of run {run_dir} is not at {cfg.data}: if it has moved, give its new location with {option}")
 
 
@@ -97,7 +98,7 @@ def open_evaluation_run(run_dir: str, data: str | None) -> Run:
     elif run.cfg.dataset == "digits":
         raise CrossLevelError(f"run {run_dir} was trained on the built-in digits: --data does not apply")
     else:
-        run.cfg = dataclasses.replace(run.cfg, data=os.path.abspath(Path(data).expanduser()))
+        run.cfg = dataclasses.replace(run.cfg, data=data if is_url(data) else os.path.abspath(Path(data).expanduser()))
     return run
 
 
@@ -438,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output .pth (.pkl for detectron2); standard ResNets also get <stem>_torchvision.pth")
     export.add_argument("--format", choices=["crosslevel", "detectron2"], default="crosslevel", help="detectron2: a .pkl for its train_net.py (ImageNet-stem ResNet-18/50, width 64)")
     export.set_defaults(func=_export)
+
+    add_pack_command(commands)
 
     runs = commands.add_parser("runs", help="one table of the runs under a folder: method, data, epochs, kNN, time, status")
     runs.add_argument("folder", nargs="?", default="runs", help="folder holding run directories (default runs)")

@@ -5,7 +5,8 @@ Supported: scikit-learn's digits (built in), CIFAR-10 / CIFAR-100 from the stand
 folders (``cifar-10-batches-py``, ``cifar-100-python``), STL-10 from ``stl10_binary``, image
 folders (one sub-folder per class, optionally under ``train/`` and ``test/`` or ``val/``; or a
 flat folder of unlabelled images; ``subset=imagenet100`` keeps the CMC ImageNet-100 classes) and
-list files of ``relative/path label`` lines (ImageNet-LT).
+list files of ``relative/path label`` lines (ImageNet-LT); data sets packed as tar shards
+(:mod:`.shards`).
 """
 
 from __future__ import annotations
@@ -494,6 +495,10 @@ def load_split(
         return load_digits_split(split)
     if data is None:
         raise CrossLevelError(f"dataset '{dataset}' needs a path: add --data PATH")
+    if dataset == "shards":
+        from .shards import load_shard_split  # it builds on this module
+
+        return load_shard_split(data, split, image_size, in_memory)
     path = Path(data).expanduser()
     if dataset in ("cifar10", "cifar100"):
         return load_cifar_split(path, split, 10 if dataset == "cifar10" else 100)

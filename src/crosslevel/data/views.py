@@ -113,3 +113,11 @@ class LabelledDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.images.image(index)), int(self.images.labels[index])
+
+
+def labelled_dataset(images: Images, transform: Transform) -> Dataset:
+    """``(image, label)`` of every image with ``transform``: :class:`LabelledDataset` (in order), or
+    a stream of packed shards read in shard order (:class:`~.shards.ShardLabelled`)."""
+    from .shards import ShardImages, ShardLabelled  # shards reads sources, as this module does
+
+    return ShardLabelled(images, transform) if isinstance(images, ShardImages) else LabelledDataset(images, transform)
