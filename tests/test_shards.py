@@ -48,9 +48,11 @@ def test_packed_digits_decode_to_the_source_images_in_its_order(digits_pack: Pat
     assert first != sorted(first)  # written in a seeded random order, each sample with its source index
 
 
-def test_a_url_location_streams_the_same_samples(digits_pack: Path) -> None:
+@pytest.mark.parametrize("url", ["file", "pipe"])
+def test_a_url_location_streams_the_same_samples(digits_pack: Path, url: str) -> None:
     local = load_shard_split(str(digits_pack), "test", in_memory=False)
-    remote = load_shard_split(digits_pack.as_uri(), "test", in_memory=False)
+    location = digits_pack.as_uri() if url == "file" else f"pipe:cat {digits_pack}/{{}}"
+    remote = load_shard_split(location, "test", in_memory=False)
     assert [s.index for s in remote.samples()] == [s.index for s in local.samples()]
 
 
@@ -112,19 +114,23 @@ def test_training_from_shards_equals_training_from_the_folder(tmp_path: Path) ->
     assert load_folder_split(folder, "train").labels.tolist() == load_shard_split(str(tmp_path / "packed"), "train").labels.tolist()
 
 
-def test_streamed_training_updates_each_bank_row_once_per_image(tmp_path: Path) -> None:
+@pytest.mark.parametrize("devices,updated", [("1", 24), ("2", 16)])
+def test_streamed_training_updates_each_bank_row_once_per_image(tmp_path: Path, devices: str, updated: int) -> None:
+    """One process: 3 steps of 8 of the 24 images; Lightning DDP on two CPU processes: 12 images a rank,
+    one step of 8 each, 16 distinct rows (the ranks read disjoint parts and take the same number of steps)."""
     from crosslevel.training import train
 
     folder = write_image_folder(tmp_path / "images", classes=3, per_class=8)
     pack("folder", str(folder), tmp_path / "packed", shard_size=5)
     overrides = [f"data={tmp_path / 'packed'}", "dataset=shards", "in_memory=false", "image_size=16", *TINY, "batch_size=8", "npid_views=1", "cld_weight=0"]
-    cfg = apply_overrides(load_preset("digits-npid"), [*overrides, f"out={tmp_path}", "name=stream"])
+    ddp = ["strategy=ddp_fork"] if devices != "1" else []
+    cfg = apply_overrides(load_preset("digits-npid"), [*overrides, f"devices={devices}", *ddp, f"out={tmp_path}", "name=stream"])
     run_dir, knn = train(cfg)
     assert knn is not None and 0 <= knn["top1"] <= 100
     bank = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["branch.bank.memory"]
     pl.seed_everything(cfg.seed, verbose=False)  # as train() does before building the module
     initial = ContrastiveModule(cfg, 24, in_channels=3).branch.bank.memory
-    assert int((bank != initial).any(dim=1).sum()) == 24  # 3 steps of 8: every image's row, each once
+    assert int((bank != initial).any(dim=1).sum()) == updated
 
 
 @pytest.mark.parametrize("count,world,batch,workers", [(40, 2, 4, 1), (41, 2, 4, 3), (100, 3, 5, 2), (97, 4, 3, 4)])

@@ -67,7 +67,7 @@ class Config:
     image_size: int = key(0, "side of the views (0: the data set's own size)", min=0)
     eval_resize: int = key(0, "test transform: short side resized to this, then centre crop image_size (0: image_size)", min=0)
     workers: int = key(2, "data-loader worker processes", min=0)
-    shuffle_buffer: int = key(2048, "shards, in_memory=false: samples shuffled together (whole batches; shard order reshuffled every epoch)", min=1)
+    shuffle_buffer: int = key(1024, "shards, in_memory=false: samples shuffled together (whole batches; shard order reshuffled every epoch)", min=1)
     bad_images: Literal["error", "skip"] = key("error", "an unreadable image: error (stop) or skip (warn, count in summary.json)")
     augment_device: Literal["cpu", "device"] = key("cpu", "cpu: torchvision in loader workers; device: batched on the training device")
     # --- model ---

@@ -1,7 +1,7 @@
 """Data sets packed as webdataset tar shards: :func:`pack` writes them, ``dataset=shards`` reads them.
 
 A packed data set is a folder (or a URL prefix webdataset's ``gopen`` opens: ``http(s)://``,
-``pipe:``, ``gs://``, ...) holding ``index.json`` and ``<split>-NNNNNN.tar`` shards of plain tar
+``gs://``, ``pipe:CMD`` -- with ``{}`` where the file name goes, else at the end) holding ``index.json`` and ``<split>-NNNNNN.tar`` shards of plain tar
 files. Each sample is ``<index>.<ext>`` (the image file's own bytes; PNG for array sources),
 ``<index>.cls`` (the label) and ``<index>.json`` (``index``, ``label``, ``size`` [w, h], ``file``).
 ``index`` is the image's position in the source's split -- the row of the NPID memory bank --
@@ -62,6 +62,10 @@ def _webdataset() -> Any:
 
 
 def _join(location: str, name: str) -> str:
+    """File ``name`` of the data set at ``location``: in place of ``{}`` when it has one
+    (``pipe:aws s3 cp s3://bucket/shards/{} -``), else appended as a path or URL component."""
+    if "{}" in location:
+        return location.replace("{}", name)
     return f"{location.rstrip('/')}/{name}" if is_url(location) else str(Path(location).expanduser() / name)
 
 
@@ -235,8 +239,10 @@ def shard_samples(location: str, shard: Shard, start: int = 0, stop: int | None 
 
 @dataclass(frozen=True)
 class ShardImages(Images):
-    """A packed split read as a stream (``in_memory=false``): labels by index, the shards in their stored
-    order; no random access (:meth:`image`, :meth:`select`). ``crop_side`` is ``image_size``."""
+    """A packed split: labels by index, the shards in their stored order. Streamed (``in_memory=false``)
+    it has no random access (:meth:`image`, :meth:`select`); :meth:`decoded` reads it into memory.
+    ``crop_side`` is ``image_size``; ``resize``: the images are files of their own sizes, resized to
+    ``crop_side`` (when set) in memory, as the folder source does."""
 
     location: str
     shards: tuple[Shard, ...]

@@ -1,0 +1,75 @@
+"""Packing and streaming figures of ``dataset=shards`` on this machine (CPU, local disk).
+
+1. ``crosslevel pack`` of an image folder: seconds, images/s, bytes per image in the shards against
+   the image files' own bytes (the tar headers' share).
+2. One epoch of a rank's stream (:class:`~crosslevel.data.shards.ShardStream`, ``--world`` ranks
+   simulated one after the other, ``--workers`` loader workers): images/s read and decoded, with the
+   ``cifar`` views (2 per image), and the bytes read per image.
+
+    python benchmarks/shards.py ../shared/data/cifar10 --out /tmp/cifar10-shards --world 2 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+import crosslevel.data.shards as shards
+from crosslevel.data.shards import load_shard_split, pack, shard_loader
+from crosslevel.data.sources import IMAGE_SUFFIXES
+from crosslevel.data.views import view_transform
+
+
+def file_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="image folder with train/ (and test/) class folders")
+    parser.add_argument("--out", type=Path, required=True, help="where to pack (replaced)")
+    parser.add_argument("--shard-size", type=int, default=1000)
+    parser.add_argument("--world", type=int, default=2, help="ranks whose shares are streamed (one after the other)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=256)
+    args = parser.parse_args()
+
+    shutil.rmtree(args.out, ignore_errors=True)
+    start = time.perf_counter()
+    index = pack("folder", str(args.folder), args.out, args.shard_size)
+    pack_s = time.perf_counter() - start
+    images = sum(len(part["labels"]) for part in index["splits"].values())
+    packed = sum(path.stat().st_size for path in args.out.glob("*.tar"))
+    result = {
+        "pack_seconds": round(pack_s, 1),
+        "pack_images_per_s": round(images / pack_s),
+        "image_bytes_per_image": round(file_bytes(args.folder) / images),
+        "shard_bytes_per_image": round(packed / images),
+    }
+
+    train = load_shard_split(str(args.out), "train", image_size=32, in_memory=False)
+    transform = view_transform("cifar", 32, 3, train.mean, train.std)
+    shards.world_size = lambda: args.world  # one rank after the other, each reading its share only
+    read = 0
+    start = time.perf_counter()
+    for rank in range(args.world):
+        shards.rank = lambda rank=rank: rank
+        loader = shard_loader(train, transform, 2, args.batch, 2048, seed=0, workers=args.workers)
+        read += sum(len(indices) for _, indices in loader)
+    stream_s = time.perf_counter() - start
+    result.update(
+        stream_images=read,
+        stream_seconds=round(stream_s, 1),
+        stream_images_per_s=round(read / stream_s),
+        torch_threads=torch.get_num_threads(),
+    )
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
