@@ -126,7 +126,7 @@ class Config:
     precision: Precision = key("32-true", "Lightning precision (k-means and losses always run in fp32)")
     channels_last: bool = key(False, "NHWC memory layout for the backbone (faster convolutions on GPUs)")
     compile: bool = key(False, "torch.compile the backbone, heads, on-device views and k-means + CLD")
-    logger: Literal["csv", "tensorboard", "both"] = key("csv", "training logs")
+    logger: Literal["csv", "tensorboard", "both", "wandb", "mlflow"] = key("csv", "training logs (both: csv + tensorboard; wandb, mlflow: csv + that tracker, local by default)")
     progress: bool = key(True, "progress bars")
     limit_train_batches: float = key(1.0, "<1: fraction, >1: count of batches per epoch (tests)", gt=0)
     resume: str | None = key(None, "checkpoint or run directory to continue from")

@@ -85,7 +85,8 @@ def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise CrossLevelError(f"{out} exists and is not a folder: give a new or empty folder to pack into")
     if out.is_dir() and any(out.iterdir()):
-        raise CrossLevelError(f"{out} exists and is not empty: give a new or empty folder to pack into")
+        stopped = "" if (out / INDEX_FILE).is_file() else " (without index.json: a pack that stopped; remove it and pack again)"
+        raise CrossLevelError(f"{out} exists and is not empty{stopped}: give a new or empty folder to pack into")
 
 
 def _sample_bytes(images: Images, position: int) -> tuple[str, bytes, tuple[int, int], str]:
@@ -114,7 +115,7 @@ def _pack_split(images: Images, split: str, out: Path, shard_size: int, seed: in
     with tqdm(total=len(images), desc=f"packing {split}", unit="img", mininterval=1.0) as bar:
         for start in range(0, len(images), shard_size):
             name = f"{split}-{start // shard_size:06d}.tar"
-            with wds.TarWriter(str(out / name), encoder=False) as writer:
+            with wds.TarWriter(str(out / name), encoder=False, mtime=0) as writer:  # whole-second mtime: no PAX headers; reproducible
                 for position in order[start : start + shard_size].tolist():
                     ext, data, size, file = _sample_bytes(images, position)
                     label = int(images.labels[position])
@@ -166,6 +167,8 @@ def pack(dataset: str, source: str | None, out: Path, shard_size: int = 1000, se
 
 @dataclass(frozen=True)
 class Shard:
+    """One tar file of a split: its file name and how many samples it holds."""
+
     name: str
     count: int
 
@@ -296,17 +299,13 @@ class ShardImages(Images):
             offset += shard.count
 
 
-def _split_index(index: dict[str, Any], location: str, split: str) -> dict[str, Any]:
-    if split not in index["splits"]:
-        raise (MissingSplit if split == "test" else CrossLevelError)(f"the packed data set at {location} has no {split} split")
-    return index["splits"][split]
-
-
 def load_shard_split(location: str, split: str, image_size: int = 0, in_memory: bool = True) -> Images:
     """Split ``split`` of the packed data set at ``location`` as a :class:`ShardImages` stream, or decoded
     into memory (:meth:`ShardImages.decoded`)."""
     index = read_index(location)
-    part = _split_index(index, location, split)
+    if split not in index["splits"]:
+        raise (MissingSplit if split == "test" else CrossLevelError)(f"the packed data set at {location} has no {split} split")
+    part = index["splits"][split]
     location = location if is_url(location) else str(Path(location).expanduser())
     stream = ShardImages(
         location,
