@@ -114,23 +114,48 @@ def test_training_from_shards_equals_training_from_the_folder(tmp_path: Path) ->
     assert load_folder_split(folder, "train").labels.tolist() == load_shard_split(str(tmp_path / "packed"), "train").labels.tolist()
 
 
+def streamed_config(tmp_path: Path, name: str, *extra: str):
+    """NPID (one view, no CLD) on 24 packed 16-px images streamed, batches of 8."""
+    folder = write_image_folder(tmp_path / "images", classes=3, per_class=8)
+    if not (tmp_path / "packed").is_dir():
+        pack("folder", str(folder), tmp_path / "packed", shard_size=5)
+    overrides = [f"data={tmp_path / 'packed'}", "dataset=shards", "in_memory=false", "image_size=16", *TINY, "batch_size=8", "npid_views=1", "cld_weight=0"]
+    return apply_overrides(load_preset("digits-npid"), [*overrides, f"out={tmp_path}", f"name={name}", *extra])
+
+
+def updated_rows(cfg, run_dir: Path) -> int:
+    """Rows of the run's memory bank that training changed."""
+    bank = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["branch.bank.memory"]
+    pl.seed_everything(cfg.seed, verbose=False)  # as train() does before building the module
+    return int((bank != ContrastiveModule(cfg, 24, in_channels=3).branch.bank.memory).any(dim=1).sum())
+
+
 @pytest.mark.parametrize("devices,updated", [("1", 24), ("2", 16)])
 def test_streamed_training_updates_each_bank_row_once_per_image(tmp_path: Path, devices: str, updated: int) -> None:
     """One process: 3 steps of 8 of the 24 images; Lightning DDP on two CPU processes: 12 images a rank,
     one step of 8 each, 16 distinct rows (the ranks read disjoint parts and take the same number of steps)."""
     from crosslevel.training import train
 
-    folder = write_image_folder(tmp_path / "images", classes=3, per_class=8)
-    pack("folder", str(folder), tmp_path / "packed", shard_size=5)
-    overrides = [f"data={tmp_path / 'packed'}", "dataset=shards", "in_memory=false", "image_size=16", *TINY, "batch_size=8", "npid_views=1", "cld_weight=0"]
-    ddp = ["strategy=ddp_fork"] if devices != "1" else []
-    cfg = apply_overrides(load_preset("digits-npid"), [*overrides, f"devices={devices}", *ddp, f"out={tmp_path}", "name=stream"])
+    cfg = streamed_config(tmp_path, "stream", f"devices={devices}", *(["strategy=ddp_fork"] if devices != "1" else []))
     run_dir, knn = train(cfg)
     assert knn is not None and 0 <= knn["top1"] <= 100
-    bank = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["branch.bank.memory"]
-    pl.seed_everything(cfg.seed, verbose=False)  # as train() does before building the module
-    initial = ContrastiveModule(cfg, 24, in_channels=3).branch.bank.memory
-    assert int((bank != initial).any(dim=1).sum()) == updated
+    assert updated_rows(cfg, run_dir) == updated
+
+
+def test_a_streamed_run_stopped_mid_epoch_resumes_with_the_images_not_yet_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_fault_tolerance import resume, signal_at_step
+
+    from crosslevel.errors import TrainingInterrupted
+    from crosslevel.training import train
+
+    signal_at_step(monkeypatch, step=1)  # after the first of the epoch's 3 batches
+    cfg = streamed_config(tmp_path, "stopped")
+    with pytest.raises(TrainingInterrupted):
+        train(cfg)
+    monkeypatch.undo()
+    run_dir, _ = resume(tmp_path / "stopped")
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 3 and updated_rows(cfg, run_dir) == 24  # the epoch continued: every image once
 
 
 @pytest.mark.parametrize("count,world,batch,workers", [(40, 2, 4, 1), (41, 2, 4, 3), (100, 3, 5, 2), (97, 4, 3, 4)])

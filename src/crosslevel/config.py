@@ -30,6 +30,7 @@ def key(default: Any, help: str, **bounds: float) -> Any:
 
 
 Dataset = Literal["digits", "cifar10", "cifar100", "stl10", "folder", "lists", "shards"]
+PACK_SOURCES = ("folder", "digits", "cifar10", "cifar100")  # what `crosslevel pack` writes as shards
 Recipe = Literal["auto", "cifar", "v2", "digits", "none"]
 Backbone = Literal["resnet18_cifar", "resnet18", "resnet50", "smallcnn"]  # and TIMM_PREFIX + any timm model
 TIMM_PREFIX = "timm:"

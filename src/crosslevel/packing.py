@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .config import PACK_SOURCES
+
 
 def _pack(args: argparse.Namespace) -> int:
     from .data.shards import pack
@@ -18,9 +20,7 @@ def _pack(args: argparse.Namespace) -> int:
 
 
 def add_pack_command(commands: argparse._SubParsersAction) -> None:
-    """Register ``pack FOLDER OUT`` with the CLI's sub-commands."""
-    from .data.shards import PACK_SOURCES
-
+    """Register ``pack FOLDER OUT`` with the CLI's sub-commands (nothing heavy imported before it runs)."""
     pack = commands.add_parser("pack", help="write a data set as webdataset tar shards, for dataset=shards (streaming, many machines)")
     pack.add_argument("folder", metavar="FOLDER", help="the data set (an image folder; the CIFAR parent folder; '-' for digits)")
     pack.add_argument("out", metavar="OUT", help="new or empty folder for the shards and index.json")

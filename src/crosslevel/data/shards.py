@@ -32,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
-from ..config import is_url
+from ..config import PACK_SOURCES, is_url
 from ..distributed import rank, world_size
 from ..errors import CrossLevelError, MissingSplit
 from .sampling import ResumableSampler
@@ -40,7 +40,6 @@ from .sources import IMAGE_SUFFIXES, ImageFiles, Images, InMemoryImages, _decode
 
 INDEX_FILE = "index.json"
 FORMAT, VERSION = "crosslevel-webdataset", 1
-PACK_SOURCES = ("folder", "digits", "cifar10", "cifar100")
 FILE_SOURCES = ("folder",)  # sources whose images are files: read in memory they are resized to image_size
 Transform = Any  # a callable uint8 C×H×W tensor -> tensor
 
@@ -433,4 +432,4 @@ def shard_loader(images: ShardImages, transform: Transform, num_views: int, batc
     return ShardLoader(stream, batch_size=batch, drop_last=True, num_workers=workers, pin_memory=torch.cuda.is_available())
 
 
-__all__ = ["INDEX_FILE", "PACK_SOURCES", "ShardImages", "load_shard_split", "pack", "read_index", "shard_loader", "worker_ranges"]
+__all__ = ["INDEX_FILE", "ShardImages", "load_shard_split", "pack", "read_index", "shard_loader", "worker_ranges"]
