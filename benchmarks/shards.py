@@ -16,6 +16,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -30,7 +31,7 @@ def file_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="image folder with train/ (and test/) class folders")
     parser.add_argument("--out", type=Path, required=True, help="where to pack (replaced)")
@@ -38,7 +39,7 @@ def main() -> None:
     parser.add_argument("--world", type=int, default=4, help="ranks of the epoch whose rank 0 share is streamed")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=256)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     shutil.rmtree(args.out, ignore_errors=True)
     start = time.perf_counter()
@@ -59,13 +60,14 @@ def main() -> None:
     result.update(read_images_per_s=round(read / (time.perf_counter() - start)))
 
     transform = view_transform("cifar", 32, 3, train.mean, train.std)
-    shards.world_size = lambda: args.world  # rank 0's share of an epoch of --world ranks
     loader = shard_loader(train, transform, 2, args.batch, Config().shuffle_buffer, seed=0, workers=args.workers)
     start = time.perf_counter()
-    streamed = sum(len(indices) for _, indices in loader)
+    with mock.patch.object(shards, "world_size", lambda: args.world):  # rank 0's share of an epoch of --world ranks
+        streamed = sum(len(indices) for _, indices in loader)
     result.update(stream_images=streamed, stream_images_per_s=round(streamed / (time.perf_counter() - start)), torch_threads=torch.get_num_threads())
     print(json.dumps(result, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -137,3 +137,15 @@ def test_cld_grouping_times_both_groupings_and_the_gather(tmp_path: Path, capsys
     # 4 rows × 2 views × 3 dims × 4 bytes, sent once to the other rank; twice that in the ring all-reduce
     assert gather["bytes_sent_per_rank"] == {"forward_all_gather": 96, "backward_all_reduce": 192}
     assert "ncuts" in capsys.readouterr().out
+
+
+def test_shards_packs_reads_and_streams_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("webdataset", reason="webdataset is not installed (pip install 'crosslevel[shards]')")
+    from conftest import write_image_folder
+
+    folder = write_image_folder(tmp_path / "images", per_class=8)
+    argv = [str(folder), "--out", str(tmp_path / "packed"), "--shard-size", "5", "--world", "2", "--workers", "0", "--batch", "4"]
+    assert load("shards").main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["stream_images"] == 12  # rank 0 of 2: 24 // 2 images, whole batches of 4
+    assert result["shard_bytes_per_image"] > result["image_bytes_per_image"] > 0 and result["read_images_per_s"] > 0
