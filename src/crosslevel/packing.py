@@ -14,7 +14,8 @@ def _pack(args: argparse.Namespace) -> int:
     source = None if args.dataset == "digits" else args.folder
     index = pack(args.dataset, source, Path(args.out), args.shard_size, args.seed, args.subset)
     for split, part in index["splits"].items():
-        print(f"{split}: {len(part['labels'])} images in {len(part['shards'])} shards, {len(index['classes'])} classes")
+        shards = len(part["shards"])
+        print(f"{split}: {len(part['labels'])} images in {shards} shard{'s' if shards != 1 else ''}, {len(index['classes'])} classes")
     print(f"wrote {args.out}; train from it with dataset=shards data={args.out}")
     return 0
 

@@ -20,7 +20,7 @@ import io
 import itertools
 import json
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,7 @@ from .sources import IMAGE_SUFFIXES, ImageFiles, Images, InMemoryImages, _decode
 INDEX_FILE = "index.json"
 FORMAT, VERSION = "crosslevel-webdataset", 1
 FILE_SOURCES = ("folder",)  # sources whose images are files: read in memory they are resized to image_size
-Transform = Any  # a callable uint8 C×H×W tensor -> tensor
+Transform = Callable[[torch.Tensor], torch.Tensor]  # uint8 C×H×W image -> view
 
 
 class ShardError(CrossLevelError):

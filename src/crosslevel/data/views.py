@@ -10,6 +10,7 @@ from torchvision.transforms import v2
 
 from ..errors import CrossLevelError
 from .device_views import BLUR_SIGMA, blur_kernel_size
+from .shards import ShardImages, ShardLabelled
 from .sources import Images
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -118,6 +119,4 @@ class LabelledDataset(Dataset):
 def labelled_dataset(images: Images, transform: Transform) -> Dataset:
     """``(image, label)`` of every image with ``transform``: :class:`LabelledDataset` (in order), or
     a stream of packed shards read in shard order (:class:`~.shards.ShardLabelled`)."""
-    from .shards import ShardImages, ShardLabelled  # shards reads sources, as this module does
-
     return ShardLabelled(images, transform) if isinstance(images, ShardImages) else LabelledDataset(images, transform)
