@@ -14,6 +14,7 @@ from ddp_helpers import run_on_ranks
 
 pytest.importorskip("webdataset", reason="webdataset is not installed (pip install 'crosslevel[shards]')")
 
+import crosslevel.data.shards as shards  # noqa: E402
 from crosslevel.cli import main  # noqa: E402
 from crosslevel.config import apply_overrides, load_preset  # noqa: E402
 from crosslevel.data.shards import ShardImages, load_shard_split, pack, shard_loader, worker_ranges  # noqa: E402
@@ -35,7 +36,7 @@ def digits_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_packed_digits_decode_to_the_source_images_in_its_order(digits_pack: Path) -> None:
+def test_packed_digits_decode_to_the_source_images_in_its_order(digits_pack: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     index = json.loads((digits_pack / "index.json").read_text())
     assert [len(part["shards"]) for part in index["splits"].values()] == [11, 4]  # 1,347 and 450 images, 128 a shard
     for split in ("train", "test"):
@@ -43,6 +44,9 @@ def test_packed_digits_decode_to_the_source_images_in_its_order(digits_pack: Pat
         np.testing.assert_array_equal(packed.images, source.images)
         np.testing.assert_array_equal(packed.labels, source.labels)
         assert (packed.classes, packed.mean, packed.std) == (source.classes, source.mean, source.std)
+    monkeypatch.setattr(shards, "shard_samples", None)  # decoded again: from the decoded-image cache, no shard opened
+    np.testing.assert_array_equal(load_shard_split(str(digits_pack), "test").images, source.images)
+    monkeypatch.undo()
     stream = load_shard_split(str(digits_pack), "train", in_memory=False)
     first = [sample.index for sample in stream.samples(0, 5)]
     assert first != sorted(first)  # written in a seeded random order, each sample with its source index

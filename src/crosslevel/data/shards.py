@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ..config import PACK_SOURCES, is_url
 from ..distributed import rank, world_size
 from ..errors import CrossLevelError, MissingSplit
+from . import decode_cache
 from .sampling import ResumableSampler
 from .sources import IMAGE_SUFFIXES, ImageFiles, Images, InMemoryImages, _decode, _one_size, load_split
 
@@ -275,19 +276,30 @@ class ShardImages(Images):
         return torch.from_numpy(_sample_pixels(sample, self.channels, None).copy()).permute(2, 0, 1)
 
     def decoded(self) -> InMemoryImages:
-        """Every sample decoded (4 threads) and placed by its index: the source's images in its order."""
+        """Every sample decoded (4 threads) and placed by its index: the source's images in its order.
+        Local shards go through the decoded-image cache (:mod:`.decode_cache`, keyed by the shard files)."""
         size = self.crop_side if self.resize and self.crop_side else None
+        entry = None if is_url(self.location) else decode_cache.entry_path([Path(self.location) / s.name for s in self.shards], size)
+        arrays = decode_cache.load(entry, len(self)) if entry is not None else None
+        if arrays is None:
+            arrays = self._decode_all(size)
+            if entry is not None:
+                decode_cache.save(entry, arrays)
+        return InMemoryImages(np.stack(arrays), self.labels, self.classes, self.mean, self.std)  # type: ignore[arg-type]
+
+    def _decode_all(self, size: int | None) -> list[np.ndarray | None]:
+        """The decoded images in index order, checked against the index (each index once, its label)."""
         arrays: list[np.ndarray | None] = [None] * len(self)
         names = [""] * len(self)
+        decode = lambda sample: (sample, _sample_pixels(sample, self.channels, size))  # noqa: E731
         with ThreadPoolExecutor(max_workers=4) as pool:
-            work = ((sample, pool.submit(_sample_pixels, sample, self.channels, size)) for sample in self.samples())
-            for sample, future in tqdm(work, total=len(self), desc=f"decoding {self.location}", unit="img", leave=False, mininterval=1.0):
-                array = future.result()
+            work = pool.map(decode, self.samples())
+            for sample, array in tqdm(work, total=len(self), desc=f"decoding {self.location}", unit="img", leave=False, mininterval=1.0):
                 if not 0 <= sample.index < len(self) or arrays[sample.index] is not None or sample.label != self.labels[sample.index]:
                     raise ShardError(f"damaged shard {sample.where}: index {sample.index} / label {sample.label} disagree with {INDEX_FILE}")
                 arrays[sample.index], names[sample.index] = array, sample.where
         _one_size(names, arrays, self.location)  # type: ignore[arg-type]  # every index was seen once: no None left
-        return InMemoryImages(np.stack(arrays), self.labels, self.classes, self.mean, self.std)  # type: ignore[arg-type]
+        return arrays
 
     def samples(self, start: int = 0, stop: int | None = None, order: tuple[Shard, ...] | None = None) -> Iterator[Sample]:
         """Samples ``start``..``stop`` of the concatenation of the shards in ``order`` (default: stored)."""
