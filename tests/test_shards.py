@@ -134,16 +134,18 @@ def updated_rows(cfg, run_dir: Path) -> int:
     return int((bank != ContrastiveModule(cfg, 24, in_channels=3).branch.bank.memory).any(dim=1).sum())
 
 
-@pytest.mark.parametrize("devices,updated", [("1", 24), ("2", 16)])
-def test_streamed_training_updates_each_bank_row_once_per_image(tmp_path: Path, devices: str, updated: int) -> None:
-    """One process: 3 steps of 8 of the 24 images; Lightning DDP on two CPU processes: 12 images a rank,
-    one step of 8 each, 16 distinct rows (the ranks read disjoint parts and take the same number of steps)."""
+@pytest.mark.parametrize("devices,epochs,updated", [("1", 2, 24), ("2", 1, 16)])
+def test_streamed_training_updates_each_bank_row_once_per_image(tmp_path: Path, devices: str, epochs: int, updated: int) -> None:
+    """One process: 3 steps of 8 of the 24 images an epoch; Lightning DDP on two CPU processes: 12 images a
+    rank, one step of 8 each, 16 distinct rows (the ranks read disjoint parts and take the same number of steps)."""
     from crosslevel.training import train
 
-    cfg = streamed_config(tmp_path, "stream", f"devices={devices}", *(["strategy=ddp_fork"] if devices != "1" else []))
+    cfg = streamed_config(tmp_path, "stream", f"devices={devices}", f"epochs={epochs}", *(["strategy=ddp_fork"] if devices != "1" else []))
     run_dir, knn = train(cfg)
     assert knn is not None and 0 <= knn["top1"] <= 100
     assert updated_rows(cfg, run_dir) == updated
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["crosslevel_resume"]["epoch"] == epochs  # Lightning's set_epoch reached the stream's position
 
 
 def test_a_streamed_run_stopped_mid_epoch_resumes_with_the_images_not_yet_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
