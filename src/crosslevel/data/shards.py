@@ -29,14 +29,14 @@ from typing import IO, Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from ..config import PACK_SOURCES, is_url
 from ..distributed import rank, world_size
 from ..errors import CrossLevelError, MissingSplit
 from . import decode_cache
-from .sampling import ResumableSampler
+from .sampling import ResumableLoader, ResumableSampler
 from .sources import IMAGE_SUFFIXES, ImageFiles, Images, InMemoryImages, _decode, _one_size, load_split
 
 INDEX_FILE = "index.json"
@@ -392,7 +392,7 @@ class ShardStream(IterableDataset):
         stream = self.images.samples(block, stop, order)  # one pass: every shard opened once
         while block < stop:
             samples = list(itertools.islice(stream, min(self.buffer, stop - block)))
-            generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + block)
+            generator = torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + block) % (1 << 63))
             yield from [samples[i] for i in torch.randperm(len(samples), generator=generator).tolist()][max(start - block, 0) :]
             block += self.buffer
 
@@ -402,10 +402,10 @@ class ShardStream(IterableDataset):
             yield tuple(self.transform(image) for _ in range(self.num_views)), sample.index
 
 
-class ShardLoader(DataLoader):
-    """The DataLoader of a :class:`ShardStream`; its ``sampler`` is the stream's position, so that
+class ShardLoader(ResumableLoader):
+    """The loader of a :class:`ShardStream`; its ``sampler`` is the stream's position, so that
     Lightning's ``set_epoch`` and :class:`~crosslevel.checkpointing.ResumeState` reach it, as they
-    reach the :class:`ResumableSampler` of in-memory data (Lightning's share of the state is empty)."""
+    reach the :class:`ResumableSampler` of in-memory data."""
 
     @property  # type: ignore[override]
     def sampler(self) -> ResumableSampler:
@@ -414,12 +414,6 @@ class ShardLoader(DataLoader):
     @sampler.setter
     def sampler(self, value: object) -> None:
         """DataLoader sets its constant sampler of iterable datasets here; the batches never read it."""
-
-    def state_dict(self) -> dict[str, object]:
-        return {}
-
-    def load_state_dict(self, state_dict: dict[str, object]) -> None:
-        """Nothing to load: the position is restored by ``ResumeState``."""
 
 
 class ShardLabelled(IterableDataset):
