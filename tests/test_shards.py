@@ -58,6 +58,8 @@ def test_a_url_location_streams_the_same_samples(digits_pack: Path, url: str) ->
     location = digits_pack.as_uri() if url == "file" else f"pipe:cat {digits_pack}/{{}}"
     remote = load_shard_split(location, "test", in_memory=False)
     assert [s.index for s in remote.samples()] == [s.index for s in local.samples()]
+    # from mid-shard: a local shard seeks to the sample's header, a remote one reads through to it
+    assert [s.index for s in remote.samples(130, 300)] == [s.index for s in local.samples(130, 300)] != []
 
 
 def test_pack_and_read_errors_name_the_problem(tmp_path: Path, digits_pack: Path) -> None:

@@ -217,17 +217,35 @@ def _sample_pixels(sample: Sample, channels: int, size: int | None) -> np.ndarra
     return pixels
 
 
+def _offset_of(path: str, sample: int) -> int:
+    """The byte offset of sample ``sample``'s first member in a local tar shard, found from the member
+    headers alone (tarfile seeks over the data); a sample is the members of one key, as webdataset groups them."""
+    with tarfile.open(path, "r:") as tar:
+        key, seen = None, -1
+        while (member := tar.next()) is not None:
+            if member.name.split(".", 1)[0] != key:
+                key, seen = member.name.split(".", 1)[0], seen + 1
+                if seen == sample:
+                    return member.offset
+    raise ShardError(f"damaged shard {path}: it holds {seen + 1} samples, {INDEX_FILE} says more")
+
+
 def shard_samples(location: str, shard: Shard, start: int = 0, stop: int | None = None) -> Iterator[Sample]:
-    """Samples ``start``..``stop`` (default: the end) of ``shard``, read in one pass; a shard that
-    cannot be read or holds other than its indexed count of samples is one error naming it."""
+    """Samples ``start``..``stop`` (default: the end) of ``shard``, read in one pass (a local shard from
+    the start of sample ``start``; a remote one read through from its beginning); a shard that cannot
+    be read or holds other than its indexed count of samples is one error naming it."""
     wds = _webdataset()
     where = _join(location, shard.name)
     stop = shard.count if stop is None else stop
     position = -1
     try:
         with _open(location, shard.name) as stream:
+            first = 0
+            if start and not is_url(location):
+                stream.seek(_offset_of(where, start))
+                first = start
             files = ({**entry, "__url__": where} for entry in wds.tariterators.tar_file_iterator(stream))
-            for position, sample in enumerate(wds.tariterators.group_by_keys(files)):
+            for position, sample in enumerate(wds.tariterators.group_by_keys(files), first):
                 if position >= stop:
                     return
                 if position >= start:
