@@ -183,3 +183,15 @@ def test_paper_table_reads_an_unfinished_run_from_its_logs(tmp_path: Path) -> No
     assert row["epochs"] == "30/200" and row["final"] == 86.0 and (row["best"], row["best_epoch"]) == (86.25, 20)
     assert row["method"] == "CLD" and row["paper"] == 86.7 and row["median_epoch_s"] == pytest.approx(2.0)
     assert "| CLD | `cifar10-cld` | 30/200 | 86.00 | 86.25 (20) | 86.7 | -0.70 | 2.00 |" in load("paper_table").table([row])
+
+
+def test_shards_packs_reads_and_streams_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("webdataset", reason="webdataset is not installed (pip install 'crosslevel[shards]')")
+    from conftest import write_image_folder
+
+    folder = write_image_folder(tmp_path / "images", per_class=8)
+    argv = [str(folder), "--out", str(tmp_path / "packed"), "--shard-size", "5", "--world", "2", "--workers", "0", "--batch", "4"]
+    assert load("shards").main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["stream_images"] == 12  # rank 0 of 2: 24 // 2 images, whole batches of 4
+    assert result["shard_bytes_per_image"] > result["image_bytes_per_image"] > 0 and result["read_images_per_s"] > 0
