@@ -233,3 +233,15 @@ def test_decode_speed_table_judges_the_target_from_measured_rows() -> None:
     assert "not measured  (FAILED: RuntimeError: x)" in printed
     rows["b_gpu_decode_data_path"]["images_per_s"] = 2000.0
     assert "1.33 x, MISSED" in load("decode_speed").table(result)
+
+
+def test_shards_packs_reads_and_streams_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("webdataset", reason="webdataset is not installed (pip install 'crosslevel[shards]')")
+    from conftest import write_image_folder
+
+    folder = write_image_folder(tmp_path / "images", per_class=8)
+    argv = [str(folder), "--out", str(tmp_path / "packed"), "--shard-size", "5", "--world", "2", "--workers", "0", "--batch", "4"]
+    assert load("shards").main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["stream_images"] == 12  # rank 0 of 2: 24 // 2 images, whole batches of 4
+    assert result["shard_bytes_per_image"] > result["image_bytes_per_image"] > 0 and result["read_images_per_s"] > 0

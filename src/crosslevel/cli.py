@@ -1,5 +1,5 @@
 """The ``crosslevel`` command: the parser and :func:`main`, and the commands that train and list runs
-(train, runs, show, presets); the commands that read a trained run are in :mod:`.cli_eval`. A command
+(train, runs, show, presets; ``pack`` is in :mod:`.packing`); the commands that read a trained run are in :mod:`.cli_eval`. A command
 is a function of the parsed arguments that returns the exit code, and one entry in the parser."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .cli_common import check_data_path, fmt, print_table
 from .cli_eval import add_commands
 from .config import DEFAULT_PRESET, Config, apply_overrides, canonical, describe_keys, load_preset, preset_summary
 from .errors import CrossLevelError, CrossLevelWarning, TrainingInterrupted
+from .packing import add_pack_command
 
 if TYPE_CHECKING:
     from .run_dir import RunInfo
@@ -167,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     add_commands(commands)  # eval, score, plot, embed, cluster, export
+
+    add_pack_command(commands)
 
     runs = commands.add_parser("runs", help="one table of the runs under a folder: method, data, epochs, kNN, time, status")
     runs.add_argument("folder", nargs="?", default="runs", help="folder holding run directories (default runs)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .config import Config
+from .config import Config, is_url
 from .errors import CrossLevelError
 from .paths import check_creatable
 
@@ -49,7 +49,7 @@ def count(minimum: int):  # noqa: ANN201 - an argparse type
 def check_data_path(cfg: Config, run_dir: Path, option: str) -> None:
     """The data set of a run is where ``cfg`` (its saved config, or a new ``data=``) says; else an
     error naming the path and the option that gives a moved data set's new place."""
-    if cfg.data and not Path(cfg.data).exists():
+    if cfg.data and not is_url(cfg.data) and not Path(cfg.data).exists():
         raise CrossLevelError(f"the data set of run {run_dir} is not at {cfg.data}: if it has moved, give its new location with {option}")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cli_common import check_data_path, check_output, count, print_table
-from .config import FEATURES
+from .config import FEATURES, is_url
 from .errors import CrossLevelError, warn
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def open_evaluation_run(run_dir: str, data: str | None) -> Run:
     elif run.cfg.dataset == "digits":
         raise CrossLevelError(f"run {run_dir} was trained on the built-in digits: --data does not apply")
     else:
-        run.cfg = dataclasses.replace(run.cfg, data=os.path.abspath(Path(data).expanduser()))
+        run.cfg = dataclasses.replace(run.cfg, data=data if is_url(data) else os.path.abspath(Path(data).expanduser()))
     return run
 
 

@@ -31,7 +31,8 @@ def key(default: Any, help: str, **bounds: float) -> Any:
     return field(default=default, metadata={"help": help, **bounds})
 
 
-Dataset = Literal["digits", "cifar10", "cifar100", "stl10", "folder", "lists"]
+Dataset = Literal["digits", "cifar10", "cifar100", "stl10", "folder", "lists", "shards"]
+PACK_SOURCES = ("folder", "digits", "cifar10", "cifar100")  # what `crosslevel pack` writes as shards
 Recipe = Literal["auto", "cifar", "v2", "digits", "none"]
 Backbone = Literal["resnet18_cifar", "resnet18", "resnet50", "smallcnn"]  # and TIMM_PREFIX + any timm model
 Optimizer = Literal["sgd", "adamw"]
@@ -51,7 +52,7 @@ class Config:
 
     # --- data ---
     dataset: Dataset = key("digits", "data source")
-    data: str | None = key(None, "path of the data set (not needed for digits)")
+    data: str | None = key(None, "path of the data set (not needed for digits; shards: also a URL)")
     class_subset: str = key("", "folder/lists: '' (all classes), 'imagenet100' (the CMC list) or a file of class names")
     train_list: str = key("", "lists: file of 'relative/path label' lines (e.g. ImageNet_LT_train.txt)")
     test_list: str = key("", "lists: the same for the test split (e.g. ImageNet_LT_test.txt)")
@@ -68,6 +69,7 @@ class Config:
     image_size: int = key(0, "side of the views (0: the data set's own size)", min=0)
     eval_resize: int = key(0, "test transform: short side resized to this, then centre crop image_size (0: image_size)", min=0)
     workers: int = key(2, "data-loader worker processes", min=0)
+    shuffle_buffer: int = key(1024, "shards, in_memory=false: samples shuffled together (whole batches; shard order reshuffled every epoch)", min=1)
     bad_images: Literal["error", "skip"] = key("error", "an unreadable image: error (stop) or skip (warn, count in summary.json)")
     augment_device: Literal["cpu", "device"] = key("cpu", "cpu: torchvision in loader workers; device: batched on the training device")
     decode: Literal["cpu", "gpu"] = key(
@@ -141,7 +143,7 @@ class Config:
         "GPU: replay the compiled parts as CUDA graphs (torch.compile mode=reduce-overhead, implies compile) with "
         "no host sync in the step; the non-finite check then runs every log interval and before each checkpoint",
     )
-    logger: Literal["csv", "tensorboard", "both"] = key("csv", "training logs")
+    logger: Literal["csv", "tensorboard", "both", "wandb", "mlflow"] = key("csv", "training logs (both: csv + tensorboard; wandb, mlflow: csv + that tracker, local by default)")
     progress: bool = key(True, "progress bars")
     limit_train_batches: float = key(1.0, "<1: fraction, >1: count of batches per epoch (tests)", gt=0)
     resume: str | None = key(None, "checkpoint or run directory to continue from")
@@ -332,6 +334,9 @@ def validate(cfg: Config) -> Config:
         raise CrossLevelError(f"lt_ratio (ρ) must be 0 (off) or >= 1, e.g. 10, 50, 100; got {cfg.lt_ratio}")
     if cfg.dataset == "lists" and not cfg.train_list:
         raise CrossLevelError("dataset 'lists' needs train_list=FILE (lines of 'relative/path label')")
+    streamed = [f"{key}={getattr(cfg, key)}" for key in ("lt_ratio", "train_subset", "test_subset", "hc_frames") if getattr(cfg, key)]
+    if cfg.dataset == "shards" and not cfg.in_memory and streamed:
+        raise CrossLevelError(f"{', '.join(streamed)} choose images of the data set: with dataset=shards they need in_memory=true (streamed shards are read whole)")
     if cfg.decode == "gpu":
         _check_gpu_decode(cfg)
     if not cfg.in_memory and not cfg.image_size:
@@ -459,8 +464,13 @@ def with_absolute_paths(cfg: Config) -> Config:
     """``cfg`` with its file and folder paths absolute, so that the saved run works from any folder."""
     paths = {key: getattr(cfg, key) for key in PATH_KEYS}
     return dataclasses.replace(
-        cfg, **{key: os.path.abspath(Path(value).expanduser()) for key, value in paths.items() if value and value != "imagenet100"}
+        cfg, **{key: os.path.abspath(Path(value).expanduser()) for key, value in paths.items() if value and value != "imagenet100" and not is_url(value)}
     )
+
+
+def is_url(path: str) -> bool:
+    """Whether ``path`` is a URL-like location (``https://...``, ``pipe:...``; dataset=shards) rather than a local path."""
+    return "://" in path or path.startswith("pipe:")
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -49,6 +49,8 @@ LAST_CHECKPOINT = "last.ckpt"
 FEATURE_DIR = "features"
 PLOT_DIR = "plots"
 TENSORBOARD_DIR = "tensorboard"
+WANDB_DIR = "wandb"  # logger=wandb's files (offline runs)
+MLFLOW_DIR = "mlruns"  # logger=mlflow's local file store
 RUN_NAME_ENV = "CROSSLEVEL_RUN_NAME"  # passes a generated run name to the processes Lightning launches
 
 
@@ -63,7 +65,7 @@ def discard_unsaved(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     for name in (CONFIG_FILE, DATA_FILE):
         (run_dir / name).unlink(missing_ok=True)
-    for name in (LOG_DIR, CHECKPOINT_DIR, TENSORBOARD_DIR):
+    for name in (LOG_DIR, CHECKPOINT_DIR, TENSORBOARD_DIR, WANDB_DIR, MLFLOW_DIR):
         shutil.rmtree(run_dir / name, ignore_errors=True)
     if run_dir.is_dir() and not any(run_dir.iterdir()):
         run_dir.rmdir()

@@ -152,7 +152,7 @@ class KNNMonitor(Callback):
 
 def _loggers(cfg: Config, run_dir: Path) -> list[Logger]:
     loggers: list[Logger] = []
-    if cfg.logger in ("csv", "both"):  # one version folder per attempt, so a resume never deletes a log
+    if cfg.logger != "tensorboard":  # one version folder per attempt, so a resume never deletes a log
         loggers.append(CSVLogger(save_dir=str(run_dir), name=LOG_DIR))
     if cfg.logger in ("tensorboard", "both"):
         try:
@@ -161,6 +161,10 @@ def _loggers(cfg: Config, run_dir: Path) -> list[Logger]:
             loggers.append(TensorBoardLogger(save_dir=str(run_dir), name=TENSORBOARD_DIR))
         except ModuleNotFoundError as err:  # pragma: no cover - depends on the environment
             raise CrossLevelError(f"logger=tensorboard needs: pip install 'crosslevel[tensorboard]' ({err})") from None
+    if cfg.logger in ("wandb", "mlflow"):
+        from .tracking import mlflow_logger, wandb_logger
+
+        loggers.append(wandb_logger(run_dir) if cfg.logger == "wandb" else mlflow_logger(run_dir))
     return loggers
 
 

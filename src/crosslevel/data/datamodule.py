@@ -1,6 +1,6 @@
 """The data side of a run: its splits (:class:`Data`, from the config's source, variants and subsets)
 and the :class:`ContrastiveDataModule` that Lightning trains from -- loaders, and the views made on
-the training device after the batch transfer with ``augment_device=device``."""
+the training device after the batch transfer with ``augment_device=device`` or ``decode=gpu``."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from .jpeg_views import EncodedBatch, EncodedFiles, JpegViews, collate_encoded, 
 from .sampling import ResumableLoader, ResumableSampler
 from .folders import ImageFiles
 from .images import Images, InMemoryImages
+from .shards import ShardImages, shard_loader
 from .sources import load_split
 from .variants import high_correlation, long_tail
-from .views import LabelledDataset, MultiViewDataset, eval_transform, view_transform
+from .views import MultiViewDataset, eval_transform, labelled_dataset, view_transform
 
 
 @dataclass
@@ -49,7 +50,8 @@ class Data:
         """Batches of (views, indices), of indices alone with ``augment_device=device``, or of encoded
         files with ``decode=gpu`` (:class:`~.jpeg_views.EncodedBatch`; the data module then makes the
         views on the device), in the :class:`ResumableSampler` order (seeded per epoch, one share per
-        device); the last partial batch is dropped (k-means needs k < B)."""
+        device; streamed shards: :func:`~.shards.shard_loader`); the last partial batch is dropped
+        (k-means needs k < B)."""
         if len(self.train) < cfg.batch_size:
             raise CrossLevelError(
                 f"the training set has {len(self.train)} images, fewer than batch_size={cfg.batch_size}"
@@ -66,6 +68,8 @@ class Data:
         transform = view_transform(
             cfg.augment, size, self.train.channels, self.train.mean, self.train.std, cfg.random_erasing, cfg.blur
         )
+        if isinstance(self.train, ShardImages):
+            return shard_loader(self.train, transform, num_views(cfg), cfg.batch_size, cfg.shuffle_buffer, cfg.seed, cfg.workers)
         return ResumableLoader(
             MultiViewDataset(self.train, transform, num_views(cfg)),
             batch_size=cfg.batch_size,
@@ -78,7 +82,7 @@ class Data:
     def eval_loader(self, images: Images, cfg: Config) -> DataLoader:
         """In-order batches of (image, label) with the test transform."""
         transform = eval_transform(cfg.image_size or self.side, self.train.mean, self.train.std, cfg.eval_resize)
-        return DataLoader(LabelledDataset(images, transform), batch_size=max(cfg.batch_size, 256), num_workers=0)
+        return DataLoader(labelled_dataset(images, transform), batch_size=max(cfg.batch_size, 256), num_workers=0)
 
 
 def load_split_of(cfg: Config, split: str, stl10_unlabeled: bool | None = None) -> Images:
@@ -100,6 +104,8 @@ def chosen_and_decoded(images: Images, cfg: Config, choose: Callable[[Images], I
     choice, so that only the chosen files are decoded. Under ``bad_images=skip`` an unreadable chosen
     file sends the choice back to the readable files of the whole split, as when every file was
     decoded first: the same images either way."""
+    if cfg.in_memory and isinstance(images, ShardImages):  # read whole: decoded before the choice
+        images = images.decoded()
     chosen = choose(images)
     if not (cfg.in_memory and isinstance(chosen, ImageFiles)):
         return chosen
@@ -133,9 +139,9 @@ def load_support(cfg: Config, train: Images) -> Images | None:
 
 def support_labelled(cfg: Config, train: Images | None = None) -> bool:
     """Whether the kNN support set has labels, found without decoding an image: digits, CIFAR and
-    STL-10 (whose support is its labelled train split) always have; an image folder's or list file's
-    training set (``train``, else read as a listing) has when every image has a label."""
-    return cfg.dataset not in ("folder", "lists") or (train if train is not None else load_split_of(cfg, "train")).labelled
+    STL-10 (whose support is its labelled train split) always have; an image folder's, list file's or
+    packed data set's training set (``train``, else read as a listing) has when every image has a label."""
+    return cfg.dataset not in ("folder", "lists", "shards") or (train if train is not None else load_split_of(cfg, "train")).labelled
 
 
 def load_test(cfg: Config, train: Images | None = None) -> tuple[Images | None, str]:

@@ -4,7 +4,7 @@
 
 Built in here: scikit-learn's digits, CIFAR-10 / CIFAR-100 from the standard python folders
 (``cifar-10-batches-py``, ``cifar-100-python``) and STL-10 from ``stl10_binary``; image folders and
-list files (ImageNet-LT) are read by :mod:`.folders`. :func:`load_split` picks the source of a ``dataset=``.
+list files (ImageNet-LT) are read by :mod:`.folders`, data sets packed as tar shards by :mod:`.shards`. :func:`load_split` picks the source of a ``dataset=``.
 """
 
 from __future__ import annotations
@@ -157,6 +157,10 @@ def load_split(
         return load_digits_split(split)
     if data is None:
         raise CrossLevelError(f"dataset '{dataset}' needs a path: add --data PATH")
+    if dataset == "shards":
+        from .shards import load_shard_split  # it builds on this module
+
+        return load_shard_split(data, split, image_size, in_memory)
     path = Path(data).expanduser()
     if dataset in ("cifar10", "cifar100"):
         return load_cifar_split(path, split, 10 if dataset == "cifar10" else 100)

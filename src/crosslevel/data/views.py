@@ -11,6 +11,7 @@ from torchvision.transforms import v2
 from ..errors import CrossLevelError
 from .device_views import BLUR_SIGMA, blur_kernel_size
 from .images import Images
+from .shards import ShardImages, ShardLabelled
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -113,3 +114,9 @@ class LabelledDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.images.image(index)), int(self.images.labels[index])
+
+
+def labelled_dataset(images: Images, transform: Transform) -> Dataset:
+    """``(image, label)`` of every image with ``transform``: :class:`LabelledDataset` (in order), or
+    a stream of packed shards read in shard order (:class:`~.shards.ShardLabelled`)."""
+    return ShardLabelled(images, transform) if isinstance(images, ShardImages) else LabelledDataset(images, transform)

@@ -169,13 +169,15 @@ class ContrastiveModule(pl.LightningModule):
             if self.cfg.cld_weight > 0:
                 group_a, group_b = (group.float() for group in group_views[:2])
                 loss_cld = self.cld(group_a, group_b)
+                if self.cfg.cuda_graphs:  # a graph's output: the next replay overwrites it, the logs keep it
+                    loss_cld = loss_cld.clone()
                 loss = loss + self.cfg.cld_weight * loss_cld
                 logs["loss_cld"] = loss_cld
         return loss, logs
 
     def step_loss(self, views: Sequence[torch.Tensor], indices: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of one batch and its parts: V views B×C×H×W of the images ``indices`` (B)
-        through the query encoder (one pass per view), the branch's targets and :meth:`objective`.
+        through the query encoder (:meth:`_query_passes`), the branch's targets and :meth:`objective`.
         Tensor work only: nothing here reads a value back to the host."""
         split = len(views) - self.branch.key_views
         jigsaw = None
