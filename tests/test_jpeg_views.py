@@ -175,6 +175,19 @@ def test_falls_back_to_pil_without_a_gpu_or_with_a_non_jpeg(tmp_path: Path) -> N
     assert len(caught) == 1
 
 
+@pytest.mark.parametrize(("accelerator", "cuda", "chosen"), [("auto", True, True), ("gpu", True, True), ("cpu", True, False), ("auto", False, False)])
+def test_gpu_decode_is_chosen_only_when_training_on_cuda(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, accelerator: str, cuda: bool, chosen: bool
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    cfg = apply_overrides(load_preset("imagenet-cldm"), TINY + [f"data={write_jpeg_folder(tmp_path)}", "decode=gpu", f"accelerator={accelerator}"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        views = jpeg_views(cfg, load_data(cfg).train)
+    assert isinstance(views, JpegViews) == chosen and len(caught) == (0 if chosen else 1)
+    assert views is None or views.decode_device is None  # decoded where the batch is: the GPU
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
