@@ -245,3 +245,21 @@ def test_shards_packs_reads_and_streams_a_folder(tmp_path: Path, capsys: pytest.
     result = json.loads(capsys.readouterr().out)
     assert result["stream_images"] == 12  # rank 0 of 2: 24 // 2 images, whole batches of 4
     assert result["shard_bytes_per_image"] > result["image_bytes_per_image"] > 0 and result["read_images_per_s"] > 0
+
+
+def test_simclr_cld_study_reads_finished_runs_and_prints_the_differences(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from crosslevel.run_dir import SUMMARY_FILE
+
+    study = load("simclr_cld_study")
+    figures = {"cifar10-simclr": (40.0, 90.0), "cifar10-simclr-seed1": (38.0, 88.0),
+               "cifar10-simclr-cld-cld_weight0.5": (41.5, 91.0), "cifar10-simclr-cld-cld_weight0.5-seed1": (38.5, 87.0)}  # fmt: skip
+    for name, (top1, top5) in figures.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / SUMMARY_FILE).write_text(json.dumps({"knn": {"top1": top1, "top5": top5}}))
+    argv = ["--data", str(tmp_path), "--out", str(tmp_path), "--cells", "simclr,lambda0.5", "--seeds", "0,1", "--reuse"]
+    assert study.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| simclr | λ = 0 (cifar10-simclr) | 0,1 | 40.00 / 38.00 (39.00) | 89.00 | — |" in printed
+    assert "| lambda0.5 | cld_weight=0.5 | 0,1 | 41.50 / 38.50 (40.00) | 89.00 | +1.00 |" in printed
+    with pytest.raises(SystemExit):
+        study.main(["--data", str(tmp_path), "--cells", "lambda7"])

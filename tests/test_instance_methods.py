@@ -283,6 +283,45 @@ def test_mlp_bn_puts_batchnorm_in_the_projector_trunk() -> None:
     assert load_preset("cifar10-simclr").mlp_bn and load_preset("cifar10-byol-cld").mlp_bn
 
 
+def test_mlp_shared_false_gives_the_group_head_its_own_trunk() -> None:
+    from crosslevel.models import TwoHeads
+
+    shared = TwoHeads(8, 4, mlp=True, mlp_bn=True)
+    separate = TwoHeads(8, 4, mlp=True, mlp_bn=True, mlp_shared=False)
+    # the default's parameter names (and so its checkpoints) are those it always had
+    assert [name for name, _ in shared.named_parameters()] == [
+        "trunk.0.weight", "trunk.0.bias", "trunk.1.weight", "trunk.1.bias",
+        "instance.proj.weight", "instance.proj.bias", "group.proj.weight", "group.proj.bias",
+    ]
+    assert shared.group_trunk is None and shared.group_parameter_names() == ["group.proj.weight", "group.proj.bias"]
+    names = dict(separate.named_parameters())
+    own_trunk = [f"group_trunk.{i}.{p}" for i in (0, 1) for p in ("weight", "bias")]
+    assert set(names) - set(dict(shared.named_parameters())) == set(own_trunk)
+    assert names["trunk.0.weight"] is not names["group_trunk.0.weight"]
+    assert not torch.equal(names["trunk.0.weight"], names["group_trunk.0.weight"])  # two initialisations
+    assert separate.group_parameter_names() == ["group.proj.weight", "group.proj.bias", *own_trunk]
+    instance, group = separate(torch.randn(5, 8))
+    assert instance.shape == group.shape == (5, 4)
+    torch.testing.assert_close(group.norm(dim=1), torch.ones(5))
+    # f_I does not depend on the group trunk, f_G does not depend on the instance trunk
+    instance[:, 0].sum().backward(retain_graph=True)
+    assert names["group_trunk.0.weight"].grad is None and names["trunk.0.weight"].grad.any()
+    separate.zero_grad(set_to_none=True)
+    group[:, 0].sum().backward()
+    assert names["trunk.0.weight"].grad is None and names["group_trunk.0.weight"].grad.any()
+    with pytest.raises(CrossLevelError, match="mlp_shared=false .* needs mlp=true"):
+        apply_overrides(load_preset("digits-cld"), ["mlp_shared=false"])
+    # two SimCLR + CLD steps train both trunks
+    cfg = apply_overrides(load_preset("digits-cld"), TINY + ["instance=simclr", "mlp=true", "mlp_bn=true", "mlp_shared=false"])
+    data = load_data(cfg)
+    module = ContrastiveModule(cfg, len(data.train), data.train.channels)
+    trunks = [module.heads.trunk[0].weight, module.heads.group_trunk[0].weight]
+    before = [t.clone() for t in trunks]
+    assert torch.isfinite(fit_two_steps(cfg, module, data).logged_metrics["loss_cld"])
+    assert all(not torch.equal(a, b) for a, b in zip(before, trunks))
+    assert load_preset("cifar10-simclr").mlp_shared
+
+
 def test_resuming_with_or_without_the_jigsaw_head_is_a_clear_error(tmp_path) -> None:
     cfg = apply_overrides(load_preset("digits-cld"), TINY + [f"out={tmp_path}", "name=plain"])
     run_dir, _ = train(cfg)

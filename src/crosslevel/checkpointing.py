@@ -27,7 +27,7 @@ from .errors import CrossLevelError, TrainingInterrupted
 RESUME_KEY = "crosslevel_resume"
 # Config keys that decide the shapes of the saved tensors: a checkpoint only fits a model built with the same values.
 # What a checkpoint's weights and optimiser state fit (the optimiser: SGD's one parameter group, AdamW's two).
-MODEL_KEYS = ("backbone", "backbone_args", "width", "feature_dim", "normlinear", "mlp", "mlp_bn", "instance", "optimizer")
+MODEL_KEYS = ("backbone", "backbone_args", "width", "feature_dim", "normlinear", "mlp", "mlp_bn", "mlp_shared", "instance", "optimizer")
 # keys that shape a branch's checkpointed state: MoCo's queue buffer, BYOL's predictor (and, below, whether
 # NPID keeps an NCE normaliser and the model a jigsaw head: on or off, whatever their values)
 BRANCH_STATE_KEYS = {"moco": ("queue_size",), "byol": ("predictor_hidden",)}

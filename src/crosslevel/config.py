@@ -85,6 +85,7 @@ class Config:
     normlinear: bool = key(False, "cosine-layer heads instead of Linear (columns start at unit norm, as the reference)")
     mlp: bool = key(False, "shared Linear(d, d)+ReLU trunk before the heads")
     mlp_bn: bool = key(False, "mlp: BatchNorm1d between the trunk's Linear and ReLU (SimCLR v2 / BYOL / solo-learn projectors)")
+    mlp_shared: bool = key(True, "mlp: one trunk feeds f_I and f_G; false: the group head gets its own trunk (same layers)")
     pool_window: int = key(0, "0: global average pool; N: the reference's avg_pool2d(N) (STL-10: 7; not with timm)", min=0)
     conv_init: Literal["torchvision", "pytorch"] = key("torchvision", "ResNets: torchvision: kaiming-normal fan_out; pytorch: the layer default (reference CIFAR ResNet)")
     # --- instance branch ---
@@ -310,6 +311,8 @@ def validate(cfg: Config) -> Config:
         raise CrossLevelError("cuda_graphs=true needs grouping=kmeans: ncuts' eigensolver checks its result on the host")
     if cfg.mlp_bn and not cfg.mlp:
         raise CrossLevelError("mlp_bn=true puts BatchNorm in the MLP trunk: it needs mlp=true")
+    if not cfg.mlp_shared and not cfg.mlp:
+        raise CrossLevelError("mlp_shared=false gives the group head its own MLP trunk: it needs mlp=true")
     if cfg.npid_views == 1 and (cfg.instance != "npid" or cfg.cld_weight > 0):
         raise CrossLevelError(
             "npid_views=1 is the original one-view NPID: it needs instance=npid and cld_weight=0 "

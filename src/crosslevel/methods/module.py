@@ -83,7 +83,7 @@ class ContrastiveModule(pl.LightningModule):
         self.backbone = build_backbone(
             cfg.backbone, in_channels, cfg.width, cfg.pool_window, cfg.conv_init, image_size, backbone_kwargs(cfg.backbone_args)
         )
-        self.heads = TwoHeads(self.backbone.out_dim, cfg.feature_dim, cfg.normlinear, cfg.mlp, cfg.mlp_bn)
+        self.heads = TwoHeads(self.backbone.out_dim, cfg.feature_dim, cfg.normlinear, cfg.mlp, cfg.mlp_bn, cfg.mlp_shared)
         if cfg.channels_last:  # before the key encoder copies the backbone, so that both are NHWC
             self.backbone.to(memory_format=torch.channels_last)
         self.branch: InstanceBranch = BRANCHES[cfg.instance](cfg, num_train, self.backbone, self.heads)
@@ -94,7 +94,7 @@ class ContrastiveModule(pl.LightningModule):
         # DDP would broadcast the N×D bank (or the queue) from rank 0 before every forward; every rank
         # applies the same gathered updates instead, so they are left out of DDP's buffer sync. Without
         # the CLD term (NPID, MoCo) f_G gets no gradient, and DDP must not wait for one.
-        unused = [f"heads.group.{name}" for name, _ in self.heads.group.named_parameters()] if cfg.cld_weight == 0 else []
+        unused = [f"heads.{name}" for name in self.heads.group_parameter_names()] if cfg.cld_weight == 0 else []
         shared = [f"branch.{name}" for name in self.branch.ddp_ignore()]
         self._ddp_params_and_buffers_to_ignore = [*shared, *unused]
         mode = compile_mode(cfg)

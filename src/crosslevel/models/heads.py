@@ -38,18 +38,33 @@ class ProjectionHead(nn.Module):
 class TwoHeads(nn.Module):
     """f_I and f_G on a shared pooled feature f, with an optional shared MLP trunk
     ``Linear(d, d) → [BatchNorm1d] → ReLU`` (``mlp``; ``mlp_bn``: the projector of SimCLR v2, BYOL
-    and solo-learn, which BYOL needs not to collapse).
+    and solo-learn, which BYOL needs not to collapse). ``mlp_shared=False`` gives f_G a trunk of its
+    own (``group_trunk``, the same layers); ``trunk`` then feeds f_I alone, so that the parameter
+    names of the shared default are unchanged.
 
     ``forward(f)`` returns ``(instance, group)``, each B×out_dim and L2-normalised.
     """
 
-    def __init__(self, in_dim: int, out_dim: int = 128, normlinear: bool = False, mlp: bool = False, mlp_bn: bool = False) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int = 128, normlinear: bool = False, mlp: bool = False, mlp_bn: bool = False, mlp_shared: bool = True
+    ) -> None:
         super().__init__()
-        norm = [nn.BatchNorm1d(in_dim)] if mlp_bn else []
-        self.trunk = nn.Sequential(nn.Linear(in_dim, in_dim), *norm, nn.ReLU(inplace=True)) if mlp else nn.Identity()
+
+        def trunk() -> nn.Module:
+            norm = [nn.BatchNorm1d(in_dim)] if mlp_bn else []
+            return nn.Sequential(nn.Linear(in_dim, in_dim), *norm, nn.ReLU(inplace=True)) if mlp else nn.Identity()
+
+        self.trunk = trunk()
+        self.group_trunk = None if mlp_shared else trunk()
         self.instance = ProjectionHead(in_dim, out_dim, normlinear)
         self.group = ProjectionHead(in_dim, out_dim, normlinear)
 
+    def group_parameter_names(self) -> list[str]:
+        """Names of the parameters that only f_G uses (its head, and its own trunk when not shared)."""
+        parts = {"group": self.group, "group_trunk": self.group_trunk}
+        return [f"{prefix}.{name}" for prefix, part in parts.items() if part is not None for name, _ in part.named_parameters()]
+
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.trunk(features)
-        return self.instance(hidden), self.group(hidden)
+        group_hidden = hidden if self.group_trunk is None else self.group_trunk(features)
+        return self.instance(hidden), self.group(group_hidden)
