@@ -21,7 +21,7 @@ from crosslevel.data.datamodule import ContrastiveDataModule, jpeg_views, load_d
 from crosslevel.data.device_views import DeviceAugment, sample_crops
 from crosslevel.data.folders import IMAGENET_MEAN, IMAGENET_STD
 from crosslevel.data.jpeg_views import (
-    EncodedBatch, EncodedFiles, JpegViews, collate_encoded, decode, first_non_jpeg, read_file, resized_crops,
+    EncodedBatch, EncodedFiles, JpegViews, collate_encoded, decode, non_jpegs_sampled, read_file, resized_crops,
 )
 from crosslevel.errors import CrossLevelError, CrossLevelWarning
 
@@ -54,16 +54,17 @@ def encoded_batch(paths: list[Path]) -> EncodedBatch:
     return collate_encoded([EncodedFiles(paths)[i] for i in range(len(paths))])
 
 
-def test_non_jpeg_files_are_found_by_their_first_bytes(tmp_path: Path) -> None:
-    jpegs = [tmp_path / f"{i}.jpg" for i in range(5)]
+def test_non_jpeg_files_are_found_by_their_first_bytes_in_an_even_sample(tmp_path: Path) -> None:
+    jpegs = [tmp_path / f"{i}.jpg" for i in range(6)]
     for path in jpegs:
         Image.fromarray(smooth_photo(8, 8, 0)).save(path, format="JPEG")
-    assert first_non_jpeg(jpegs, chunk=2) is None
+    assert non_jpegs_sampled(jpegs) == ([], 6)
     disguised = tmp_path / "png_named.jpg"  # a PNG with a JPEG suffix
     Image.fromarray(smooth_photo(8, 8, 0)).save(disguised, format="PNG")
-    assert first_non_jpeg([*jpegs, disguised, tmp_path / "missing.jpg"], chunk=2) == disguised
     (tmp_path / "empty.jpg").write_bytes(b"")
-    assert first_non_jpeg([tmp_path / "empty.jpg", *jpegs]) == tmp_path / "empty.jpg"
+    paths = [*jpegs, disguised, tmp_path / "missing.jpg", tmp_path / "empty.jpg"]
+    assert non_jpegs_sampled(paths) == (paths[6:], 9)
+    assert non_jpegs_sampled(paths, sample=3) == ([disguised], 3)  # every third: 0, 3, 6
 
 
 def test_collated_batch_keeps_bytes_on_the_host(tmp_path: Path) -> None:
@@ -83,10 +84,39 @@ def test_decode_on_cpu_equals_pil_closely(tmp_path: Path) -> None:
         assert image.shape == pil.shape and (image.int() - pil.int()).abs().max() <= 2
 
 
-def test_a_file_that_does_not_decode_is_named(tmp_path: Path) -> None:
+def test_other_formats_among_jpegs_are_decoded_on_the_cpu_in_order(tmp_path: Path) -> None:
+    """ImageNet's train split holds a PNG named .JPEG (and CMYK JPEGs): decoded file by file, in place."""
+    jpegs = sorted(write_jpeg_folder(tmp_path).glob("train/*/*.jpg"))[:3]
+    png, grey16, cmyk = tmp_path / "png.JPEG", tmp_path / "grey16.png", tmp_path / "cmyk.jpg"
+    Image.fromarray(smooth_photo(20, 24, 1)).save(png, format="PNG")
+    grey = smooth_photo(10, 12, 2)[..., 0]
+    Image.fromarray(grey.astype(np.uint16) * 257).save(grey16, format="PNG")  # 16 bits a pixel: scaled to 8
+    Image.fromarray(smooth_photo(16, 16, 3)).convert("CMYK").save(cmyk, format="JPEG")
+    paths = [jpegs[0], png, jpegs[1], grey16, cmyk, jpegs[2]]
+    images = decode(encoded_batch(paths).files(), torch.device("cpu"))
+    assert torch.equal(images[3], torch.from_numpy(grey).expand(3, -1, -1))  # (PIL's convert("RGB") clips it to white)
+    for image, path in zip(images[:3] + images[4:], paths[:3] + paths[4:]):
+        pil = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+        tolerance = 0 if path == png else 2  # PNG is lossless
+        assert image.dtype == torch.uint8 and image.shape == pil.shape and (image.int() - pil.int()).abs().max() <= tolerance
+
+
+def test_jpeg_views_warn_once_of_other_formats(tmp_path: Path) -> None:
+    paths = sorted(write_jpeg_folder(tmp_path).glob("train/*/*.jpg"))[:4]
+    Image.fromarray(smooth_photo(20, 20, 0)).save(paths[1], format="PNG")
+    views = JpegViews(DeviceAugment("v2", 32, IMAGENET_MEAN, IMAGENET_STD), decode_device="cpu")
+    with pytest.warns(CrossLevelWarning, match=rf"decode=gpu: {paths[1]} is not a JPEG file; files of other formats are decoded on the CPU") as caught:
+        for _ in range(2):
+            made, _ = views(encoded_batch(paths))
+    assert len(caught) == 1 and all(view.shape == (4, 3, 32, 32) for view in made)
+
+
+@pytest.mark.parametrize("damage", ["truncated_jpeg", "not_an_image"])
+def test_a_file_that_does_not_decode_is_named(tmp_path: Path, damage: str) -> None:
     good = tmp_path / "good.jpg"
     Image.fromarray(smooth_photo(8, 8, 0)).save(good)
-    (tmp_path / "bad.jpg").write_bytes(good.read_bytes()[:3] + b"\x00" * 40)
+    head = good.read_bytes()[:3] if damage == "truncated_jpeg" else b"GIF"
+    (tmp_path / "bad.jpg").write_bytes(head + b"\x00" * 40)
     batch = encoded_batch([good, tmp_path / "bad.jpg"])
     with pytest.raises(CrossLevelError, match=r"cannot decode .*bad\.jpg"):
         decode(batch.files(), torch.device("cpu"), batch.names)
@@ -160,7 +190,7 @@ def test_loader_yields_encoded_batches_and_the_data_module_makes_views(tmp_path:
     assert torch.equal(indices, batch.indices) and not torch.equal(views[0], views[1])
 
 
-def test_falls_back_to_pil_without_a_gpu_or_with_a_non_jpeg(tmp_path: Path) -> None:
+def test_falls_back_to_pil_without_a_gpu_or_when_most_files_are_not_jpegs(tmp_path: Path) -> None:
     data = write_jpeg_folder(tmp_path)
     cfg = apply_overrides(load_preset("imagenet-cldm"), TINY + [f"data={data}", "decode=gpu"])
     with pytest.warns(CrossLevelWarning, match="decode=gpu: training will not run on a CUDA GPU; decoding with PIL") as caught:
@@ -168,9 +198,10 @@ def test_falls_back_to_pil_without_a_gpu_or_with_a_non_jpeg(tmp_path: Path) -> N
     assert len(caught) == 1 and datamodule.views is None
     views, indices = next(iter(datamodule.train_dataloader()))  # today's path: torchvision views from the workers
     assert len(views) == 3 and views[0].shape == (8, 3, 32, 32)
-    png = data / "train" / "class1" / "zz.jpg"
-    Image.fromarray(smooth_photo(20, 20, 0)).save(png, format="PNG")
-    with pytest.warns(CrossLevelWarning, match=f"{png} is not a JPEG file") as caught:
+    for path in sorted(data.glob("train/*/*.jpg"))[1::2]:  # half the files plus one: not worth decoding on the GPU
+        Image.fromarray(smooth_photo(20, 20, 0)).save(path, format="PNG")
+    Image.fromarray(smooth_photo(20, 20, 0)).save(data / "train" / "class0" / "000.jpg", format="PNG")
+    with pytest.warns(CrossLevelWarning, match=r"decode=gpu: 9 of 16 training files checked are not JPEG files \(e\.g\. .*\.jpg\); decoding with PIL") as caught:
         assert jpeg_views(cfg, load_data(cfg).train, decode_device="cpu") is None
     assert len(caught) == 1
 

@@ -75,7 +75,7 @@ class Config:
     decode: Literal["cpu", "gpu"] = key(
         "cpu",
         "folder/lists with in_memory=false: cpu: PIL in loader workers; gpu: the workers read JPEG bytes, the GPU "
-        "decodes them (nvJPEG) and makes the views (PIL with a warning when a file is not a JPEG or there is no GPU)",
+        "decodes them (nvJPEG; other formats on the CPU) and makes the views (PIL with a warning when most files are not JPEGs or there is no GPU)",
     )
     # --- model ---
     backbone: Backbone = key("resnet18_cifar", "the network before the heads; timm:<name> needs pip install 'crosslevel[timm]'")

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from ..config import Config, compile_mode, num_views
 from ..errors import CrossLevelError, MissingSplit, warn
 from .device_views import DEVICE_RECIPES, DeviceAugment, DeviceViewSource
-from .jpeg_views import EncodedBatch, EncodedFiles, JpegViews, collate_encoded, first_non_jpeg
+from .jpeg_views import EncodedBatch, EncodedFiles, JpegViews, collate_encoded, non_jpegs_sampled
 from .sampling import ResumableLoader, ResumableSampler
 from .folders import ImageFiles
 from .images import Images, InMemoryImages
@@ -196,16 +196,19 @@ def device_augment(cfg: Config, images: Images) -> DeviceAugment:
 def jpeg_views(cfg: Config, images: Images, decode_device: str | None = None) -> JpegViews | None:
     """``decode=gpu``'s view maker, or None after one warning when it falls back to PIL in the loader
     workers: when training will not run on a CUDA device (unless ``decode_device`` says where to
-    decode) or when a training file is not a JPEG (checked by its first bytes, up front)."""
+    decode) or when most training files are not JPEGs (their first bytes, in a sample of a thousand).
+    A few files of other formats are decoded on the CPU, file by file (:func:`~.jpeg_views.decode`)."""
     assert isinstance(images, ImageFiles)  # decode=gpu is validated to mean in_memory=false folders / lists
     on_cuda = cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    not_jpeg = first_non_jpeg(images.paths) if on_cuda or decode_device else None
-    if not (on_cuda or decode_device) or not_jpeg:
-        why = f"{not_jpeg} is not a JPEG file" if not_jpeg else "training will not run on a CUDA GPU"
+    if not (on_cuda or decode_device):
+        why = "training will not run on a CUDA GPU"
+    else:
+        others, checked = non_jpegs_sampled(images.paths)
+        why = f"{len(others)} of {checked} training files checked are not JPEG files (e.g. {others[0]})" if 2 * len(others) > checked else ""
+    if why:
         warn(f"decode=gpu: {why}; decoding with PIL in the loader workers instead (decode=cpu)")
         return None
     return JpegViews(device_augment(cfg, images), num_views(cfg), decode_device)
-
 
 
 class ContrastiveDataModule(pl.LightningDataModule):

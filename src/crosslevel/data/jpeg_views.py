@@ -5,6 +5,9 @@ the on-device view maker of :mod:`.device_views`.
 * Loader: :class:`EncodedFiles` yields each file's bytes; :func:`collate_encoded` packs a batch into
   one :class:`EncodedBatch` (the bytes end to end, offsets, indices), of which only the indices move
   to the device: ``decode_jpeg`` reads its input from host memory whatever device decodes.
+* Decoding (:func:`decode`): the JPEGs of a batch in one nvJPEG call; the odd file of another format
+  (ImageNet's PNG named ``.JPEG``) or a JPEG nvJPEG refuses (CMYK) on the CPU, file by file, with one
+  warning the first time; a folder that is mostly not JPEGs falls back to PIL in the workers.
 * Views: :class:`JpegViews` decodes the batch (each image keeps its own size), draws every view's
   parameters on the CPU from torch's global generator -- seeded by ``seed`` and saved in checkpoints,
   so the same seed gives the same crops whichever device decodes --, crops each image with its own
@@ -31,8 +34,9 @@ import torchvision.io
 from torch import nn
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode
+from torchvision.transforms.v2.functional import to_dtype
 
-from ..errors import CrossLevelError
+from ..errors import CrossLevelError, warn
 from .device_views import DeviceAugment
 
 T = TypeVar("T")
@@ -50,7 +54,7 @@ def _quiet(function: Callable[..., T]) -> Callable[..., T]:
     return quiet
 
 
-read_file, decode_jpeg = _quiet(torchvision.io.read_file), _quiet(torchvision.io.decode_jpeg)
+read_file, decode_jpeg, decode_image = map(_quiet, (torchvision.io.read_file, torchvision.io.decode_jpeg, torchvision.io.decode_image))
 
 
 def is_jpeg(path: Path) -> bool:
@@ -62,14 +66,18 @@ def is_jpeg(path: Path) -> bool:
         return False
 
 
-def first_non_jpeg(paths: Sequence[Path], chunk: int = 4096) -> Path | None:
-    """The first of ``paths`` that is not a JPEG file, or None: 3 bytes read per file, on 8 threads."""
-
-    def first_in(start: int) -> Path | None:
-        return next((path for path in paths[start : start + chunk] if not is_jpeg(path)), None)
-
+def non_jpegs_sampled(paths: Sequence[Path], sample: int = 1000) -> tuple[list[Path], int]:
+    """(the files that are not JPEGs among up to ``sample`` of ``paths``, evenly spaced; how many were
+    checked): 3 bytes read per file, on 8 threads, so that a million files on a network disk cost a
+    thousand reads, not a million."""
+    checked = list(paths[:: max(1, len(paths) // sample)][:sample])
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return next((path for path in pool.map(first_in, range(0, len(paths), chunk)) if path is not None), None)
+        return [path for path, jpeg in zip(checked, pool.map(is_jpeg, checked)) if not jpeg], len(checked)
+
+
+def starts_like_jpeg(data: torch.Tensor) -> bool:
+    """Whether the uint8 bytes ``data`` start like a JPEG."""
+    return data[:3].numpy().tobytes() == JPEG_MAGIC
 
 
 @dataclass(frozen=True)
@@ -117,26 +125,51 @@ def collate_encoded(items: list[tuple[torch.Tensor, int, str]]) -> EncodedBatch:
 
 
 def decode(files: list[torch.Tensor], device: torch.device, names: Sequence[str] = ()) -> list[torch.Tensor]:
-    """JPEG ``files`` (uint8 bytes) → uint8 3×H×W RGB images of their own sizes on ``device`` (CUDA: one
-    batched nvJPEG call). When the batch fails, file by file: a file that ``device`` cannot decode (nvJPEG
-    may refuse a CMYK JPEG) is decoded on the CPU and moved there; one that neither can is an error
-    naming it (from ``names``, when given)."""
+    """Encoded image ``files`` (uint8 bytes, host memory) → uint8 3×H×W RGB images of their own sizes on
+    ``device``, in order. The JPEGs (by their first bytes) in one batched call on ``device`` (CUDA: nvJPEG);
+    when that call fails, file by file, and a JPEG that ``device`` cannot decode (nvJPEG may refuse a
+    CMYK one) is decoded on the CPU. Other formats (PNG, WebP, GIF: ImageNet's train split holds a PNG
+    named ``.JPEG``) are decoded on the CPU by ``torchvision.io.decode_image``. A file that nothing decodes
+    is an error naming it (from ``names``, when given)."""
+    names = list(names) or [f"file {number} of the batch" for number in range(len(files))]
+    jpegs = [number for number, data in enumerate(files) if starts_like_jpeg(data)]
+    images = {number: _decode_other(files[number], names[number]).to(device) for number in set(range(len(files))) - set(jpegs)}
+    images.update(zip(jpegs, _decode_jpegs([files[number] for number in jpegs], device, [names[number] for number in jpegs])))
+    return [images[number] for number in range(len(files))]
+
+
+def _decode_jpegs(files: list[torch.Tensor], device: torch.device, names: list[str]) -> list[torch.Tensor]:
+    """JPEG ``files`` decoded in one call on ``device``, else file by file (:func:`_decode_jpeg`)."""
+    if not files:
+        return []
     try:
         return decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
-        names = names or [f"file {number} of the batch" for number in range(len(files))]
-        return [_decode_one(data, device, name) for data, name in zip(files, names)]
+        return [_decode_jpeg(data, device, name) for data, name in zip(files, names)]
 
 
-def _decode_one(data: torch.Tensor, device: torch.device, name: str) -> torch.Tensor:
-    """One file decoded on ``device``, else on the CPU and moved to ``device``, else an error naming it."""
+def _decode_jpeg(data: torch.Tensor, device: torch.device, name: str) -> torch.Tensor:
+    """One JPEG decoded on ``device``, else on the CPU and moved to ``device``, else an error naming it."""
     error: RuntimeError | None = None
     for where in dict.fromkeys([device, torch.device("cpu")]):
         try:
             return decode_jpeg(data, mode=ImageReadMode.RGB, device=where).to(device)
         except RuntimeError as err:
             error = err
-    raise CrossLevelError(f"cannot decode {name} ({error}): corrupt or truncated, or not a JPEG; decode=cpu decodes with PIL")
+    raise _undecodable(name, error)
+
+
+def _decode_other(data: torch.Tensor, name: str) -> torch.Tensor:
+    """A file of another format than JPEG decoded on the CPU: uint8 3×H×W (16-bit PNGs scaled to 8 bits)."""
+    try:
+        image = decode_image(data, mode=ImageReadMode.RGB)
+    except RuntimeError as error:
+        raise _undecodable(name, error) from None
+    return image if image.dtype == torch.uint8 else to_dtype(image, torch.uint8, scale=True)
+
+
+def _undecodable(name: str, error: Exception | None) -> CrossLevelError:
+    return CrossLevelError(f"cannot decode {name} ({error}): corrupt or truncated, or not an image; decode=cpu decodes with PIL")
 
 
 def resized_crops(images: Sequence[torch.Tensor], boxes: list[list[int]], flip: torch.Tensor, size: int) -> torch.Tensor:
@@ -175,6 +208,7 @@ class JpegViews(nn.Module):
         super().__init__()
         self.augment, self.num_views = augment, num_views
         self.decode_device = torch.device(decode_device) if decode_device else None
+        self.told_of_other_formats = False
 
     def sample(self, images: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """The parameters of ``num_views`` views of each image (view v of image i at v·B + i), on the CPU
@@ -185,8 +219,13 @@ class JpegViews(nn.Module):
 
     def forward(self, batch: EncodedBatch) -> tuple[list[torch.Tensor], torch.Tensor]:
         """B encoded files (their indices on the training device) → (the views, the indices)."""
-        device = batch.device
-        images = decode(batch.files(), self.decode_device or device, batch.names)
+        device, files = batch.device, batch.files()
+        if not self.told_of_other_formats:
+            other = next((name for data, name in zip(files, batch.names) if not starts_like_jpeg(data)), None)
+            if other is not None:
+                warn(f"decode=gpu: {other} is not a JPEG file; files of other formats are decoded on the CPU, the JPEGs on the GPU")
+                self.told_of_other_formats = True
+        images = decode(files, self.decode_device or device, batch.names)
         images = [image.to(device, non_blocking=True) for image in images]
         drawn = self.sample(images)
         params = {name: value.to(device, non_blocking=True) for name, value in drawn.items()}
