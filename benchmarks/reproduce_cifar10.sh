@@ -8,11 +8,15 @@
 # on the GPU, bf16-mixed autocast (losses in fp32), channels_last, fused_views=true (one pass over the
 # stacked views, BatchNorm per view) and cuda_graphs=true (SPEED to change it). All runs train at
 # once on the one card, one process each.
-# Time: the script ends within TOTAL_S seconds (default: none). A run still going then gets SIGTERM
-# and writes a resumable checkpoint; running the script again with the same RUNS resumes every
-# unfinished run where it stopped (resume=RUNS/<method>) and leaves finished ones alone. A
-# checkpoint of one run is ~115 MB (weights, SGD momentum, the 50,000 x 128 bank): RUNS must
-# persist between the calls (a machine that is handed back loses it).
+# Time: the script ends within TOTAL_S seconds (default: none). METHODS is also the order of priority:
+# every POLL_S seconds benchmarks/pace.py measures each run's pace on the shared card and projects its
+# end; when one would miss the deadline the last run still training in METHODS' order is stopped
+# (SIGTERM: a resumable checkpoint), which gives the others its share of the card, until the rest fit
+# (never the last one). A run still going at TOTAL_S gets SIGTERM too. Running the script again with
+# the same RUNS resumes every unfinished run where it stopped (resume=RUNS/<method>) and leaves
+# finished ones alone. A checkpoint of one run is ~115 MB (weights, SGD momentum, the 50,000 x 128
+# bank), written every CHECKPOINT_EVERY epochs and at every stop: RUNS must persist between the calls
+# (a machine that is handed back loses it).
 # Data: DATA_DIR with cifar-10-batches-py/, else unpacked from PACKED (made beforehand with
 #   python benchmarks/cifar_pack.py pack ../shared/data/cifar10 .gpu-data/cifar10-jpeg.npz).
 # Results in $OUT (default reproduce-out/): table.md, each run's summary.json, metrics.csv and
@@ -30,6 +34,8 @@ EPOCHS=${EPOCHS:-200}
 EVAL_EVERY=${EVAL_EVERY:-10}
 TOTAL_S=${TOTAL_S:-0}  # 0: no limit
 RESERVE_S=${RESERVE_S:-60}  # kept for the checkpoints, plots and the table
+POLL_S=${POLL_S:-15}
+CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-20}  # epochs between periodic checkpoints (~115 MB, ~0.3 s each)
 SPEED=${SPEED-augment_device=device precision=bf16-mixed channels_last=true fused_views=true cuda_graphs=true}
 EXTRA=${EXTRA:-}
 PACKED=${PACKED:-.gpu-data/cifar10-jpeg.npz}
@@ -78,6 +84,7 @@ fi
 
 pids=()
 launched=()
+DEADLINE=$(($(date +%s) + TOTAL_S - (SECONDS - START) - RESERVE_S))  # unix time the runs must end by (TOTAL_S > 0)
 for method in $METHODS; do
   if [ -f "$RUNS/$method/summary.json" ]; then
     echo "$method: finished earlier ($RUNS/$method)" | tee -a "$LOG"
@@ -86,11 +93,12 @@ for method in $METHODS; do
     what=(resume="$RUNS/$method" --data "$DATA_DIR")
   else
     what=(--config "cifar10-$method" --data "$DATA_DIR" epochs="$EPOCHS" eval_every="$EVAL_EVERY" $SPEED
-          accelerator="$ACCELERATOR" workers=0 progress=false out="$RUNS" name="$method" $EXTRA)
+          checkpoint_every="$CHECKPOINT_EVERY" accelerator="$ACCELERATOR" workers=0 progress=false out="$RUNS"
+          name="$method" $EXTRA)
   fi
   echo "$method: crosslevel train ${what[*]}" | tee -a "$LOG"
   if [ "$TOTAL_S" -gt 0 ]; then
-    limit=$((TOTAL_S - (SECONDS - START) - RESERVE_S))
+    limit=$((DEADLINE - $(date +%s)))
     [ "$limit" -gt 10 ] || { echo "$method: no time left" | tee -a "$LOG"; continue; }
     timeout -k 60 "$limit" "$PYTHON" -m crosslevel train "${what[@]}" >>"$OUT/$method.log" 2>&1 &
   else
@@ -99,6 +107,37 @@ for method in $METHODS; do
   pids+=($!)
   launched+=("$method")
 done
+
+stopped=()  # 1 where pace.py stopped the run to let the ones before it finish
+if [ "$TOTAL_S" -gt 0 ] && [ ${#pids[@]} -gt 1 ]; then
+  rm -f "$OUT/pace.json"
+  while :; do
+    alive=() alive_runs=()
+    for i in "${!pids[@]}"; do
+      if kill -0 "${pids[$i]}" 2>/dev/null && [ -z "${stopped[$i]:-}" ]; then
+        alive+=("$i")
+        alive_runs+=("$RUNS/${launched[$i]}")
+      fi
+    done
+    [ ${#alive[@]} -gt 0 ] || break
+    paces=$("$PYTHON" benchmarks/pace.py "$OUT/pace.json" "$DEADLINE" "$EPOCHS" "${alive_runs[@]}" 2>&1)
+    sed "s/^/[$((SECONDS - START)) s] /" <<<"$paces" >>"$LOG"
+    stop=$(sed -n "s/^stop: //p" <<<"$paces")
+    for i in "${alive[@]}"; do
+      if [ "$RUNS/${launched[$i]}" = "$stop" ]; then
+        grep -v "^stop:" <<<"$paces" | tee -a "$LOG"
+        echo "${launched[$i]}: stopped (SIGTERM) to give the card to the runs before it in METHODS" | tee -a "$LOG"
+        kill -TERM "${pids[$i]}"
+        stopped[$i]=1
+      fi
+    done
+    for ((waited = 0; waited < POLL_S; waited++)); do  # back at once when the last run ends
+      sleep 1
+      for i in "${alive[@]}"; do kill -0 "${pids[$i]}" 2>/dev/null && continue 2; done
+      break
+    done
+  done
+fi
 for i in "${!pids[@]}"; do
   wait "${pids[$i]}"
   status=$?
@@ -107,5 +146,6 @@ for i in "${!pids[@]}"; do
     124) note="stopped at TOTAL_S: resumable checkpoint in $RUNS/${launched[$i]} (run the script again)" ;;
     *) note="failed: see $OUT/${launched[$i]}.log" ;;
   esac
+  [ -n "${stopped[$i]:-}" ] && note="stopped to let the runs before it finish: resumable checkpoint in $RUNS/${launched[$i]}"
   echo "train ${launched[$i]}: exit $status, $note" | tee -a "$LOG"
 done

@@ -192,6 +192,49 @@ def test_paper_table_reads_an_unfinished_run_from_its_logs(tmp_path: Path) -> No
     assert "| CLD | `cifar10-cld` | 30/200 | 86.00 | 86.25 (20) | 86.7 | -0.70 | 2.00 |" in load("paper_table").table([row])
 
 
+def test_pace_is_measured_past_the_compiling_epoch_and_projects_the_end() -> None:
+    project = load("pace").project
+    assert project([(0.0, 0), (50.0, 1), (52.0, 2), (54.0, 3)], 10, 5.0) == (None, None)  # 2 measured epochs: too few
+    pace, ends = project([(0.0, 0), (50.0, 1), (52.0, 2), (54.0, 3), (56.0, 4)], 10, 5.0)  # the first epoch compiled
+    assert pace == pytest.approx(2.0) and ends == pytest.approx(56.0 + 6 * 2.0 + 5.0)
+    resumed = [(0.0, 50), (40.0, 51), (43.0, 52), (46.0, 53), (49.0, 54)]  # a resumed run compiles again
+    assert project(resumed, 60, 0.0) == (pytest.approx(3.0), pytest.approx(49.0 + 6 * 3.0))
+
+
+def test_pace_stops_the_least_important_run_when_one_would_be_late() -> None:
+    triage = load("pace").triage
+    steady = lambda pace: [[0.0, 0], [30.0, 1], [30.0 + 3 * pace, 4]]  # noqa: E731
+    state = {"records": {"cld": steady(2.0), "npid": steady(2.0), "moco": steady(1.0)}}
+    runs = ["cld", "npid", "moco"]
+    fits, stop = triage(state, runs, 100, deadline=300.0, now=40.0, final_s=10.0, settle_s=60.0)
+    assert stop is None and [p.ends_at for p in fits] == pytest.approx([36 + 96 * 2 + 10, 36 + 96 * 2 + 10, 33 + 96 + 10])
+    late, stop = triage(state, runs, 100, deadline=200.0, now=40.0, final_s=10.0, settle_s=60.0)
+    assert stop == "moco"  # CLD would be late: the last in the order makes room, though it would itself end in time
+    assert triage({**state, "stopped_at": 0.0}, runs, 100, 200.0, 40.0, 10.0, 60.0)[1] is None  # settling after a stop
+    assert triage(state, ["cld"], 100, 200.0, 40.0, 10.0, 60.0)[1] is None  # never the last run
+    unmeasured = {"records": {"cld": [[0.0, 0]], "npid": [[0.0, 0]]}}
+    assert triage(unmeasured, ["cld", "npid"], 100, 1.0, 40.0, 10.0, 60.0)[1] is None  # no pace, no verdict
+
+
+def test_pace_command_records_the_logs_and_measures_anew_after_a_stop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pace = load("pace")
+    runs = [tmp_path / name for name in ("cld", "moco")]
+    for run in runs:
+        (run / "logs" / "version_0").mkdir(parents=True)
+        rows = "".join(f"{epoch},,2.0\n{epoch},100,\n" for epoch in range(4))  # a step row, then the epoch-end row
+        (run / "logs" / "version_0" / "metrics.csv").write_text("epoch,images_per_s,loss\n" + rows)
+    assert pace.epochs_logged(runs[0]) == 4
+    now = time.time()
+    state = tmp_path / "pace.json"
+    history = [[now - 30.0, 0], [now - 9.0, 1], [now - 6.0, 2], [now - 3.0, 3]]  # 3 s/epoch after compiling; now 4
+    state.write_text(json.dumps({"records": {str(run): history for run in runs}}))
+    assert pace.main([str(state), str(now + 60.0), "200", *map(str, runs)]) == 0
+    out = capsys.readouterr().out
+    assert "cld: 4/200 epochs, 3.00 s/epoch" in out and "late" in out and out.splitlines()[-1] == f"stop: {runs[1]}"
+    saved = json.loads(state.read_text())
+    assert saved["stopped_at"] >= now and saved["records"] == {str(runs[0]): [[pytest.approx(time.time(), abs=5), 4]]}
+
+
 def test_decode_speed_makes_a_jpeg_folder_and_dry_runs_on_the_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The decode=gpu measurement at a tiny budget: the GPU-decode rows run with the decode on the CPU and say so."""
     import io

@@ -106,6 +106,17 @@ def test_resume_after_stop_at_epoch_end_gives_identical_weights(tmp_path: Path, 
     assert full_knn == resumed_knn
 
 
+@pytest.mark.parametrize(("every", "saved_at"), [(1, [1, 2, 3, 3]), (2, [2, 3])])
+def test_checkpoint_every_n_epochs_and_always_at_the_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every: int, saved_at: list[int]) -> None:
+    """checkpoint_every=N: last.ckpt after every N-th epoch and at the end (the epochs done when each was written)."""
+    epochs_done = []
+    original = AtomicCheckpointIO.save_checkpoint
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", lambda self, checkpoint, path, storage_options=None: (
+        epochs_done.append(checkpoint["crosslevel_resume"]["epoch"]), original(self, checkpoint, path, storage_options))[1])
+    run_dir, _ = train(tiny_config(tmp_path, f"every{every}", f"checkpoint_every={every}"))
+    assert epochs_done == saved_at and checkpoint_of(run_dir)["global_step"] == 6
+
+
 def test_sigint_mid_epoch_saves_a_checkpoint_that_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     signal_at_step(monkeypatch, step=1, signum=signal.SIGINT)  # mid epoch 0, before any periodic checkpoint

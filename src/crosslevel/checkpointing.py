@@ -116,16 +116,16 @@ class ResumeState(Callback):
 
 
 class LastCheckpoint(Checkpoint):
-    """Owns ``checkpoints/last.ckpt``: replaced after every epoch and at the end of training, and
-    written when SIGINT (Ctrl-C) or SIGTERM (``kill``, a scheduler's time limit) stops training.
+    """Owns ``checkpoints/last.ckpt``: replaced after every ``every``-th epoch and at the end of training,
+    and written when SIGINT (Ctrl-C) or SIGTERM (``kill``, a scheduler's time limit) stops training.
 
     Lightning already turns SIGTERM into a stop at the next step boundary, synchronised across
     ranks; SIGINT is routed to the same path. A second Ctrl-C aborts without saving. Use
     :meth:`handling_signals` around ``trainer.fit``; it raises :class:`TrainingInterrupted`.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path, every: int = 1) -> None:
+        self.path, self.every = Path(path), every
         self.received: int | None = None
 
     @property
@@ -134,7 +134,8 @@ class LastCheckpoint(Checkpoint):
         return str(self.path) if self.path.is_file() else ""
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trainer.save_checkpoint(self.path, weights_only=False)
+        if (trainer.current_epoch + 1) % self.every == 0:  # the same decision on every rank: saving is collective
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)  # the finished state (epoch counter advanced), to extend the run later

@@ -221,7 +221,7 @@ def train(cfg: Config, verbose: bool = False) -> tuple[Path, dict[str, float] | 
         return run_dir, json.loads(summary.read_text()).get("knn") if summary.is_file() else None
     with lightning_output(verbose):
         datamodule = ContrastiveDataModule(cfg, data)
-        monitor, timer, last = KNNMonitor(data, cfg), EpochTimer(cfg.batch_size), LastCheckpoint(checkpoint_of(run_dir))
+        monitor, timer, last = KNNMonitor(data, cfg), EpochTimer(cfg.batch_size), LastCheckpoint(checkpoint_of(run_dir), cfg.checkpoint_every)
         # the timer first, so that epoch times exclude checkpointing and the kNN evaluation
         trainer = _trainer(cfg, run_dir, datamodule, [timer, last, ResumeState(datamodule.sampler, cfg.batch_size), monitor])
         _check_fits(cfg, data, trainer)
