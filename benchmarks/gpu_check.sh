@@ -17,7 +17,7 @@
 #      TRAIN_SPEED (default fused_views=true cuda_graphs=true); the paper's 200-epoch row:
 #      reproduce_cifar10.sh;
 #      e.g. TRAIN="simclr simclr-cld byol byol-cld" THROUGHPUT_METHODS=npid,cld,simclr,simclr+cld,byol,byol+cld
-#      measures CLD on SimCLR and BYOL;
+#      measures CLD on SimCLR and BYOL; TRAIN="" measures the throughput only;
 # and, whatever happened before, a short table last (also in $OUT/summary.txt).
 # Time: the whole script ends within TOTAL_S seconds (default 540): every step's limit is capped
 # by the time left (less RESERVE_S for the kill grace and the table), a step that overruns gets
@@ -55,7 +55,7 @@ EPOCHS=${EPOCHS:-30}
 WARMUP_EPOCHS=${WARMUP_EPOCHS:-$(((EPOCHS + 39) / 40))}  # the paper's 5 of 200, at least 1
 EVAL_EVERY=${EVAL_EVERY:-5}
 THROUGHPUT_METHODS=${THROUGHPUT_METHODS:-npid,cld,moco,cldm}
-TRAIN=${TRAIN:-npid cld}
+TRAIN=${TRAIN-npid cld}  # "": throughput only
 TRAIN_EXTRA=${TRAIN_EXTRA:-}
 PACKED=${PACKED:-.gpu-data/cifar10-jpeg.npz}
 DATA_DIR=${DATA_DIR:-/tmp/crosslevel-cifar10}
@@ -118,21 +118,22 @@ def knn_curve(method):
 
 runs = {m: json.loads((out / f"{m}_summary.json").read_text()) for m in trained if (out / f"{m}_summary.json").is_file()}
 curves = {m: knn_curve(m) for m in trained}
-print(f"\n{' vs '.join(trained)}: presets cifar10-<name>, CIFAR-10, {epochs} epochs, all at once on one device; kNN top-1 (%):")
-print(f"{'epoch':>5} " + " ".join(f"{m:>10}" for m in trained))
-for epoch in sorted(set().union(*curves.values())):
-    cells = [f"{curves[m][epoch]:>10.2f}" if epoch in curves[m] else f"{'-':>10}" for m in trained]
-    print(f"{epoch:>5} {' '.join(cells)}")
-for method in trained:
-    run = runs.get(method)
-    if run is None:
-        print(f"{method.upper()}: no result (not run, or failed: see gpu_check.log)")
-        continue
-    knn = run.get("knn") or {}
-    seconds = run["epoch_seconds"]
-    median = f"{statistics.median(seconds):.2f}" if seconds else "-"
-    print(f"{method.upper()}: {run['epochs']} epochs of {run['train_images']} images, median epoch {median} s (sharing the device), "
-          f"final kNN top-1 {knn.get('top1', float('nan')):.2f}%")
+if trained:  # TRAIN="": throughput only
+    print(f"\n{' vs '.join(trained)}: presets cifar10-<name>, CIFAR-10, {epochs} epochs, all at once on one device; kNN top-1 (%):")
+    print(f"{'epoch':>5} " + " ".join(f"{m:>10}" for m in trained))
+    for epoch in sorted(set().union(*curves.values())):
+        cells = [f"{curves[m][epoch]:>10.2f}" if epoch in curves[m] else f"{'-':>10}" for m in trained]
+        print(f"{epoch:>5} {' '.join(cells)}")
+    for method in trained:
+        run = runs.get(method)
+        if run is None:
+            print(f"{method.upper()}: no result (not run, or failed: see gpu_check.log)")
+            continue
+        knn = run.get("knn") or {}
+        seconds = run["epoch_seconds"]
+        median = f"{statistics.median(seconds):.2f}" if seconds else "-"
+        print(f"{method.upper()}: {run['epochs']} epochs of {run['train_images']} images, median epoch {median} s (sharing the device), "
+              f"final kNN top-1 {knn.get('top1', float('nan')):.2f}%")
 if machine:
     print(f"device: {machine['device']} | cpu: {machine['cpu']} | torch {machine['torch']} | {machine['date']}")
 EOF
@@ -184,7 +185,7 @@ step throughput 180 "$PYTHON" benchmarks/throughput.py --device "$ACCELERATOR" -
 
 rm -rf "$RUNS"
 mkdir -p "$RUNS"
-if begin train 480; then  # all runs at once, each under the same capped limit
+if [ -n "$TRAIN" ] && begin train 480; then  # all runs at once, each under the same capped limit
   started=$SECONDS
   pids=()
   for method in $TRAIN; do

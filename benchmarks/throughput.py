@@ -279,6 +279,9 @@ def check_step_sync(cfg: Config, data: Data, warm: int = 4, steps: int = 4) -> s
 def cpu_pipeline_ms(cfg: Config, data: Data, batches: int) -> float:
     """ms per batch of torchvision views from ``cfg.workers`` loader processes (the CPU path)."""
     loader = data.train_loader(dataclasses.replace(cfg, augment_device="cpu"))
+    batches = min(batches, len(loader) - 1)  # a small data set: what one epoch holds after the first batch
+    if batches < 1:
+        return float("nan")
     iterator = iter(loader)
     next(iterator)  # start the workers
     start = time.perf_counter()
