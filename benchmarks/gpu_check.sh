@@ -87,6 +87,10 @@ if path.is_file():
         share = f"{100 * r['cld_share']:.1f}%" if "cld_share" in r else "-"
         print(f"{r['method']:<10} {r['images_per_s']:>9.0f} {r['ms_per_step']:>8.1f} {r['epoch_s']:>8.2f} {rounds:>28} {share:>9}")
     print(f"compile={s['compile']}, cuda_graphs={s.get('cuda_graphs', False)}")
+    for r in result["rows"]:
+        if "cudagraph_skips" in r:
+            skips = r["cudagraph_skips"]
+            print(f"CUDA graphs, {r['method']}: " + (f"{len(skips)} part(s) run WITHOUT graphs, first: {skips[0]}" if skips else "every compiled part replayed"))
     cld = next((r for r in result["rows"] if r["method"] == "cld"), None)
     if cld:
         print(f"CLD epoch {cld['epoch_s']:.2f} s ({s['train_size']} images) vs target 1.5 s: {'met' if cld['epoch_s'] <= 1.5 else 'MISSED'}")

@@ -51,7 +51,7 @@ from crosslevel.data.sources import CIFAR_MEAN, CIFAR_STD
 from crosslevel.errors import CrossLevelError
 from crosslevel.losses import bank_softmax_loss, cld_loss
 from crosslevel.data.datamodule import ContrastiveDataModule, Data
-from crosslevel.training import build_module
+from crosslevel.training import build_module, recording_cudagraph_skips
 
 METHOD_PRESETS = {
     "npid": "cifar10-npid", "cld": "cifar10-cld", "moco": "cifar10-moco", "cldm": "cifar10-cldm",
@@ -178,9 +178,13 @@ def measure_method(method: str, cfg: Config, data: Data, args: argparse.Namespac
         num_sanity_val_steps=0,
         benchmark=True,
     )
-    trainer.fit(module, datamodule=ContrastiveDataModule(cfg, data))
+    graphed = cfg.cuda_graphs and trainer.strategy.root_device.type == "cuda"  # on a CPU: compiled without graphs
+    with recording_cudagraph_skips(graphed) as skips:
+        trainer.fit(module, datamodule=ContrastiveDataModule(cfg, data))
     step = timer.seconds_per_step
     row = {"method": method, "preset": METHOD_PRESETS[method], "ms_per_step": 1000 * step, "images_per_s": cfg.batch_size / step}
+    if graphed:
+        row["cudagraph_skips"] = skips
     row["epoch_s"] = args.train_size / row["images_per_s"]
     row.update(probe.timings)
     if "cld_ms" in row:
@@ -309,6 +313,11 @@ def machine(device: torch.device) -> dict[str, str]:
     return info
 
 
+def cudagraph_verdict(skips: list[str]) -> str:
+    """One line for the parts Inductor ran without CUDA graphs in a method's round."""
+    return "every compiled part replayed as a graph" if not skips else f"{len(skips)} part(s) run without graphs, first: {skips[0]}"
+
+
 def format_table(rows: list[dict]) -> str:
     npid = next((r["ms_per_step"] for r in rows if r["method"] == "npid"), None)
     lines = [
@@ -428,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sync check: {pipeline['sync_check']}")
     for method, verdict in pipeline.get("step_sync_check", {}).items():
         print(f"whole-step sync check, {method}: {verdict}")
+    for row in rows:
+        if "cudagraph_skips" in row:
+            print(f"CUDA graphs, {row['method']}: {cudagraph_verdict(row['cudagraph_skips'])}")
     for method, why in skipped.items():
         print(f"skipped {method}: {why}")
     for method, why in failed.items():

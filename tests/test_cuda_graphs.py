@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -135,6 +136,38 @@ def test_cuda_graphs_on_a_cpu_warns_and_logs_the_speed(tmp_path: Path, monkeypat
     for row in rows:
         assert float(row["steps_per_s"]) > 0
         assert float(row["images_per_s"]) == pytest.approx(float(row["steps_per_s"]) * 16, rel=1e-3)
+
+
+def test_parts_run_without_cuda_graphs_are_named_at_the_end_and_in_the_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inductor's own skip warnings (as torch 2.x words them), raised here during training, become one warning
+    and summary.json's cudagraph_skips; a run without cuda_graphs records nothing."""
+    from torch._inductor.cudagraph_utils import cudagraphs_log
+
+    monkeypatch.setattr(module_file, "compile_mode", lambda cfg: None)
+    monkeypatch.setattr(datamodule_file, "compile_mode", lambda cfg: None)
+    original = module_file.ContrastiveModule.on_train_start
+
+    def on_train_start(self) -> None:
+        original(self)
+        for _ in range(2):  # a part recompiled is skipped again: named once
+            cudagraphs_log.warning("skipping cudagraphs due to mutated inputs (1 instances). Found from : \n"
+                                   '   File "/x/module.py", line 140, in step\n    bank.index_copy_(0, i, f)\n'
+                                   '   File "/x/branch.py", line 7, in update\n    x.add_(1)')  # fmt: skip
+        cudagraphs_log.warning("skipping cudagraphs due to cpu device (arg1_1)")
+
+    monkeypatch.setattr(module_file.ContrastiveModule, "on_train_start", on_train_start)
+    cfg = apply_overrides(load_preset("digits-cld"), [*TINY, f"out={tmp_path}", "name=run", "cuda_graphs=true"])
+    with pytest.warns(UserWarning) as caught:
+        training.train(cfg)
+    expected = ['skipping cudagraphs due to mutated inputs (1 instances) (File "/x/branch.py", line 7, in update)',
+                "skipping cudagraphs due to cpu device (arg1_1)"]  # fmt: skip
+    assert f"cuda_graphs=true: Inductor ran 2 compiled part(s) without CUDA graphs, kernel by kernel (first: {expected[0]})" in [
+        str(w.message).split("; summary.json")[0] for w in caught
+    ]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["cudagraph_skips"] == expected
+    with training.recording_cudagraph_skips(enabled=False) as skips:
+        cudagraphs_log.warning("skipping cudagraphs due to cpu device (arg1_1)")
+    assert skips == []
 
 
 def test_a_non_finite_loss_under_cuda_graphs_stops_before_any_checkpoint_holds_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

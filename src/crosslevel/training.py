@@ -200,6 +200,42 @@ def lightning_output(verbose: bool) -> Iterator[None]:
                 logger.setLevel(level)
 
 
+class _CudagraphSkips(logging.Handler):
+    """Keeps Inductor's "skipping cudagraphs due to ..." warnings, one line each: the reason and, when
+    the warning names one, the innermost source line it was found from."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.reasons: dict[str, None] = {}  # in order, once each
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("skipping cudagraphs"):
+            reason, _, trace = message.partition(". Found from")
+            frames = [line.strip() for line in trace.splitlines() if line.strip().startswith("File ")]
+            self.reasons[f"{reason.strip()} ({frames[-1]})" if frames else reason.strip()] = None
+
+
+@contextmanager
+def recording_cudagraph_skips(enabled: bool = True) -> Iterator[list[str]]:
+    """The compiled parts Inductor ran without CUDA graphs (kernel by kernel) while the block ran, as it
+    said why (torch prints the same warnings): the list yielded holds them once the block has ended.
+    ``enabled`` False records nothing (and imports no part of Inductor)."""
+    reasons: list[str] = []
+    if not enabled:
+        yield reasons
+        return
+    from torch._inductor.cudagraph_utils import cudagraphs_log
+
+    handler = _CudagraphSkips()
+    cudagraphs_log.addHandler(handler)
+    try:
+        yield reasons
+    finally:
+        cudagraphs_log.removeHandler(handler)
+        reasons.extend(handler.reasons)
+
+
 def train(cfg: Config, verbose: bool = False) -> tuple[Path, dict[str, float] | None]:
     """Train as ``cfg`` says; return (run directory, final kNN ``{"top1", "top5"}`` or None).
     ``verbose`` shows Lightning's own messages too (:func:`lightning_output`).
@@ -219,7 +255,7 @@ def train(cfg: Config, verbose: bool = False) -> tuple[Path, dict[str, float] | 
     if cfg.resume is not None and not _restore_unfinished(module, cfg, data, run_dir):
         summary = run_dir / SUMMARY_FILE  # finished: keep its results rather than overwrite them with an empty attempt
         return run_dir, json.loads(summary.read_text()).get("knn") if summary.is_file() else None
-    with lightning_output(verbose):
+    with lightning_output(verbose), recording_cudagraph_skips(cfg.cuda_graphs) as cudagraph_skips:
         datamodule = ContrastiveDataModule(cfg, data)
         monitor, timer, last = KNNMonitor(data, cfg), EpochTimer(cfg.batch_size), LastCheckpoint(checkpoint_of(run_dir), cfg.checkpoint_every)
         # the timer first, so that epoch times exclude checkpointing and the kNN evaluation
@@ -233,8 +269,11 @@ def train(cfg: Config, verbose: bool = False) -> tuple[Path, dict[str, float] | 
     knn = monitor.last
     if knn is None and "knn_top1" in trainer.callback_metrics:  # ddp_spawn: the monitor ran in the rank processes
         knn = {key: float(trainer.callback_metrics[f"knn_{key}"]) for key in ("top1", "top5")}
+    if cudagraph_skips:
+        warn(f"cuda_graphs=true: Inductor ran {len(cudagraph_skips)} compiled part(s) without CUDA graphs, kernel by kernel "
+             f"(first: {cudagraph_skips[0]}); summary.json lists them (cudagraph_skips)")  # fmt: skip
     if trainer.is_global_zero:
-        _write_summary(run_dir, trainer, timer, monitor, module, data, knn)
+        _write_summary(run_dir, trainer, timer, monitor, module, data, knn, cudagraph_skips)
     return run_dir, knn
 
 
@@ -310,9 +349,11 @@ def _fit(
 
 
 def _write_summary(
-    run_dir: Path, trainer: pl.Trainer, timer: EpochTimer, monitor: KNNMonitor, module: ContrastiveModule, data: Data, knn: dict | None
+    run_dir: Path, trainer: pl.Trainer, timer: EpochTimer, monitor: KNNMonitor, module: ContrastiveModule, data: Data, knn: dict | None,
+    cudagraph_skips: list[str],
 ) -> None:
-    """``summary.json`` (epochs, times, image counts, final and best kNN) and the joined ``metrics.csv``."""
+    """``summary.json`` (epochs, times, image counts, final and best kNN, the parts run without CUDA graphs)
+    and the joined ``metrics.csv``."""
     summary = {
         "epochs": trainer.current_epoch,
         "train_seconds": timer.total(),
@@ -323,6 +364,7 @@ def _write_summary(
         "knn": knn,
         "knn_skipped": data.no_knn or None,
         "knn_best": monitor.best,
+        "cudagraph_skips": cudagraph_skips,
     }
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     merge_metrics(run_dir)
