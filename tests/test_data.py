@@ -125,3 +125,25 @@ def test_shared_cifar10_folder(shared_cifar10) -> None:
     assert test.images.shape == (10000, 32, 32, 3)
     assert test.classes[0] == "airplane" and test.classes[-1] == "truck"
     assert np.bincount(test.labels).tolist() == [1000] * 10
+
+
+def test_in_memory_test_batches_equal_the_per_image_test_transform() -> None:
+    """kNN's test batches of in-memory images at their size come whole (LabelledBatches), equal to the
+    per-image transform; images to resize or crop still go image by image."""
+    from torch.utils.data import DataLoader
+
+    from crosslevel.data.images import InMemoryImages
+    from crosslevel.data.views import LabelledBatches, LabelledDataset, eval_loader, eval_transform
+
+    rng = np.random.default_rng(0)
+    images = InMemoryImages(rng.integers(0, 256, (37, 8, 8, 3), dtype=np.uint8), rng.integers(0, 5, 37), tuple("abcde"),
+                            (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))  # fmt: skip
+    fast = eval_loader(images, 8, images.mean, images.std, 0, batch_size=16)
+    slow = DataLoader(LabelledDataset(images, eval_transform(8, images.mean, images.std)), batch_size=16)
+    assert isinstance(fast.dataset, LabelledBatches)
+    pairs = list(zip(fast, slow, strict=True))
+    assert [len(y) for (_, y), _ in pairs] == [16, 16, 5]
+    for (x, y), (x_ref, y_ref) in pairs:
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref) and x.is_contiguous()
+    for size, resize in ((6, 0), (8, 10)):  # a crop, a resize: image by image
+        assert isinstance(eval_loader(images, size, images.mean, images.std, resize, batch_size=16).dataset, LabelledDataset)

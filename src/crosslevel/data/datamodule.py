@@ -23,7 +23,7 @@ from .images import Images, InMemoryImages
 from .shards import ShardImages, shard_loader
 from .sources import load_split
 from .variants import high_correlation, long_tail
-from .views import MultiViewDataset, eval_transform, labelled_dataset, view_transform
+from .views import MultiViewDataset, eval_loader, view_transform
 
 
 @dataclass
@@ -81,8 +81,7 @@ class Data:
 
     def eval_loader(self, images: Images, cfg: Config) -> DataLoader:
         """In-order batches of (image, label) with the test transform."""
-        transform = eval_transform(cfg.image_size or self.side, self.train.mean, self.train.std, cfg.eval_resize)
-        return DataLoader(labelled_dataset(images, transform), batch_size=max(cfg.batch_size, 256), num_workers=0)
+        return eval_loader(images, cfg.image_size or self.side, self.train.mean, self.train.std, cfg.eval_resize, max(cfg.batch_size, 256))
 
 
 def load_split_of(cfg: Config, split: str, stl10_unlabeled: bool | None = None) -> Images:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 from torchvision.transforms import v2
 
 from ..errors import CrossLevelError
 from .device_views import BLUR_SIGMA, blur_kernel_size
-from .images import Images
+from .images import Images, InMemoryImages
 from .shards import ShardImages, ShardLabelled
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -120,3 +120,32 @@ def labelled_dataset(images: Images, transform: Transform) -> Dataset:
     """``(image, label)`` of every image with ``transform``: :class:`LabelledDataset` (in order), or
     a stream of packed shards read in shard order (:class:`~.shards.ShardLabelled`)."""
     return ShardLabelled(images, transform) if isinstance(images, ShardImages) else LabelledDataset(images, transform)
+
+
+class LabelledBatches(Dataset):
+    """Whole batches of in-memory images already at the test size with the test transform's last steps
+    (to float in [0, 1], normalised), indexed by a list of image indices: the tensors
+    :class:`LabelledDataset` gives image by image when its resize and crop leave the images as they are
+    (a kNN pass over CIFAR-10's 60,000 images: ~0.3 s instead of ~6.6 s of a CPU core)."""
+
+    def __init__(self, images: InMemoryImages, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.images = images
+        self.finish = v2.Compose(_finish(mean, std))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """B indices → (float B×C×H×W, long B labels)."""
+        batch = torch.from_numpy(self.images.images[indices]).permute(0, 3, 1, 2)
+        return self.finish(batch).contiguous(), torch.from_numpy(self.images.labels[indices])
+
+
+def eval_loader(images: Images, size: int, mean: tuple[float, ...], std: tuple[float, ...], resize: int, batch_size: int) -> DataLoader:
+    """In-order batches of ``(images, labels)`` with the test transform (:func:`eval_transform`): in-memory
+    square images of side ``size`` (nothing to resize or crop) as :class:`LabelledBatches`, the rest
+    image by image (:func:`labelled_dataset`)."""
+    if isinstance(images, InMemoryImages) and images.images.shape[1] == images.images.shape[2] == size == (resize or size):
+        batches = BatchSampler(SequentialSampler(range(len(images))), batch_size, drop_last=False)
+        return DataLoader(LabelledBatches(images, mean, std), sampler=batches, batch_size=None)
+    return DataLoader(labelled_dataset(images, eval_transform(size, mean, std, resize)), batch_size=batch_size, num_workers=0)

@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import FEATURES, Config
-from ..data import Images, LabelledDataset, eval_transform, view_transform
-from ..data.views import labelled_dataset
+from ..data import Images, LabelledDataset, view_transform
+from ..data.views import eval_loader
 from ..data.datamodule import Data, load_support, load_test, load_train
 from ..errors import CrossLevelError
 from ..methods import ContrastiveModule
@@ -125,8 +125,7 @@ class Run:
 
     def eval_loader(self, images: Images) -> DataLoader:
         """In-order batches of (image, label) with the run's test transform."""
-        transform = eval_transform(self.info.size, self.info.mean, self.info.std, self.cfg.eval_resize)
-        return DataLoader(labelled_dataset(images, transform), batch_size=self.batch_size, num_workers=0)
+        return eval_loader(images, self.info.size, self.info.mean, self.info.std, self.cfg.eval_resize, self.batch_size)
 
     def embedder(self, feature: str) -> Callable[[torch.Tensor], torch.Tensor]:
         """A function B×C×H×W → B×D of the eval-mode module for ``feature``."""
