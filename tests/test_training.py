@@ -105,3 +105,41 @@ def test_checkpoints_with_the_old_branch_names_still_load(extra: list[str]) -> N
     loaded.load_state_dict(old)
     for key, value in trained.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_epoch_losses_are_the_batch_means_and_step_values_are_logged_only_where_written(tmp_path, monkeypatch) -> None:
+    """loss_epoch / loss_inst / loss_cld: the means of the epoch's steps (summed on the device, one self.log a
+    value per epoch); loss_step and lr: self.log only at the steps Lightning writes (every log_every_n_steps)."""
+    import csv
+
+    from crosslevel.training import train
+
+    steps: list[dict[str, float]] = []
+    logged: list[str] = []
+    original_step_loss, original_log = ContrastiveModule.step_loss, ContrastiveModule.log
+
+    def step_loss(self, views, indices):
+        loss, logs = original_step_loss(self, views, indices)
+        steps.append({"loss_epoch": float(loss.detach()), **{name: float(value.detach()) for name, value in logs.items()}})
+        return loss, logs
+
+    def log(self, name, *args, **kwargs):
+        logged.append(name)
+        return original_log(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(ContrastiveModule, "step_loss", step_loss)
+    monkeypatch.setattr(ContrastiveModule, "log", log)
+    cfg = apply_overrides(load_preset("digits-cld"), [*TINY, "epochs=2", "limit_train_batches=1.0", f"out={tmp_path}", "name=r"])
+    run_dir, _ = train(cfg)
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    per_epoch = len(steps) // 2
+    assert len(steps) == 2 * per_epoch and per_epoch > 10
+    for epoch in (1, 2):
+        (row,) = [r for r in rows if r["epoch"] == str(epoch) and r["loss_epoch"]]
+        for name in ("loss_epoch", "loss_inst", "loss_cld"):
+            expected = sum(step[name] for step in steps[(epoch - 1) * per_epoch : epoch * per_epoch]) / per_epoch
+            assert float(row[name]) == pytest.approx(expected, rel=1e-5)
+    written = [int(r["step"]) for r in rows if r["loss_step"]]
+    every = min(50, per_epoch)  # the trainer's log_every_n_steps; a row's step counts the steps before it
+    assert written == [n - 1 for n in range(1, len(steps) + 1) if n % every == 0] and all(r["lr"] for r in rows if r["loss_step"])
+    assert logged.count("loss_step") == logged.count("lr") == len(written)

@@ -110,6 +110,9 @@ class ContrastiveModule(pl.LightningModule):
         self._nonfinite_steps: torch.Tensor | None = None  # cuda_graphs: non-finite steps not yet read on the host
         self._total_steps = 1  # set when training starts: the branch reads progress = step / total
         self.skipped_steps = 0
+        self._epoch_sums: torch.Tensor | None = None  # batch-weighted sums of the loss and its parts this epoch
+        self._epoch_names: list[str] = []
+        self._epoch_images = 0
 
     def setup(self, stage: str) -> None:
         self.branch.check(self.cfg, self.trainer.world_size)
@@ -208,10 +211,29 @@ class ContrastiveModule(pl.LightningModule):
             if self._skip_step:
                 self.branch.discard()
                 self._on_nonfinite(loss)
-        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(indices), sync_dist=True)
-        self.log_dict(logs, on_step=False, on_epoch=True, batch_size=len(indices), sync_dist=True)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=len(indices))
+        self._add_to_epoch({"loss_epoch": loss, **logs}, len(indices))
+        if self.trainer._logger_connector.should_update_logs:  # a step Lightning writes: self.log costs ~0.5 ms a value
+            self.log("loss_step", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(indices), sync_dist=True)
+            self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=len(indices))
         return loss
+
+    def _add_to_epoch(self, values: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Add a step's scalar ``values`` × ``batch_size`` to the epoch's sums, on the device (no host sync)."""
+        stacked = torch.stack([value.detach().float() for value in values.values()]) * batch_size
+        self._epoch_sums = stacked if self._epoch_sums is None else self._epoch_sums + stacked
+        self._epoch_names, self._epoch_images = list(values), self._epoch_images + batch_size
+
+    def on_train_epoch_end(self) -> None:
+        """The epoch's batch-weighted means of the loss (``loss_epoch``) and its parts (``loss_inst``,
+        ``loss_cld``, ``loss_jigsaw``), averaged over the ranks: what ``self.log(..., on_epoch=True)`` at
+        every step would log, for one ``self.log`` per value and epoch (after a resume in the middle
+        of an epoch: that epoch's steps since the resume)."""
+        if self._epoch_sums is None:
+            return
+        means = dict(zip(self._epoch_names, (self._epoch_sums / self._epoch_images).unbind()))
+        self.log("loss_epoch", means.pop("loss_epoch"), prog_bar=True, on_epoch=True, sync_dist=True)
+        self.log_dict(means, on_epoch=True, sync_dist=True)
+        self._epoch_sums, self._epoch_images = None, 0
 
     def _on_nonfinite(self, loss: torch.Tensor) -> None:
         """A NaN/inf loss on some rank: stop with a clear error, or (``skip_nonfinite``) skip the step."""
