@@ -17,7 +17,8 @@
 #      TRAIN_SPEED (default fused_views=true cuda_graphs=true); the paper's 200-epoch row:
 #      reproduce_cifar10.sh;
 #      e.g. TRAIN="simclr simclr-cld byol byol-cld" THROUGHPUT_METHODS=npid,cld,simclr,simclr+cld,byol,byol+cld
-#      measures CLD on SimCLR and BYOL; TRAIN="" measures the throughput only;
+#      measures CLD on SimCLR and BYOL; TRAIN="" measures the throughput only (step 3 then gets the
+#      whole TOTAL_S, else THROUGHPUT_S=180);
 # and, whatever happened before, a short table last (also in $OUT/summary.txt).
 # Time: the whole script ends within TOTAL_S seconds (default 540): every step's limit is capped
 # by the time left (less RESERVE_S for the kill grace and the table), a step that overruns gets
@@ -56,6 +57,7 @@ WARMUP_EPOCHS=${WARMUP_EPOCHS:-$(((EPOCHS + 39) / 40))}  # the paper's 5 of 200,
 EVAL_EVERY=${EVAL_EVERY:-5}
 THROUGHPUT_METHODS=${THROUGHPUT_METHODS:-npid,cld,moco,cldm}
 TRAIN=${TRAIN-npid cld}  # "": throughput only
+THROUGHPUT_S=${THROUGHPUT_S:-$([ -n "$TRAIN" ] && echo 180 || echo "$TOTAL_S")}  # capped by the time left
 TRAIN_EXTRA=${TRAIN_EXTRA:-}
 PACKED=${PACKED:-.gpu-data/cifar10-jpeg.npz}
 DATA_DIR=${DATA_DIR:-/tmp/crosslevel-cifar10}
@@ -183,7 +185,7 @@ if [ -f "$DATA_DIR/cifar-10-batches-py/test_batch" ]; then
 else
   step unpack 120 "$PYTHON" benchmarks/cifar_pack.py unpack "$PACKED" "$DATA_DIR"
 fi
-step throughput 180 "$PYTHON" benchmarks/throughput.py --device "$ACCELERATOR" --backbone "$BACKBONE" --width "$WIDTH" --batch "$BATCH" \
+step throughput "$THROUGHPUT_S" "$PYTHON" benchmarks/throughput.py --device "$ACCELERATOR" --backbone "$BACKBONE" --width "$WIDTH" --batch "$BATCH" \
   --steps "$STEPS" --warmup "$WARMUP" --repeats "$REPEATS" --train-size "$TRAIN_SIZE" --workers "$WORKERS" \
   --methods "$THROUGHPUT_METHODS" --precision bf16-mixed --channels-last --check-sync $SPEED_FLAGS --json "$OUT/throughput.json"
 

@@ -6,7 +6,8 @@ trains ``--warmup + --steps`` steps with Lightning on synthetic uint8 images of 
 
 * images/s and ms per step over the timed steps (data, views, forward, backward, optimiser, bank
   or queue update: a whole training iteration), the median over ``--repeats`` rounds that visit
-  the methods in turn, so that a shared machine's load affects all methods alike; the epoch time
+  the methods in turn, so that a shared machine's load affects all methods alike (each method's
+  module trains on from round to round: compiled once); the epoch time
   this implies for ``--train-size`` images, and the step time relative to NPID;
 * CLD/NPID and CLDm/MoCo step-time ratios per round (the methods of a round run back to back),
   with their median and range over the rounds;
@@ -51,6 +52,7 @@ from crosslevel.data.sources import CIFAR_MEAN, CIFAR_STD
 from crosslevel.errors import CrossLevelError
 from crosslevel.losses import bank_softmax_loss, cld_loss
 from crosslevel.data.datamodule import ContrastiveDataModule, Data
+from crosslevel.methods import ContrastiveModule
 from crosslevel.training import build_module, recording_cudagraph_skips
 
 METHOD_PRESETS = {
@@ -159,10 +161,16 @@ def method_config(method: str, args: argparse.Namespace) -> Config:
     return apply_overrides(cfg, overrides + list(args.set))
 
 
-def measure_method(method: str, cfg: Config, data: Data, args: argparse.Namespace) -> dict:
-    """One round of ``method``: train ``--warmup + --steps`` steps and time them, then the k-means + CLD loss and views."""
+def measure_method(
+    method: str, cfg: Config, data: Data, args: argparse.Namespace, built: dict[str, tuple[ContrastiveModule, ContrastiveDataModule]]
+) -> dict:
+    """One round of ``method``: train ``--warmup + --steps`` steps and time them, then the k-means + CLD loss and views.
+    The module and data module of the method's first round are kept in ``built`` and train on in the later
+    rounds, so that a compiled method compiles (and records its CUDA graphs) once, not once a round."""
     pl.seed_everything(0, verbose=False)
-    module = build_module(cfg, data)
+    if method not in built:
+        built[method] = build_module(cfg, data), ContrastiveDataModule(cfg, data)
+    module, datamodule = built[method]
     timer, probe = StepTimer(args.warmup, args.steps), DeviceProbe(cfg, repeats=max(5, args.steps))
     trainer = pl.Trainer(
         max_epochs=1,
@@ -180,7 +188,7 @@ def measure_method(method: str, cfg: Config, data: Data, args: argparse.Namespac
     )
     graphed = cfg.cuda_graphs and trainer.strategy.root_device.type == "cuda"  # on a CPU: compiled without graphs
     with recording_cudagraph_skips(graphed) as skips:
-        trainer.fit(module, datamodule=ContrastiveDataModule(cfg, data))
+        trainer.fit(module, datamodule=datamodule)
     step = timer.seconds_per_step
     row = {"method": method, "preset": METHOD_PRESETS[method], "ms_per_step": 1000 * step, "images_per_s": cfg.batch_size / step}
     if graphed:
@@ -386,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             skipped[method] = str(err)
             print(f"skipping {method}: {err}")
     rounds: dict[str, list[dict]] = {method: [] for method in configs}
+    built: dict[str, tuple[ContrastiveModule, ContrastiveDataModule]] = {}
     failed: dict[str, str] = {}
     pipeline: dict[str, float | str] = {}
     settings = {k: v for k, v in vars(args).items() if k not in ("json",)}
@@ -401,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"measuring {method} (round {round_index + 1}/{args.repeats}) ...", flush=True)
             try:
-                rounds[method].append(measure_method(method, cfg, data, args))
+                rounds[method].append(measure_method(method, cfg, data, args, built))
                 print(f"  {method}: {rounds[method][-1]['ms_per_step']:.1f} ms/step", flush=True)
             except Exception as err:  # noqa: BLE001 - one failing method must not cost the others their rows
                 traceback.print_exc()
