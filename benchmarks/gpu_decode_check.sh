@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # decode=gpu on a lent GPU machine (H100 / H200; no internet), made to fit one 600 s call:
 #   1. CUDA must be usable, else the script stops at once (DEVICE=cpu skips this check: a dry run);
-#   2. an ImageNet-100-sized folder of JPEGs made from packed CIFAR-10 (benchmarks/decode_speed.py make:
-#      100 classes named as the CMC list x PER_CLASS (1,300) images, 400x350, quality 90), unless FOLDER has one;
+#   2. an ImageNet-100-sized folder of JPEGs made from packed CIFAR-10, or from synthetic sources when PACKED
+#      is not there (benchmarks/decode_speed.py make: 100 classes named as the CMC list x PER_CLASS (1,300)
+#      images, 400x350, quality 90), unless FOLDER has one;
 #   3. benchmarks/decode_speed.py measure, side by side with WORKERS (8) loader processes: images/s of the data
-#      path alone for PIL workers (decode=cpu) and GPU decode (decode=gpu), and of the imagenet100-cldm
-#      training step (ResNet-50, batch 64, bf16, channels_last) fed by each and from images in GPU memory;
+#      path alone for PIL workers (decode=cpu) and GPU decode (decode=gpu; and gpu_decoder=nvimgcodec, the
+#      hardware JPEG decoder, when nvImageCodec is there), and of the imagenet100-cldm training step
+#      (ResNet-50, batch 64, bf16, channels_last) fed by each and from images in GPU memory;
 #      target: the GPU-decode data path >= 1.5 x the step's rate;
 # and, whatever happened before, the table last (also in $OUT/decode_summary.txt).
 # Time: the whole script ends within TOTAL_S seconds (default 540); the folder gets at most MAKE_S (200).
 #
 # Data: CIFAR-10 travels as one 53 MiB file of JPEG bytes made beforehand (on a machine that has it):
 #   python benchmarks/cifar_pack.py pack ../shared/data/cifar10 .gpu-data/cifar10-jpeg.npz
+# nvImageCodec (not on the GPU machine) travels as wheels in .whl/ (git-ignored; carry .whl, not .gpu-data:
+# 32 + 4 MiB of wheels and 53 MiB of CIFAR are more than a call carries), fetched beforehand with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl nvidia-nvimgcodec-cu13 nvidia-nvjpeg
+# and installed here into /tmp/site first.
 # Run from the repository root:  bash benchmarks/gpu_decode_check.sh   (results: $OUT, default gpu-check-out/)
 # Dry run on a CPU (about a minute on 2 cores):
 #   DEVICE=cpu PYTHON=.venv/bin/python PER_CLASS=1 SIZE="--width 64 --height 56" WORKERS=1 \
@@ -49,10 +56,16 @@ if [ "$DEVICE" != cpu ] && ! timeout -k 10 60 "$PYTHON" -c 'import torch; assert
   echo "gpu_decode_check: stopping: no usable CUDA GPU (see $LOG); DEVICE=cpu for a dry run" | tee -a "$LOG" >&2
   exit 1
 fi
+if compgen -G ".whl/*.whl" >/dev/null; then
+  echo "=== wheels: $(ls .whl | tr '\n' ' ')" | tee -a "$LOG"
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >>"$LOG" 2>&1 &&
+    export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
 if [ ! -d "$FOLDER/train" ]; then
   limit=$(($(left) < MAKE_S ? $(left) : MAKE_S))
-  echo "=== make $FOLDER ($(date -u +%H:%M:%S), limit ${limit}s)" | tee -a "$LOG"
-  timeout -k 10 "$limit" "$PYTHON" benchmarks/decode_speed.py make "$PACKED" "$FOLDER" --per-class "$PER_CLASS" $SIZE 2>&1 | tee -a "$LOG"
+  sources=$([ -f "$PACKED" ] && echo "$PACKED" || echo synthetic)
+  echo "=== make $FOLDER from $sources ($(date -u +%H:%M:%S), limit ${limit}s)" | tee -a "$LOG"
+  timeout -k 10 "$limit" "$PYTHON" benchmarks/decode_speed.py make "$sources" "$FOLDER" --per-class "$PER_CLASS" $SIZE 2>&1 | tee -a "$LOG"
 fi
 limit=$(left)
 echo "=== measure ($(date -u +%H:%M:%S), limit ${limit}s)" | tee -a "$LOG"

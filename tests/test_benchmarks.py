@@ -272,10 +272,14 @@ def test_decode_speed_table_judges_the_target_from_measured_rows() -> None:
     result = {"settings": {"preset": "imagenet100-cldm", "set": [], "workers": 8, "precision": "bf16-mixed"},
               "machine": {"device": "H200", "cpu": "x", "torch": "2", "date": "now"}, "rows": rows}  # fmt: skip
     printed = load("decode_speed").table(result)
-    assert "target (b) >= 1.5 x (e): 2.00 x, met; as multiples of (e): (a) 0.27, (c) 0.25" in printed
-    assert "not measured  (FAILED: RuntimeError: x)" in printed
+    assert "target (b) >= 1.5 x (e): 2.00 x, met\nas multiples of (e): (a) 0.27, (c) 0.25" in printed
+    assert "not measured  (FAILED: RuntimeError: x)" in printed and "(b2) gpu_decoder=nvimgcodec: not measured" in printed
     rows["b_gpu_decode_data_path"]["images_per_s"] = 2000.0
     assert "1.33 x, MISSED" in load("decode_speed").table(result)
+    rows["b2_nvimgcodec_data_path"] = {"images_per_s": 6000.0, "decode_ms_per_batch": 9.5, "decode_and_views_ms_per_batch": 20.0}
+    rows["d2_step_fed_by_nvimgcodec"] = {"images_per_s": 1350.0}
+    printed = load("decode_speed").table(result)
+    assert "target (b2) >= 1.5 x (e): 4.00 x, met" in printed and "(d2) 0.90" in printed and "decode 9.5 ms" in printed
 
 
 def test_shards_packs_reads_and_streams_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -247,3 +247,96 @@ def test_cli_trains_with_decode_gpu_decoding_on_the_cpu(tmp_path: Path, monkeypa
         assert sum(str(w.message).startswith("decode=gpu") for w in caught) == fallbacks
         assert json.loads((tmp_path / name / "summary.json").read_text())["knn"] is not None
         monkeypatch.setattr(datamodule_file, "jpeg_views", original)
+
+
+class FakeNvImageCodec:
+    """The part of NVIDIA nvImageCodec's Python API that gpu_decoder=nvimgcodec uses, decoding with PIL on the
+    CPU: Decoder(device_id, backends).decode(code streams, params, cuda_stream) → images with __dlpack__ or None."""
+
+    class BackendKind:
+        HW_GPU_ONLY, GPU_ONLY, HYBRID_CPU_GPU, CPU_ONLY = "hw_gpu", "gpu", "hybrid", "cpu"
+
+    class ColorSpec:
+        SRGB = "srgb"
+
+    class SampleFormat:
+        P_RGB = "planar_rgb"
+
+    NVIMGCODEC_DEVICE_CPU_ONLY = -99
+    made: list[dict] = []
+
+    @staticmethod
+    def Backend(kind: str) -> tuple[str, str]:  # noqa: N802 - the library's name
+        return ("backend", kind)
+
+    @staticmethod
+    def DecodeParams(**params: object) -> dict:  # noqa: N802
+        return params
+
+    @staticmethod
+    def CodeStream(array: np.ndarray) -> bytes:  # noqa: N802
+        assert array.dtype == np.uint8
+        return array.tobytes()
+
+    class Decoder:
+        def __init__(self, device_id: int, backends: list) -> None:
+            FakeNvImageCodec.made.append({"device_id": device_id, "backends": backends})
+
+        def decode(self, streams: list[bytes], params: dict, cuda_stream: int) -> list[object]:
+            assert params["sample_format"] == "planar_rgb" and params["apply_exif_orientation"] is False and cuda_stream == 0
+            decoded = []
+            for data in streams:
+                try:
+                    pixels = torch.from_numpy(np.array(Image.open(__import__("io").BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
+                    decoded.append(pixels.contiguous())  # a tensor has __dlpack__, like nvImageCodec's Image
+                except OSError:
+                    decoded.append(None)  # what nvImageCodec returns for a file it cannot decode
+            return decoded
+
+
+def test_nvimgcodec_decoder_glue_order_fallback_and_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gpu_decoder=nvimgcodec against a stand-in library (the real one needs a CUDA driver even for its CPU
+    backend): planar RGB through DLPack in order, None → torchvision for that file, CPU backend on the CPU."""
+    import sys
+
+    from crosslevel.data.nvimgcodec_decode import NvImageCodecJpegs
+
+    monkeypatch.setitem(sys.modules, "nvidia.nvimgcodec", FakeNvImageCodec)
+    FakeNvImageCodec.made.clear()
+    paths = sorted(write_jpeg_folder(tmp_path).glob("train/*/*.jpg"))[:3]
+    png = tmp_path / "png.JPEG"
+    Image.fromarray(smooth_photo(20, 24, 1)).save(png, format="PNG")
+    batch = encoded_batch([paths[0], png, paths[1], paths[2]])
+    decoder = NvImageCodecJpegs()
+    calls = []
+    original = FakeNvImageCodec.Decoder.decode
+    monkeypatch.setattr(FakeNvImageCodec.Decoder, "decode", lambda self, streams, **kw: (calls.append(len(streams)), original(self, streams, **kw))[1])
+    images = decode(batch.files(), torch.device("cpu"), batch.names, decoder)
+    reference = decode(batch.files(), torch.device("cpu"), batch.names)
+    assert calls == [3]  # the three JPEGs in one call; the PNG on the CPU by torchvision
+    assert all(image.shape == ref.shape and (image.int() - ref.int()).abs().max() <= 2 for image, ref in zip(images, reference))
+    assert FakeNvImageCodec.made == [{"device_id": -99, "backends": [("backend", "cpu")]}]  # made once, for the CPU
+    decode(batch.files(), torch.device("cpu"), batch.names, decoder)
+    assert len(FakeNvImageCodec.made) == 1
+    monkeypatch.setattr(FakeNvImageCodec.Decoder, "decode", lambda self, streams, **kw: [None] * len(streams))
+    fallback = decode(batch.files(), torch.device("cpu"), batch.names, decoder)  # nothing decoded: torchvision, file by file
+    assert all(torch.equal(image, ref) for image, ref in zip(fallback, reference))
+
+
+def test_nvimgcodec_is_chosen_by_config_and_missing_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from crosslevel.data.nvimgcodec_decode import NvImageCodecJpegs
+
+    data = write_jpeg_folder(tmp_path)
+    cfg = apply_overrides(load_preset("imagenet-cldm"), TINY + [f"data={data}", "decode=gpu", "gpu_decoder=nvimgcodec"])
+    monkeypatch.setitem(sys.modules, "nvidia.nvimgcodec", FakeNvImageCodec)
+    views = jpeg_views(cfg, load_data(cfg).train, decode_device="cpu")
+    assert isinstance(views.jpegs_decoder, NvImageCodecJpegs)
+    made, _ = views(encoded_batch(sorted(data.glob("train/*/*.jpg"))[:4]))
+    assert len(made) == 3 and made[0].shape == (4, 3, 32, 32)
+    monkeypatch.setitem(sys.modules, "nvidia.nvimgcodec", None)  # not installed
+    with pytest.raises(CrossLevelError, match=r"gpu_decoder=nvimgcodec needs NVIDIA nvImageCodec: pip install nvidia-nvimgcodec-cu13"):
+        jpeg_views(cfg, load_data(cfg).train, decode_device="cpu")
+    with pytest.raises(CrossLevelError, match=r"gpu_decoder=nvimgcodec chooses decode=gpu's decoder: it needs decode=gpu"):
+        apply_overrides(load_preset("imagenet-cldm"), TINY + ["data=x", "gpu_decoder=nvimgcodec"])

@@ -77,6 +77,11 @@ class Config:
         "folder/lists with in_memory=false: cpu: PIL in loader workers; gpu: the workers read JPEG bytes, the GPU "
         "decodes them (nvJPEG; other formats on the CPU) and makes the views (PIL with a warning when most files are not JPEGs or there is no GPU)",
     )
+    gpu_decoder: Literal["torchvision", "nvimgcodec"] = key(
+        "torchvision",
+        "decode=gpu's JPEG decoder: torchvision (nvJPEG on the CUDA cores) or nvimgcodec (NVIDIA nvImageCodec: the "
+        "hardware JPEG decoder of A100/H100/H200 GPUs; pip install nvidia-nvimgcodec-cu13 nvidia-nvjpeg)",
+    )
     # --- model ---
     backbone: Backbone = key("resnet18_cifar", "the network before the heads; timm:<name> needs pip install 'crosslevel[timm]'")
     backbone_args: str = key("", "timm:<name> only: constructor arguments, e.g. 'patch_size=4,drop_path_rate=0.1'")
@@ -346,6 +351,8 @@ def validate(cfg: Config) -> Config:
         raise CrossLevelError(f"{', '.join(streamed)} choose images of the data set: with dataset=shards they need in_memory=true (streamed shards are read whole)")
     if cfg.decode == "gpu":
         _check_gpu_decode(cfg)
+    elif cfg.gpu_decoder != "torchvision":
+        raise CrossLevelError(f"gpu_decoder={cfg.gpu_decoder} chooses decode=gpu's decoder: it needs decode=gpu (got decode={cfg.decode})")
     if not cfg.in_memory and not cfg.image_size:
         raise CrossLevelError("in_memory=false decodes images on the fly and needs image_size=N (e.g. 224)")
     if cfg.dataset != "digits" and not cfg.data:

@@ -17,6 +17,7 @@ from ..config import Config, compile_mode, num_views
 from ..errors import CrossLevelError, MissingSplit, warn
 from .device_views import DEVICE_RECIPES, DeviceAugment, DeviceViewSource
 from .jpeg_views import EncodedBatch, EncodedFiles, JpegViews, collate_encoded, non_jpegs_sampled
+from .nvimgcodec_decode import NvImageCodecJpegs
 from .sampling import ResumableLoader, ResumableSampler
 from .folders import ImageFiles
 from .images import Images, InMemoryImages
@@ -207,7 +208,8 @@ def jpeg_views(cfg: Config, images: Images, decode_device: str | None = None) ->
     if why:
         warn(f"decode=gpu: {why}; decoding with PIL in the loader workers instead (decode=cpu)")
         return None
-    return JpegViews(device_augment(cfg, images), num_views(cfg), decode_device)
+    jpegs_decoder = NvImageCodecJpegs() if cfg.gpu_decoder == "nvimgcodec" else None
+    return JpegViews(device_augment(cfg, images), num_views(cfg), decode_device, jpegs_decoder)
 
 
 class ContrastiveDataModule(pl.LightningDataModule):

@@ -124,31 +124,38 @@ def collate_encoded(items: list[tuple[torch.Tensor, int, str]]) -> EncodedBatch:
     return EncodedBatch(torch.cat(files), offsets, torch.tensor(indices), names)
 
 
-def decode(files: list[torch.Tensor], device: torch.device, names: Sequence[str] = ()) -> list[torch.Tensor]:
+BatchDecoder = Callable[[list[torch.Tensor], torch.device, Sequence[str]], list[torch.Tensor]]
+
+
+def decode(
+    files: list[torch.Tensor], device: torch.device, names: Sequence[str] = (), jpegs_decoder: BatchDecoder | None = None
+) -> list[torch.Tensor]:
     """Encoded image ``files`` (uint8 bytes, host memory) → uint8 3×H×W RGB images of their own sizes on
-    ``device``, in order. The JPEGs (by their first bytes) in one batched call on ``device`` (CUDA: nvJPEG);
-    when that call fails, file by file, and a JPEG that ``device`` cannot decode (nvJPEG may refuse a
-    CMYK one) is decoded on the CPU. Other formats (PNG, WebP, GIF: ImageNet's train split holds a PNG
-    named ``.JPEG``) are decoded on the CPU by ``torchvision.io.decode_image``. A file that nothing decodes
-    is an error naming it (from ``names``, when given)."""
+    ``device``, in order. The JPEGs (by their first bytes) in one batched call on ``device``: ``jpegs_decoder``
+    (e.g. :class:`~.nvimgcodec_decode.NvImageCodecJpegs`), by default :func:`decode_jpegs` (torchvision;
+    CUDA: nvJPEG). Other formats (PNG, WebP, GIF: ImageNet's train split holds a PNG named ``.JPEG``) are
+    decoded on the CPU by ``torchvision.io.decode_image``. A file that nothing decodes is an error naming
+    it (from ``names``, when given)."""
     names = list(names) or [f"file {number} of the batch" for number in range(len(files))]
     jpegs = [number for number, data in enumerate(files) if starts_like_jpeg(data)]
     images = {number: _decode_other(files[number], names[number]).to(device) for number in set(range(len(files))) - set(jpegs)}
-    images.update(zip(jpegs, _decode_jpegs([files[number] for number in jpegs], device, [names[number] for number in jpegs])))
+    batch = (jpegs_decoder or decode_jpegs)([files[number] for number in jpegs], device, [names[number] for number in jpegs])
+    images.update(zip(jpegs, batch))
     return [images[number] for number in range(len(files))]
 
 
-def _decode_jpegs(files: list[torch.Tensor], device: torch.device, names: list[str]) -> list[torch.Tensor]:
-    """JPEG ``files`` decoded in one call on ``device``, else file by file (:func:`_decode_jpeg`)."""
+def decode_jpegs(files: list[torch.Tensor], device: torch.device, names: Sequence[str]) -> list[torch.Tensor]:
+    """JPEG ``files`` decoded in one torchvision call on ``device``; when that fails, file by file, and a JPEG
+    that ``device`` cannot decode (nvJPEG may refuse a CMYK one) on the CPU (:func:`decode_one_jpeg`)."""
     if not files:
         return []
     try:
         return decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
-        return [_decode_jpeg(data, device, name) for data, name in zip(files, names)]
+        return [decode_one_jpeg(data, device, name) for data, name in zip(files, names)]
 
 
-def _decode_jpeg(data: torch.Tensor, device: torch.device, name: str) -> torch.Tensor:
+def decode_one_jpeg(data: torch.Tensor, device: torch.device, name: str) -> torch.Tensor:
     """One JPEG decoded on ``device``, else on the CPU and moved to ``device``, else an error naming it."""
     error: RuntimeError | None = None
     for where in dict.fromkeys([device, torch.device("cpu")]):
@@ -202,11 +209,14 @@ class JpegViews(nn.Module):
         augment: the view maker (its recipe, size and normalisation).
         num_views: views per image.
         decode_device: where to decode; None: the batch's device.
+        jpegs_decoder: what decodes a batch's JPEGs (:func:`decode`); None: torchvision.
     """
 
-    def __init__(self, augment: DeviceAugment, num_views: int = 2, decode_device: str | None = None) -> None:
+    def __init__(
+        self, augment: DeviceAugment, num_views: int = 2, decode_device: str | None = None, jpegs_decoder: BatchDecoder | None = None
+    ) -> None:
         super().__init__()
-        self.augment, self.num_views = augment, num_views
+        self.augment, self.num_views, self.jpegs_decoder = augment, num_views, jpegs_decoder
         self.decode_device = torch.device(decode_device) if decode_device else None
         self.told_of_other_formats = False
 
@@ -225,7 +235,7 @@ class JpegViews(nn.Module):
             if other is not None:
                 warn(f"decode=gpu: {other} is not a JPEG file; files of other formats are decoded on the CPU, the JPEGs on the GPU")
                 self.told_of_other_formats = True
-        images = decode(files, self.decode_device or device, batch.names)
+        images = decode(files, self.decode_device or device, batch.names, self.jpegs_decoder)
         images = [image.to(device, non_blocking=True) for image in images]
         drawn = self.sample(images)
         params = {name: value.to(device, non_blocking=True) for name, value in drawn.items()}
