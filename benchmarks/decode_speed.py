@@ -140,8 +140,9 @@ def data_module(cfg: Config, data: Data, cuda: bool) -> ContrastiveDataModule:
 
 
 def data_path_rate(datamodule: ContrastiveDataModule, device: torch.device, seconds: float, make_views: bool = True) -> float:
-    """Images/s of the training loader (and, ``make_views``, the views made on ``device``) over ``seconds``, after one batch."""
-    batches = iter(datamodule.train_dataloader())
+    """Images/s of the training loader (decode=gpu: decoding one batch ahead) and the views made on ``device`` over
+    ``seconds``, after one batch; without ``make_views``, of the loader's workers alone (decode=gpu: the bytes)."""
+    batches = iter(datamodule.train_dataloader() if make_views else datamodule.loader)
     next(batches)  # the workers have started
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -157,7 +158,7 @@ def data_path_rate(datamodule: ContrastiveDataModule, device: torch.device, seco
 
 def gpu_decode_parts(datamodule: ContrastiveDataModule, device: torch.device) -> dict[str, float]:
     """ms of decoding one batch, and of decoding and making its views, on ``device`` (median of 5)."""
-    batch = next(iter(datamodule.train_dataloader())).to(device)
+    batch = next(iter(datamodule.loader)).to(device)
     views = datamodule.views.to(device)
     decode_ms = 1000 * time_call(lambda: decode(batch.files(), views.decode_device or device, batch.names, views.jpegs_decoder), device, 5)
     return {"decode_ms_per_batch": decode_ms, "decode_and_views_ms_per_batch": 1000 * time_call(lambda: views(batch), device, 5)}

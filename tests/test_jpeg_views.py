@@ -21,7 +21,7 @@ from crosslevel.data.datamodule import ContrastiveDataModule, jpeg_views, load_d
 from crosslevel.data.device_views import DeviceAugment, sample_crops
 from crosslevel.data.folders import IMAGENET_MEAN, IMAGENET_STD
 from crosslevel.data.jpeg_views import (
-    EncodedBatch, EncodedFiles, JpegViews, collate_encoded, decode, non_jpegs_sampled, read_file, resized_crops,
+    DecodeAhead, DecodedBatch, EncodedBatch, EncodedFiles, JpegViews, collate_encoded, decode, non_jpegs_sampled, read_file, resized_crops,
 )
 from crosslevel.errors import CrossLevelError, CrossLevelWarning
 
@@ -183,11 +183,37 @@ def test_loader_yields_encoded_batches_and_the_data_module_makes_views(tmp_path:
     with warnings.catch_warnings():
         warnings.simplefilter("error", CrossLevelWarning)  # no fallback
         datamodule = ContrastiveDataModule(cfg, load_data(cfg), decode_device="cpu")
-    batch = next(iter(datamodule.train_dataloader()))  # through a worker process
+    batch = next(iter(datamodule.loader))  # through a worker process
     assert isinstance(batch, EncodedBatch) and batch.indices.shape == (8,) and len(batch.files()) == 8
+    assert datamodule.train_dataloader().sampler is datamodule.sampler  # where Lightning sets the epoch
+    decoded = next(iter(datamodule.train_dataloader()))  # what training reads: decoded ahead
+    assert isinstance(decoded, DecodedBatch) and torch.equal(decoded.indices, batch.indices) and len(decoded.images) == 8
+    torch.manual_seed(0)
     views, indices = datamodule.on_after_batch_transfer(batch.to("cpu"), 0)
     assert len(views) == 3 and all(view.shape == (8, 3, 32, 32) for view in views)  # CLDm: 3 views
     assert torch.equal(indices, batch.indices) and not torch.equal(views[0], views[1])
+    torch.manual_seed(0)
+    ahead, _ = datamodule.on_after_batch_transfer(decoded.to("cpu"), 0)
+    assert all(torch.equal(a, b) for a, b in zip(ahead, views))  # the same draws, the same views
+
+
+def test_decode_ahead_decodes_the_next_batch_before_handing_on_this_one(tmp_path: Path) -> None:
+    paths = sorted(write_jpeg_folder(tmp_path).glob("train/*/*.jpg"))
+    batches = [encoded_batch(paths[start : start + 4]) for start in range(0, 16, 4)]
+    views = JpegViews(DeviceAugment("v2", 32, IMAGENET_MEAN, IMAGENET_STD), decode_device="cpu")
+    decoded_at: list[int] = []
+    original = views.decode_files
+    views.decode_files = lambda batch, device: (decoded_at.append(int(batch.indices[0])), original(batch, device))[1]
+    ahead = DecodeAhead(batches, views, lambda: torch.device("cpu"))
+    assert len(ahead) == 4
+    handed = []
+    for batch in ahead:
+        handed.append(int(batch.indices[0]))
+        assert len(decoded_at) == min(len(handed) + 1, 4)  # batch i + 1 was decoded before batch i came out
+    assert handed == decoded_at == [int(b.indices[0]) for b in batches]
+    for batch, source in zip(DecodeAhead(batches, views, lambda: torch.device("cpu")), batches):
+        assert all(torch.equal(a, b) for a, b in zip(batch.images, decode(source.files(), torch.device("cpu"))))
+    assert list(DecodeAhead([], views, lambda: torch.device("cpu"))) == []
 
 
 def test_falls_back_to_pil_without_a_gpu_or_when_most_files_are_not_jpegs(tmp_path: Path) -> None:
@@ -340,3 +366,23 @@ def test_nvimgcodec_is_chosen_by_config_and_missing_is_one_clear_error(tmp_path:
         jpeg_views(cfg, load_data(cfg).train, decode_device="cpu")
     with pytest.raises(CrossLevelError, match=r"gpu_decoder=nvimgcodec chooses decode=gpu's decoder: it needs decode=gpu"):
         apply_overrides(load_preset("imagenet-cldm"), TINY + ["data=x", "gpu_decoder=nvimgcodec"])
+
+
+def test_decode_gpu_stopped_mid_epoch_resumes_mid_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decode-ahead loader keeps the resumable loader's state: a SIGTERM mid-epoch resumes there."""
+    from test_fault_tolerance import signal_at_step
+
+    from crosslevel.run_dir import read_checkpoint
+
+    data = write_jpeg_folder(tmp_path / "data", per_class=16)
+    original = datamodule_file.jpeg_views
+    monkeypatch.setattr(datamodule_file, "jpeg_views", lambda cfg, images, decode_device=None: original(cfg, images, "cpu"))
+    overrides = [*TINY, "limit_train_batches=1.0", "epochs=2", f"out={tmp_path}", "name=mid", "decode=gpu"]
+    with monkeypatch.context() as stop:
+        signal_at_step(stop, step=1)
+        assert main(["train", "--config", "imagenet-cldm", "--data", str(data / ""), *overrides]) == 128 + 15
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", f"resume={tmp_path / 'mid'}", "--data", str(data)]) == 0
+    assert not [w for w in caught if "not resumable" in str(w.message)]
+    assert read_checkpoint(tmp_path / "mid" / "checkpoints" / "last.ckpt")["global_step"] == 2 * (32 // 8)

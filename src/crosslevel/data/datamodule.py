@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from ..config import Config, compile_mode, num_views
 from ..errors import CrossLevelError, MissingSplit, warn
 from .device_views import DEVICE_RECIPES, DeviceAugment, DeviceViewSource
-from .jpeg_views import EncodedBatch, EncodedFiles, JpegViews, collate_encoded, non_jpegs_sampled
+from .jpeg_views import DecodeAhead, DecodedBatch, EncodedBatch, EncodedFiles, JpegViews, collate_encoded, non_jpegs_sampled
 from .nvimgcodec_decode import NvImageCodecJpegs
 from .sampling import ResumableLoader, ResumableSampler
 from .folders import ImageFiles
@@ -242,15 +242,22 @@ class ContrastiveDataModule(pl.LightningDataModule):
     def sampler(self) -> ResumableSampler:
         return self.loader.sampler  # type: ignore[return-value]
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DecodeAhead:
+        if isinstance(self.views, JpegViews):  # decode=gpu: the next batch decodes while this one trains
+            return DecodeAhead(self.loader, self.views, self._training_device)
         return self.loader
+
+    def _training_device(self) -> torch.device:
+        if self.trainer is not None:
+            return self.trainer.strategy.root_device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a loader read without a trainer (benchmarks)
 
     def on_after_batch_transfer(self, batch: object, dataloader_idx: int) -> object:
         """On-device views: B indices or an encoded batch (already on the device) → ``(views, indices)``.
         With ``cuda_graphs`` this is where a training step begins (the first graph replayed is the views')."""
         if self.cfg.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        if self.views is None or not isinstance(batch, (torch.Tensor, EncodedBatch)):
+        if self.views is None or not isinstance(batch, (torch.Tensor, EncodedBatch, DecodedBatch)):
             return batch
         if self.views.augment.mean.device != batch.device:
             self.views.to(batch.device)

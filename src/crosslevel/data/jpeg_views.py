@@ -5,6 +5,8 @@ the on-device view maker of :mod:`.device_views`.
 * Loader: :class:`EncodedFiles` yields each file's bytes; :func:`collate_encoded` packs a batch into
   one :class:`EncodedBatch` (the bytes end to end, offsets, indices), of which only the indices move
   to the device: ``decode_jpeg`` reads its input from host memory whatever device decodes.
+* Ahead: :class:`DecodeAhead`, the training loader, decodes batch i + 1 on a side CUDA stream while
+  batch i trains (:class:`DecodedBatch`); the views are still made in order, on the training stream.
 * Decoding (:func:`decode`): the JPEGs of a batch in one nvJPEG call; the odd file of another format
   (ImageNet's PNG named ``.JPEG``) or a JPEG nvJPEG refuses (CMYK) on the CPU, file by file, with one
   warning the first time; a folder that is mostly not JPEGs falls back to PIL in the workers.
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -227,17 +229,110 @@ class JpegViews(nn.Module):
         widths = torch.tensor([image.shape[-1] for image in images]).repeat(self.num_views)
         return self.augment.sample(len(heights), heights, widths, device=torch.device("cpu"))
 
-    def forward(self, batch: EncodedBatch) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """B encoded files (their indices on the training device) → (the views, the indices)."""
-        device, files = batch.device, batch.files()
+    def decode_files(self, batch: EncodedBatch, device: torch.device) -> list[torch.Tensor]:
+        """The batch's images decoded on ``device`` (``decode_device`` when set); one warning the first time a
+        batch holds a file of another format than JPEG."""
+        files = batch.files()
         if not self.told_of_other_formats:
             other = next((name for data, name in zip(files, batch.names) if not starts_like_jpeg(data)), None)
             if other is not None:
                 warn(f"decode=gpu: {other} is not a JPEG file; files of other formats are decoded on the CPU, the JPEGs on the GPU")
                 self.told_of_other_formats = True
-        images = decode(files, self.decode_device or device, batch.names, self.jpegs_decoder)
+        return decode(files, self.decode_device or device, batch.names, self.jpegs_decoder)
+
+    def forward(self, batch: EncodedBatch | DecodedBatch) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """B encoded files, or B images decoded ahead (:class:`DecodeAhead`), their indices on the training
+        device → (the views, the indices)."""
+        device = batch.device
+        if isinstance(batch, DecodedBatch):
+            images = batch.wait()
+        else:
+            images = self.decode_files(batch, device)
         images = [image.to(device, non_blocking=True) for image in images]
         drawn = self.sample(images)
         params = {name: value.to(device, non_blocking=True) for name, value in drawn.items()}
         views = resized_crops(images * self.num_views, drawn["boxes"].tolist(), params["flip"], self.augment.size)
         return list(self.augment.finish(views, params).chunk(self.num_views)), batch.indices
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """A batch decoded ahead: ``images`` B uint8 3×H×W on the decoding device, ``indices`` long B, ``names``;
+    ``ready``: the CUDA event after which the images are there (None: decoded synchronously, on the CPU).
+    Lightning moves it with :meth:`to`, which moves the indices only."""
+
+    images: list[torch.Tensor]
+    indices: torch.Tensor
+    names: tuple[str, ...]
+    ready: torch.cuda.Event | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.indices.device
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> DecodedBatch:
+        return replace(self, indices=self.indices.to(device, non_blocking=non_blocking))
+
+    def wait(self) -> list[torch.Tensor]:
+        """The images, once the current stream has waited for their decode (and holds their memory)."""
+        if self.ready is not None:
+            stream = torch.cuda.current_stream(self.images[0].device if self.images else None)
+            stream.wait_event(self.ready)
+            for image in self.images:
+                image.record_stream(stream)  # allocated on the side stream, used on this one
+        return self.images
+
+
+class DecodeAhead:
+    """``decode=gpu``'s training loader: the encoded batches of ``loader``, each decoded one batch ahead of
+    the one handed on, on a CUDA stream of its own, so that the device decodes batch i + 1 while it trains
+    on batch i (on the CPU: decoded as they come). Yields :class:`DecodedBatch`; the views are made later,
+    in order, by :meth:`JpegViews.forward` (the same draws, so the same views as without it).
+
+    Args:
+        loader: the DataLoader of :class:`EncodedBatch` (its sampler is the resumable one).
+        views: the view maker, whose :meth:`~JpegViews.decode_files` decodes.
+        device_of: the training device (read when iteration starts).
+    """
+
+    def __init__(self, loader: Iterable[EncodedBatch], views: JpegViews, device_of: Callable[[], torch.device]) -> None:
+        self.loader, self.views, self.device_of = loader, views, device_of
+        self.stream: torch.cuda.Stream | None = None
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    @property
+    def sampler(self) -> object:
+        """The loader's sampler, where Lightning calls ``set_epoch`` before every epoch."""
+        return self.loader.sampler  # type: ignore[attr-defined]
+
+    def state_dict(self) -> dict[str, object]:
+        """The loader's (a :class:`~.sampling.ResumableLoader`: Lightning then resumes in the middle of an epoch)."""
+        return self.loader.state_dict()  # type: ignore[attr-defined]
+
+    def load_state_dict(self, state_dict: dict[str, object]) -> None:
+        self.loader.load_state_dict(state_dict)  # type: ignore[attr-defined]
+
+    def __iter__(self) -> Iterator[DecodedBatch]:
+        device = self.views.decode_device or self.device_of()
+        pending: DecodedBatch | None = None
+        for batch in self.loader:
+            started = self._start(batch, device)
+            if pending is not None:
+                yield pending
+            pending = started
+        if pending is not None:
+            yield pending
+
+    def _start(self, batch: EncodedBatch, device: torch.device) -> DecodedBatch:
+        """Queue the decode of ``batch`` on the side stream (CUDA), or decode it now (CPU)."""
+        if device.type != "cuda":
+            return DecodedBatch(self.views.decode_files(batch, device), batch.indices, batch.names)
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(device)
+        with torch.cuda.stream(self.stream):  # reads host bytes only: nothing to wait for on the training stream
+            images = self.views.decode_files(batch, device)
+            ready = torch.cuda.Event()
+            ready.record(self.stream)
+        return DecodedBatch(images, batch.indices, batch.names, ready)
