@@ -198,3 +198,22 @@ def test_a_non_finite_loss_under_cuda_graphs_stops_before_any_checkpoint_holds_i
 def test_cuda_graphs_rejects_what_needs_the_host(overrides: list[str], message: str) -> None:
     with pytest.raises(CrossLevelError, match=message):
         apply_overrides(load_preset("cifar10-cld"), overrides)
+
+
+def test_compiled_evaluation_pads_a_smaller_last_batch_to_one_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiled, eval mode: the last, smaller batch is padded to the largest so far and cut off again, so the
+    compiled backbone sees one shape; the features equal the eager ones of the unpadded batch."""
+    cfg = apply_overrides(load_preset("digits-cld"), TINY)
+    module = module_file.ContrastiveModule(cfg, 64, 1).eval()  # built eager: the padding, not the compiler, is tested
+    images = torch.randn(13, 1, 8, 8)
+    expected = {feature: module.embed(images[8:], feature) for feature in ("f", "f_I", "f_G")}
+    shapes: list[int] = []
+    module.backbone.register_forward_pre_hook(lambda _, args: shapes.append(len(args[0])))
+    monkeypatch.setattr(module_file, "compile_mode", lambda cfg: "default")
+    full = module.embed(images[:8])
+    for feature, wanted in expected.items():
+        torch.testing.assert_close(module.embed(images[8:], feature), wanted)
+    assert full.shape == (8, 16) and shapes == [8, 8, 8, 8]  # the 5-image batch went through as 8
+    module.train()
+    module.embed(images[8:])  # training mode (BatchNorm's batch statistics): never padded
+    assert shapes[-1] == 5

@@ -113,6 +113,7 @@ class ContrastiveModule(pl.LightningModule):
         self._epoch_sums: torch.Tensor | None = None  # batch-weighted sums of the loss and its parts this epoch
         self._epoch_names: list[str] = []
         self._epoch_images = 0
+        self._embed_size = 0  # the largest evaluation batch so far (compiled: smaller ones are padded to it)
 
     def setup(self, stage: str) -> None:
         self.branch.check(self.cfg, self.trainer.world_size)
@@ -135,10 +136,19 @@ class ContrastiveModule(pl.LightningModule):
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor, feature: str = "f_I") -> torch.Tensor:
-        """Evaluation features of a batch: ``f`` (pooled, L2-normalised), ``f_I`` or ``f_G``."""
+        """Evaluation features of a batch: ``f`` (pooled, L2-normalised), ``f_I`` or ``f_G``. Compiled and in
+        eval mode (each image on its own), a batch smaller than the largest so far -- a data set's last --
+        is padded to that size and its rows cut off again: one compiled shape, no recompiling (~30 s a
+        shape) and no second CUDA graph for the last batch of every pass."""
+        count = len(images)
+        if compile_mode(self.cfg) is not None and not self.training:
+            self._embed_size = max(self._embed_size, count)
+            if count < self._embed_size:
+                images = torch.cat([images, images.new_zeros((self._embed_size - count, *images.shape[1:]))])
         if self.cfg.cuda_graphs:  # a new graph replay would overwrite the outputs of the last one
             torch.compiler.cudagraph_mark_step_begin()
         pooled, instance, group = self(images)
+        pooled, instance, group = pooled[:count], instance[:count], group[:count]
         chosen = {"f": torch.nn.functional.normalize(pooled.float(), dim=1), "f_I": instance, "f_G": group}[feature]
         return chosen.float().clone() if self.cfg.cuda_graphs else chosen.float()
 
