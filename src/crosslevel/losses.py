@@ -228,7 +228,7 @@ class CrossLevelLoss(nn.Module):
         self.num_groups, self.temperature, self.iters = num_groups, temperature, iters
         self.grouping, self.scope, self.eigenvectors = grouping, scope, eigenvectors
         mode = compile if isinstance(compile, str) else None
-        self._loss = torch.compile(cld_loss, mode=mode) if compile else cld_loss
+        self._loss = torch.compile(cld_loss, mode=mode, dynamic=False) if compile else cld_loss
 
     def forward(self, group_a: torch.Tensor, group_b: torch.Tensor) -> torch.Tensor:
         local_rows = None

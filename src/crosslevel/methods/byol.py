@@ -44,8 +44,8 @@ class BYOLBranch(InstanceBranch):
         return cls(backbone, heads, cfg.feature_dim, cfg.predictor_hidden, cfg.ema_momentum, cfg.channels_last)
 
     def compile_encoders(self, mode: str) -> None:
-        self.target.backbone.compile(mode=mode)
-        self.target.heads.compile(mode=mode)
+        self.target.backbone.compile(mode=mode, dynamic=False)
+        self.target.heads.compile(mode=mode, dynamic=False)
 
     def targets(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
         """2×B×D: the target network's f_I of views a and b."""

@@ -156,8 +156,8 @@ class MoCoBranch(InstanceBranch):
         return ["queue.keys", "queue.pointer"]
 
     def compile_encoders(self, mode: str) -> None:
-        self.key_encoder.backbone.compile(mode=mode)
-        self.key_encoder.heads.compile(mode=mode)
+        self.key_encoder.backbone.compile(mode=mode, dynamic=False)
+        self.key_encoder.heads.compile(mode=mode, dynamic=False)
 
     def targets(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.key_encoder(views[-1]).float()

@@ -98,9 +98,11 @@ class ContrastiveModule(pl.LightningModule):
         shared = [f"branch.{name}" for name in self.branch.ddp_ignore()]
         self._ddp_params_and_buffers_to_ignore = [*shared, *unused]
         mode = compile_mode(cfg)
-        if mode is not None:  # in place: parameter names and checkpoints stay those of the plain modules
-            self.backbone.compile(mode=mode)
-            self.heads.compile(mode=mode)
+        # in place: parameter names and checkpoints stay those of the plain modules; dynamic=False: one static
+        # graph per shape (2B fused queries, B keys, the eval batch), never a dynamic-shape recompile
+        if mode is not None:
+            self.backbone.compile(mode=mode, dynamic=False)
+            self.heads.compile(mode=mode, dynamic=False)
             self.branch.compile_encoders(mode)
         # k-means + CLD are ~80 small kernels per step: compiled, they fuse into a few (launch-bound on GPUs)
         self.cld = CrossLevelLoss(
