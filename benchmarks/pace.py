@@ -27,9 +27,11 @@ MIN_EPOCHS = 3  # epochs between two records before a pace is trusted
 def epochs_logged(run: Path) -> int:
     """Epochs a run has finished by its CSV logs (rows with ``images_per_s``, one per epoch end, over
     every attempt; the logger flushes every 100 steps, so this lags by at most that)."""
-    return sum(
-        1 for part in (run / "logs").glob("version_*/metrics.csv") for row in csv.DictReader(open(part, newline="")) if row.get("images_per_s")
-    )
+    count = 0
+    for part in (run / "logs").glob("version_*/metrics.csv"):
+        with open(part, newline="") as handle:
+            count += sum(1 for row in csv.DictReader(handle) if row.get("images_per_s"))
+    return count
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     now = time.time()
     for run in args.runs:
         records = state["records"].setdefault(run, [])
-        done = epochs_logged(Path(run))
+        done = epochs_logged(Path(run))  # read while Lightning may rewrite the file: never less than before
+        done = max(done, records[-1][1]) if records else done
         if not records or records[-1][1] != done:  # a record per change: the pace spans whole epochs
             records.append([now, done])
     projections, stop = triage(state, args.runs, args.epochs, args.deadline, now, args.final_s, args.settle_s)

@@ -201,9 +201,12 @@ def measure_method(
 
 
 def median_row(measured: list[dict]) -> dict:
-    """The median round of a method (by step time), with every round's ms per step."""
+    """The median round of a method (by step time), with every round's ms per step and the parts run without
+    CUDA graphs in any round (Inductor names them when it compiles: in the first round)."""
     row = dict(sorted(measured, key=lambda r: r["ms_per_step"])[len(measured) // 2])
     row["rounds_ms_per_step"] = [r["ms_per_step"] for r in measured]
+    if "cudagraph_skips" in row:
+        row["cudagraph_skips"] = list(dict.fromkeys(skip for r in measured for skip in r["cudagraph_skips"]))
     return row
 
 

@@ -216,6 +216,24 @@ def test_pace_stops_the_least_important_run_when_one_would_be_late() -> None:
     assert triage(unmeasured, ["cld", "npid"], 100, 1.0, 40.0, 10.0, 60.0)[1] is None  # no pace, no verdict
 
 
+def test_pace_never_counts_fewer_epochs_than_before(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A metrics.csv read while Lightning rewrites it (a new column) can look shorter: the count stays."""
+    run = tmp_path / "cld"
+    (run / "logs" / "version_0").mkdir(parents=True)
+    (run / "logs" / "version_0" / "metrics.csv").write_text("epoch,images_per_s\n0,100\n")  # 1 epoch, read mid-rewrite
+    state = tmp_path / "pace.json"
+    state.write_text(json.dumps({"records": {str(run): [[0.0, 0], [50.0, 5]]}}))
+    assert load("pace").main([str(state), str(time.time() + 60.0), "200", str(run)]) == 0
+    assert json.loads(state.read_text())["records"][str(run)] == [[0.0, 0], [50.0, 5]]  # no record of 1 after 5
+
+
+def test_throughput_median_row_keeps_the_cudagraph_skips_of_every_round() -> None:
+    rounds = [{"ms_per_step": 30.0, "cudagraph_skips": ["skipping cudagraphs due to cpu device"]},  # round 1 compiled
+              {"ms_per_step": 10.0, "cudagraph_skips": []}, {"ms_per_step": 11.0, "cudagraph_skips": []}]  # fmt: skip
+    row = load("throughput").median_row(rounds)
+    assert row["ms_per_step"] == 11.0 and row["cudagraph_skips"] == ["skipping cudagraphs due to cpu device"]
+
+
 def test_pace_command_records_the_logs_and_measures_anew_after_a_stop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pace = load("pace")
     runs = [tmp_path / name for name in ("cld", "moco")]

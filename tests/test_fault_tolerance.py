@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import signal
 import time
@@ -152,6 +154,8 @@ def test_skip_nonfinite_skips_the_step_and_keeps_the_bank(tmp_path: Path, monkey
     assert saved["global_step"] == 6
     assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
     assert '"skipped_steps": 1' in (run_dir / "summary.json").read_text()
+    epoch_losses = [float(row["loss_epoch"]) for row in csv.DictReader(open(run_dir / "metrics.csv")) if row.get("loss_epoch")]
+    assert len(epoch_losses) == 3 and all(math.isfinite(loss) for loss in epoch_losses)  # the skipped step is out of the means
 
 
 def test_nonfinite_loss_from_the_cli_exits_2_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

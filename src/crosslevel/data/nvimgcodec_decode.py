@@ -5,8 +5,9 @@ so decoding takes nothing from training. torchvision's ``decode_jpeg(device="cud
 CUDA cores only.
 
 Optional: ``pip install nvidia-nvimgcodec-cu13 nvidia-nvjpeg`` (``-cu12`` for a CUDA 12 torch). The
-images come out planar RGB uint8 (3×H×W, EXIF orientation ignored as PIL and torchvision do) and reach
-torch through DLPack on the current stream, without a copy.
+images come out planar RGB uint8 (3×H×W, EXIF orientation ignored as PIL and torchvision do), reach torch
+through DLPack on the current stream and are copied there into torch's own memory (nvImageCodec frees
+its buffers on the decoding stream; torch's allocator keeps the copy for whichever stream uses it).
 """
 
 from __future__ import annotations
@@ -34,10 +35,13 @@ class NvImageCodecJpegs:
             self.codec = importlib.import_module("nvidia.nvimgcodec")
         except ImportError:
             raise CrossLevelError(f"gpu_decoder=nvimgcodec needs NVIDIA nvImageCodec: {INSTALL}; or gpu_decoder=torchvision") from None
-        self.params = self.codec.DecodeParams(
-            apply_exif_orientation=False, color_spec=self.codec.ColorSpec.SRGB, allow_any_depth=False,
-            sample_format=self.codec.SampleFormat.P_RGB,
-        )  # fmt: skip
+        try:
+            self.params = self.codec.DecodeParams(
+                apply_exif_orientation=False, color_spec=self.codec.ColorSpec.SRGB, allow_any_depth=False,
+                sample_format=self.codec.SampleFormat.P_RGB,
+            )  # fmt: skip
+        except (TypeError, AttributeError):  # before 0.9: no planar output
+            raise CrossLevelError(f"gpu_decoder=nvimgcodec needs nvImageCodec 0.9 or newer (planar RGB output): {INSTALL}") from None
         self.decoder: object | None = None
         self.device: torch.device | None = None
 
@@ -59,7 +63,9 @@ class NvImageCodecJpegs:
         stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
         streams = [self.codec.CodeStream(data.numpy()) for data in files]
         decoded = self._decoder_on(device).decode(streams, params=self.params, cuda_stream=stream)
+        # cloned into torch's memory, on this stream: nvImageCodec frees its own buffers (cudaFreeAsync on the
+        # decoding stream) when the image object goes, which record_stream cannot hold back for another stream
         return [
-            decode_one_jpeg(data, device, name) if image is None else torch.from_dlpack(image)
+            decode_one_jpeg(data, device, name) if image is None else torch.from_dlpack(image).clone()
             for image, data, name in zip(decoded, files, names)
         ]

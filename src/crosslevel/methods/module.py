@@ -223,11 +223,19 @@ class ContrastiveModule(pl.LightningModule):
             if self._skip_step:
                 self.branch.discard()
                 self._on_nonfinite(loss)
-        self._add_to_epoch({"loss_epoch": loss, **logs}, len(indices))
-        if self.trainer._logger_connector.should_update_logs:  # a step Lightning writes: self.log costs ~0.5 ms a value
-            self.log("loss_step", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(indices), sync_dist=True)
+        if not self._skip_step:  # a skipped step (skip_nonfinite) stays out of the epoch's means
+            self._add_to_epoch({"loss_epoch": loss, **logs}, len(indices))
+        if self._writes_logs():  # self.log costs ~0.5 ms a value: only where Lightning writes; this rank's value, no
+            # collective (the branch may differ between ranks when something sets trainer.should_stop on one)
+            self.log("loss_step", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(indices))
             self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=len(indices))
         return loss
+
+    def _writes_logs(self) -> bool:
+        """Whether Lightning writes this step's logged values (every ``log_every_n_steps``; every step when
+        this Lightning does not say)."""
+        connector = getattr(self.trainer, "_logger_connector", None)
+        return bool(getattr(connector, "should_update_logs", True))
 
     def _add_to_epoch(self, values: dict[str, torch.Tensor], batch_size: int) -> None:
         """Add a step's scalar ``values`` × ``batch_size`` to the epoch's sums, on the device (no host sync)."""
