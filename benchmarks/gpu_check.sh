@@ -30,7 +30,8 @@
 # (.gpu-data/ is git-ignored; carry it along with the repository.)
 #
 # Run from the repository root:  bash benchmarks/gpu_check.sh
-# Results (7 files; JSON written as each measurement ends) go to $OUT (default gpu-check-out/).
+# Results (3 files and 2 a trained preset: 7 with the default TRAIN; a lent machine returns at most 8, and
+# summary.txt has the figures of all of them; JSON written as each measurement ends) go to $OUT (default gpu-check-out/).
 # Dry run on a CPU (a few minutes on 2 cores), from the repository root:
 #   DEVICE=cpu PYTHON=.venv/bin/python SPEED_FLAGS= TRAIN_SPEED= BACKBONE=smallcnn WIDTH=8 BATCH=64 STEPS=2 WARMUP=1 \
 #   REPEATS=2 TRAIN_SIZE=2000 \

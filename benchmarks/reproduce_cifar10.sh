@@ -19,8 +19,9 @@
 # (a machine that is handed back loses it).
 # Data: DATA_DIR with cifar-10-batches-py/, else unpacked from PACKED (made beforehand with
 #   python benchmarks/cifar_pack.py pack ../shared/data/cifar10 .gpu-data/cifar10-jpeg.npz).
-# Results in $OUT (default reproduce-out/): table.md, each run's summary.json, metrics.csv and
-# training-curve PNG (from `crosslevel plot`), the log.
+# Results in $OUT (default reproduce-out/): table.md, reproduce.log and runs.tar.gz: each run's folder
+# (train.log, summary.json, metrics.csv, curves.png from `crosslevel plot`) and pace.json, in one archive
+# because a lent GPU machine returns at most 8 files (BUNDLE=0 leaves the folders as they are).
 # Dry run on a CPU (about 2 minutes), from the repository root:
 #   DEVICE=cpu PYTHON=.venv/bin/python METHODS="cld npid-1view" EPOCHS=2 EVAL_EVERY=1 DATA_DIR=/tmp/tiny-cifar \
 #   EXTRA="backbone=smallcnn width=8 batch_size=64 num_groups=32 train_subset=512 test_subset=256 \
@@ -35,6 +36,7 @@ EVAL_EVERY=${EVAL_EVERY:-10}
 TOTAL_S=${TOTAL_S:-0}  # 0: no limit
 RESERVE_S=${RESERVE_S:-60}  # kept for the checkpoints, plots and the table
 POLL_S=${POLL_S:-15}
+BUNDLE=${BUNDLE:-1}  # 1: each run's files in $OUT/runs.tar.gz (a lent GPU machine returns at most 8 files); 0: as folders
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-20}  # epochs between periodic checkpoints (~115 MB, ~0.3 s each)
 SPEED=${SPEED-augment_device=device precision=bf16-mixed channels_last=true fused_views=true cuda_graphs=true}
 EXTRA=${EXTRA:-}
@@ -47,16 +49,18 @@ LOG="$OUT/reproduce.log"
 START=$SECONDS
 
 report() {  # plots, copies and the table, from whatever the runs hold
-  local runs=()
+  local runs=() kept=()
   for method in $METHODS; do
     [ -f "$RUNS/$method/config.json" ] || continue
     runs+=("$RUNS/$method")
-    if [ -f "$RUNS/$method/metrics.csv" ] && [ ! "$OUT/${method}_curves.png" -nt "$RUNS/$method/metrics.csv" ]; then
+    mkdir -p "$OUT/$method"
+    kept+=("$method")
+    if [ -f "$RUNS/$method/metrics.csv" ]; then
       timeout -k 10 120 "$PYTHON" -m crosslevel plot "$RUNS/$method" --data "$DATA_DIR" >>"$LOG" 2>&1 &&
-        cp "$RUNS/$method/plots/training_curves.png" "$OUT/${method}_curves.png"
-      cp "$RUNS/$method/metrics.csv" "$OUT/${method}_metrics.csv"
+        cp "$RUNS/$method/plots/training_curves.png" "$OUT/$method/curves.png"
+      cp "$RUNS/$method/metrics.csv" "$OUT/$method/metrics.csv"
     fi
-    cp "$RUNS/$method/summary.json" "$OUT/${method}_summary.json" 2>/dev/null
+    cp "$RUNS/$method/summary.json" "$OUT/$method/summary.json" 2>/dev/null
   done
   echo
   echo "==================== paper vs crosslevel: CIFAR-10, kNN top-1 (k = 200, f_I) ===================="
@@ -64,6 +68,10 @@ report() {  # plots, copies and the table, from whatever the runs hold
   "$PYTHON" -c 'import datetime, torch; print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
 "| torch", torch.__version__, "|", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))' | tee -a "$OUT/table.md"
   echo "settings: presets as shipped, epochs=$EPOCHS eval_every=$EVAL_EVERY $SPEED $EXTRA" | tee -a "$OUT/table.md"
+  if [ "$BUNDLE" = 1 ] && [ ${#kept[@]} -gt 0 ]; then  # one archive: a lent machine returns at most 8 files
+    tar -czf "$OUT/runs.tar.gz" -C "$OUT" "${kept[@]}" $([ -f "$OUT/pace.json" ] && echo pace.json) &&
+      (cd "$OUT" && rm -rf "${kept[@]}" pace.json)
+  fi
 }
 trap report EXIT
 trap 'exit 143' TERM INT
@@ -97,12 +105,13 @@ for method in $METHODS; do
           name="$method" $EXTRA)
   fi
   echo "$method: crosslevel train ${what[*]}" | tee -a "$LOG"
+  mkdir -p "$OUT/$method"
   if [ "$TOTAL_S" -gt 0 ]; then
     limit=$((DEADLINE - $(date +%s)))
     [ "$limit" -gt 10 ] || { echo "$method: no time left" | tee -a "$LOG"; continue; }
-    timeout -k 60 "$limit" "$PYTHON" -m crosslevel train "${what[@]}" >>"$OUT/$method.log" 2>&1 &
+    timeout -k 60 "$limit" "$PYTHON" -m crosslevel train "${what[@]}" >>"$OUT/$method/train.log" 2>&1 &
   else
-    "$PYTHON" -m crosslevel train "${what[@]}" >>"$OUT/$method.log" 2>&1 &
+    "$PYTHON" -m crosslevel train "${what[@]}" >>"$OUT/$method/train.log" 2>&1 &
   fi
   pids+=($!)
   launched+=("$method")
@@ -144,7 +153,7 @@ for i in "${!pids[@]}"; do
   case $status in
     0) note="done" ;;
     124) note="stopped at TOTAL_S: resumable checkpoint in $RUNS/${launched[$i]} (run the script again)" ;;
-    *) note="failed: see $OUT/${launched[$i]}.log" ;;
+    *) note="failed: see ${launched[$i]}/train.log (in $OUT, or in $OUT/runs.tar.gz)" ;;
   esac
   [ -n "${stopped[$i]:-}" ] && note="stopped to let the runs before it finish: resumable checkpoint in $RUNS/${launched[$i]}"
   echo "train ${launched[$i]}: exit $status, $note" | tee -a "$LOG"
