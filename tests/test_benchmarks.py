@@ -332,3 +332,12 @@ def test_simclr_cld_study_reads_finished_runs_and_prints_the_differences(tmp_pat
     assert "| lambda0.5 | cld_weight=0.5 | 0,1 | 41.50 / 38.50 (40.00) | 89.00 | +1.00 |" in printed
     with pytest.raises(SystemExit):
         study.main(["--data", str(tmp_path), "--cells", "lambda7"])
+
+
+def test_host_overhead_measures_logging_test_batches_and_a_checkpoint_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "host.json"
+    assert load("host_overhead").main(["--calls", "20", "--images", "300", "--checkpoint-mb", "2", "--repeats", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["log_us_per_call"] > result["result_metric_to_us"] > 0 and len(result["checkpoint_write_s"]) == 2
+    assert result["image_by_image_s"] > 0 and result["whole_batches_s"] > 0
+    assert "self.log:" in capsys.readouterr().out

@@ -201,39 +201,40 @@ def lightning_output(verbose: bool) -> Iterator[None]:
 
 
 class _CudagraphSkips(logging.Handler):
-    """Keeps Inductor's "skipping cudagraphs due to ..." warnings, one line each: the reason and, when
-    the warning names one, the innermost source line it was found from."""
+    """Adds Inductor's "skipping cudagraphs due to ..." warnings to ``reasons``, once each, one line each:
+    the reason and, when the warning names one, the innermost source line it was found from."""
 
-    def __init__(self) -> None:
+    def __init__(self, reasons: list[str]) -> None:
         super().__init__(logging.WARNING)
-        self.reasons: dict[str, None] = {}  # in order, once each
+        self.reasons = reasons
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         if message.startswith("skipping cudagraphs"):
             reason, _, trace = message.partition(". Found from")
             frames = [line.strip() for line in trace.splitlines() if line.strip().startswith("File ")]
-            self.reasons[f"{reason.strip()} ({frames[-1]})" if frames else reason.strip()] = None
+            line = f"{reason.strip()} ({frames[-1]})" if frames else reason.strip()
+            if line not in self.reasons:
+                self.reasons.append(line)
 
 
 @contextmanager
 def recording_cudagraph_skips(enabled: bool = True) -> Iterator[list[str]]:
-    """The compiled parts Inductor ran without CUDA graphs (kernel by kernel) while the block ran, as it
-    said why (torch prints the same warnings): the list yielded holds them once the block has ended.
-    ``enabled`` False records nothing (and imports no part of Inductor)."""
+    """The compiled parts Inductor runs without CUDA graphs (kernel by kernel) while the block runs, as it
+    says why (torch prints the same warnings), in the list yielded. ``enabled`` False records nothing (and
+    imports no part of Inductor)."""
     reasons: list[str] = []
     if not enabled:
         yield reasons
         return
     from torch._inductor.cudagraph_utils import cudagraphs_log
 
-    handler = _CudagraphSkips()
+    handler = _CudagraphSkips(reasons)
     cudagraphs_log.addHandler(handler)
     try:
         yield reasons
     finally:
         cudagraphs_log.removeHandler(handler)
-        reasons.extend(handler.reasons)
 
 
 def train(cfg: Config, verbose: bool = False) -> tuple[Path, dict[str, float] | None]:

@@ -257,13 +257,12 @@ class JpegViews(nn.Module):
 
 @dataclass(frozen=True)
 class DecodedBatch:
-    """A batch decoded ahead: ``images`` B uint8 3×H×W on the decoding device, ``indices`` long B, ``names``;
-    ``ready``: the CUDA event after which the images are there (None: decoded synchronously, on the CPU).
-    Lightning moves it with :meth:`to`, which moves the indices only."""
+    """A batch decoded ahead: ``images`` B uint8 3×H×W on the decoding device, ``indices`` long B; ``ready``:
+    the CUDA event after which the images are there (None: decoded synchronously, on the CPU). Lightning
+    moves it with :meth:`to`, which moves the indices only."""
 
     images: list[torch.Tensor]
     indices: torch.Tensor
-    names: tuple[str, ...]
     ready: torch.cuda.Event | None = None
 
     @property
@@ -328,11 +327,11 @@ class DecodeAhead:
     def _start(self, batch: EncodedBatch, device: torch.device) -> DecodedBatch:
         """Queue the decode of ``batch`` on the side stream (CUDA), or decode it now (CPU)."""
         if device.type != "cuda":
-            return DecodedBatch(self.views.decode_files(batch, device), batch.indices, batch.names)
+            return DecodedBatch(self.views.decode_files(batch, device), batch.indices)
         if self.stream is None:
             self.stream = torch.cuda.Stream(device)
         with torch.cuda.stream(self.stream):  # reads host bytes only: nothing to wait for on the training stream
             images = self.views.decode_files(batch, device)
             ready = torch.cuda.Event()
             ready.record(self.stream)
-        return DecodedBatch(images, batch.indices, batch.names, ready)
+        return DecodedBatch(images, batch.indices, ready)

@@ -126,7 +126,8 @@ class LabelledBatches(Dataset):
     """Whole batches of in-memory images already at the test size with the test transform's last steps
     (to float in [0, 1], normalised), indexed by a list of image indices: the tensors
     :class:`LabelledDataset` gives image by image when its resize and crop leave the images as they are
-    (a kNN pass over CIFAR-10's 60,000 images: ~0.3 s instead of ~6.6 s of a CPU core)."""
+    (a kNN pass over CIFAR-10's 60,000 images: ~0.8 s instead of ~8 s on one CPU thread,
+    ``benchmarks/host_overhead.py``)."""
 
     def __init__(self, images: InMemoryImages, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         self.images = images
