@@ -12,9 +12,11 @@
 # every POLL_S seconds benchmarks/pace.py measures each run's pace on the shared card and projects its
 # end; when one would miss the deadline the last run still training in METHODS' order is stopped
 # (SIGTERM: a resumable checkpoint), which gives the others its share of the card, until the rest fit
-# (never the last one). A run still going at TOTAL_S gets SIGTERM too. Running the script again with
-# the same RUNS resumes every unfinished run where it stopped (resume=RUNS/<method>) and leaves
-# finished ones alone. A checkpoint of one run is ~115 MB (weights, SGD momentum, the 50,000 x 128
+# (never the last one). A run still going at TOTAL_S gets SIGTERM too. A run that fails is tried once
+# more with FALLBACK on top of SPEED (default, with cuda_graphs=true in SPEED: cuda_graphs=false
+# compile=true), from its checkpoint or afresh, so that CUDA graphs failing on a card cost the call
+# minutes, not the whole call. Running the script again with the same RUNS resumes every unfinished
+# run where it stopped (resume=RUNS/<method>) and leaves finished ones alone. A checkpoint of one run is ~115 MB (weights, SGD momentum, the 50,000 x 128
 # bank), written every CHECKPOINT_EVERY epochs and at every stop: RUNS must persist between the calls
 # (a machine that is handed back loses it).
 # Data: DATA_DIR with cifar-10-batches-py/, else unpacked from PACKED (made beforehand with
@@ -39,6 +41,8 @@ POLL_S=${POLL_S:-15}
 BUNDLE=${BUNDLE:-1}  # 1: each run's files in $OUT/runs.tar.gz (a lent GPU machine returns at most 8 files); 0: as folders
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-20}  # epochs between periodic checkpoints (~115 MB, ~0.3 s each)
 SPEED=${SPEED-augment_device=device precision=bf16-mixed channels_last=true fused_views=true cuda_graphs=true}
+# keys for one more try of a run that fails under SPEED (from its checkpoint, or afresh); empty: no retry
+FALLBACK=${FALLBACK-$([[ " $SPEED " == *" cuda_graphs=true "* ]] && echo "cuda_graphs=false compile=true")}
 EXTRA=${EXTRA:-}
 PACKED=${PACKED:-.gpu-data/cifar10-jpeg.npz}
 DATA_DIR=${DATA_DIR:-/tmp/crosslevel-cifar10}
@@ -47,6 +51,8 @@ export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$RUNS"
 LOG="$OUT/reproduce.log"
 START=$SECONDS
+
+pids=() launched=() status=() stopped=() retried=()  # per run; stopped: 1 where pace.py stopped it
 
 report() {  # plots, copies and the table, from whatever the runs hold
   local runs=() kept=()
@@ -68,6 +74,9 @@ report() {  # plots, copies and the table, from whatever the runs hold
   "$PYTHON" -c 'import datetime, torch; print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
 "| torch", torch.__version__, "|", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))' | tee -a "$OUT/table.md"
   echo "settings: presets as shipped, epochs=$EPOCHS eval_every=$EVAL_EVERY $SPEED $EXTRA" | tee -a "$OUT/table.md"
+  local i again=()
+  for i in "${!retried[@]}"; do again+=("${launched[$i]}"); done
+  [ ${#again[@]} -gt 0 ] && echo "tried again with $FALLBACK after failing under these settings: ${again[*]}" | tee -a "$OUT/table.md"
   if [ "$BUNDLE" = 1 ] && [ ${#kept[@]} -gt 0 ]; then  # one archive: a lent machine returns at most 8 files
     tar -czf "$OUT/runs.tar.gz" -C "$OUT" "${kept[@]}" $([ -f "$OUT/pace.json" ] && echo pace.json) &&
       (cd "$OUT" && rm -rf "${kept[@]}" pace.json)
@@ -90,45 +99,69 @@ if [ ! -f "$DATA_DIR/cifar-10-batches-py/test_batch" ]; then
   "$PYTHON" benchmarks/cifar_pack.py unpack "$PACKED" "$DATA_DIR" 2>&1 | tee -a "$LOG" || exit 1
 fi
 
-pids=()
-launched=()
 DEADLINE=$(($(date +%s) + TOTAL_S - (SECONDS - START) - RESERVE_S))  # unix time the runs must end by (TOTAL_S > 0)
-for method in $METHODS; do
-  if [ -f "$RUNS/$method/summary.json" ]; then
-    echo "$method: finished earlier ($RUNS/$method)" | tee -a "$LOG"
-    continue
-  elif [ -f "$RUNS/$method/checkpoints/last.ckpt" ]; then
-    what=(resume="$RUNS/$method" --data "$DATA_DIR")
+
+launch() {  # launch I METHOD [KEY=VALUE ...]: start run I of METHOD in the background, from its checkpoint if it has one
+  local i=$1 method=$2 limit what
+  shift 2
+  if [ -f "$RUNS/$method/checkpoints/last.ckpt" ]; then
+    what=(resume="$RUNS/$method" --data "$DATA_DIR" "$@")
   else
     what=(--config "cifar10-$method" --data "$DATA_DIR" epochs="$EPOCHS" eval_every="$EVAL_EVERY" $SPEED
           checkpoint_every="$CHECKPOINT_EVERY" accelerator="$ACCELERATOR" workers=0 progress=false out="$RUNS"
-          name="$method" $EXTRA)
+          name="$method" $EXTRA "$@")
   fi
   echo "$method: crosslevel train ${what[*]}" | tee -a "$LOG"
   mkdir -p "$OUT/$method"
   if [ "$TOTAL_S" -gt 0 ]; then
     limit=$((DEADLINE - $(date +%s)))
-    [ "$limit" -gt 10 ] || { echo "$method: no time left" | tee -a "$LOG"; continue; }
+    [ "$limit" -gt 10 ] || { echo "$method: no time left" | tee -a "$LOG"; return 1; }
     timeout -k 60 "$limit" "$PYTHON" -m crosslevel train "${what[@]}" >>"$OUT/$method/train.log" 2>&1 &
   else
     "$PYTHON" -m crosslevel train "${what[@]}" >>"$OUT/$method/train.log" 2>&1 &
   fi
-  pids+=($!)
-  launched+=("$method")
+  pids[$i]=$!
+}
+
+retry() {  # retry I: run I failed under SPEED; once, with FALLBACK on top (from its checkpoint, else afresh)
+  local i=$1 method=${launched[$1]}
+  [ -n "$FALLBACK" ] && [ -z "${retried[$i]:-}" ] && [ -z "${stopped[$i]:-}" ] || return 1
+  retried[$i]=1
+  echo "$method: failed (exit ${status[$i]}; last line of its log: $(tail -n 1 "$OUT/$method/train.log"))," \
+    "trying again with $FALLBACK" | tee -a "$LOG"
+  if [ ! -f "$RUNS/$method/checkpoints/last.ckpt" ] && [ -d "$RUNS/$method" ]; then  # nothing to resume: start afresh
+    rm -rf "$RUNS/$method.failed" && mv "$RUNS/$method" "$RUNS/$method.failed"
+  fi
+  echo "==== tried again with $FALLBACK ====" >>"$OUT/$method/train.log"
+  launch "$i" "$method" $FALLBACK && unset "status[$i]"
+}
+
+for method in $METHODS; do
+  if [ -f "$RUNS/$method/summary.json" ]; then
+    echo "$method: finished earlier ($RUNS/$method)" | tee -a "$LOG"
+    continue
+  fi
+  i=${#launched[@]}
+  launched[$i]=$method
+  launch "$i" "$method" || unset "launched[$i]"
 done
 
-stopped=()  # 1 where pace.py stopped the run to let the ones before it finish
-if [ "$TOTAL_S" -gt 0 ] && [ ${#pids[@]} -gt 1 ]; then
-  rm -f "$OUT/pace.json"
-  while :; do
-    alive=() alive_runs=()
-    for i in "${!pids[@]}"; do
-      if kill -0 "${pids[$i]}" 2>/dev/null && [ -z "${stopped[$i]:-}" ]; then
-        alive+=("$i")
-        alive_runs+=("$RUNS/${launched[$i]}")
-      fi
-    done
-    [ ${#alive[@]} -gt 0 ] || break
+[ "$TOTAL_S" -gt 0 ] && [ ${#launched[@]} -gt 1 ] && rm -f "$OUT/pace.json" && triaging=1 || triaging=
+while :; do  # until every run has ended: retries of failed runs and (TOTAL_S, several runs) the pace triage
+  alive=() alive_runs=() running=0
+  for i in "${!launched[@]}"; do
+    [ -n "${status[$i]:-}" ] && continue
+    if kill -0 "${pids[$i]}" 2>/dev/null; then
+      running=1
+      [ -z "${stopped[$i]:-}" ] && alive+=("$i") && alive_runs+=("$RUNS/${launched[$i]}")
+      continue
+    fi
+    wait "${pids[$i]}"
+    status[$i]=$?
+    case ${status[$i]} in 0 | 124) ;; *) retry "$i" && running=1 ;; esac
+  done
+  [ "$running" = 1 ] || break
+  if [ -n "$triaging" ] && [ ${#alive[@]} -gt 0 ]; then
     paces=$("$PYTHON" benchmarks/pace.py "$OUT/pace.json" "$DEADLINE" "$EPOCHS" "${alive_runs[@]}" 2>&1)
     sed "s/^/[$((SECONDS - START)) s] /" <<<"$paces" >>"$LOG"
     stop=$(sed -n "s/^stop: //p" <<<"$paces")
@@ -140,21 +173,21 @@ if [ "$TOTAL_S" -gt 0 ] && [ ${#pids[@]} -gt 1 ]; then
         stopped[$i]=1
       fi
     done
-    for ((waited = 0; waited < POLL_S; waited++)); do  # back at once when the last run ends
-      sleep 1
-      for i in "${alive[@]}"; do kill -0 "${pids[$i]}" 2>/dev/null && continue 2; done
-      break
+  fi
+  for ((waited = 0; waited < POLL_S; waited++)); do  # back at once when a run ends
+    sleep 1
+    for i in "${!launched[@]}"; do
+      [ -z "${status[$i]:-}" ] && ! kill -0 "${pids[$i]}" 2>/dev/null && break 2
     done
   done
-fi
-for i in "${!pids[@]}"; do
-  wait "${pids[$i]}"
-  status=$?
-  case $status in
+done
+for i in "${!launched[@]}"; do
+  case ${status[$i]} in
     0) note="done" ;;
     124) note="stopped at TOTAL_S: resumable checkpoint in $RUNS/${launched[$i]} (run the script again)" ;;
     *) note="failed: see ${launched[$i]}/train.log (in $OUT, or in $OUT/runs.tar.gz)" ;;
   esac
   [ -n "${stopped[$i]:-}" ] && note="stopped to let the runs before it finish: resumable checkpoint in $RUNS/${launched[$i]}"
-  echo "train ${launched[$i]}: exit $status, $note" | tee -a "$LOG"
+  [ -n "${retried[$i]:-}" ] && note="$note (with $FALLBACK after a failure under SPEED)"
+  echo "train ${launched[$i]}: exit ${status[$i]}, $note" | tee -a "$LOG"
 done

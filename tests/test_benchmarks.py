@@ -183,6 +183,23 @@ def test_reproduce_dry_run_prints_the_paper_table_and_leaves_finished_runs_alone
     assert "cld: finished earlier" in second.stdout and "crosslevel train" not in second.stdout
 
 
+@pytest.mark.slow
+def test_reproduce_tries_a_failed_run_once_more_with_the_fallback_keys(tmp_path: Path) -> None:
+    """A run that fails under SPEED (here: a learning rate that makes the loss non-finite in the first epoch,
+    as a CUDA-graph failure would end it) trains again with FALLBACK on top, and the table says so."""
+    from conftest import write_cifar10
+
+    tiny = "backbone=smallcnn width=4 feature_dim=16 batch_size=32 num_groups=4 nce_negatives=16 knn_k=5"
+    env = {"DEVICE": "cpu", "METHODS": "cld", "EPOCHS": "1", "EVAL_EVERY": "1", "SPEED": "base_lr=1e30", "FALLBACK": "base_lr=0.03",
+           "EXTRA": tiny, "TOTAL_S": "240", "POLL_S": "1", "DATA_DIR": str(write_cifar10(tmp_path / "data", per_batch=40))}  # fmt: skip
+    result = run_reproduce(tmp_path, **env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "cld: failed (exit 2; last line of its log: crosslevel: error: the loss became non-finite" in result.stdout
+    assert "train cld: exit 0, done (with base_lr=0.03 after a failure under SPEED)" in result.stdout
+    assert "| CLD | `cifar10-cld` | 1/1 |" in result.stdout
+    assert "tried again with base_lr=0.03 after failing under these settings: cld" in (tmp_path / "out" / "table.md").read_text()
+
+
 def test_paper_table_reads_an_unfinished_run_from_its_logs(tmp_path: Path) -> None:
     run = tmp_path / "cld"
     (run / "logs" / "version_0").mkdir(parents=True)

@@ -170,6 +170,22 @@ def test_parts_run_without_cuda_graphs_are_named_at_the_end_and_in_the_summary(t
     assert skips == []
 
 
+def test_skips_counted_without_a_warning_are_reported_as_unexplained() -> None:
+    """Some torch versions count a skipped graph without warning (or warn on another logger): the counter's
+    excess over the warnings seen becomes one line; a warned skip is not counted twice."""
+    from torch._dynamo.utils import counters
+    from torch._inductor.cudagraph_utils import log_cudagraph_skip_and_bump_counter
+
+    with training.recording_cudagraph_skips() as skips:
+        log_cudagraph_skip_and_bump_counter("skipping cudagraphs due to cpu device (arg1_1)")
+        counters["inductor"]["cudagraph_skips"] += 2
+    assert skips == ["skipping cudagraphs due to cpu device (arg1_1)",
+                     "2 skip(s) counted by Inductor without a warning (TORCH_LOGS=perf_hints,cudagraphs may name them)"]  # fmt: skip
+    with training.recording_cudagraph_skips() as skips:
+        log_cudagraph_skip_and_bump_counter("skipping cudagraphs due to cpu device (arg1_1)")
+    assert skips == ["skipping cudagraphs due to cpu device (arg1_1)"]
+
+
 def test_a_non_finite_loss_under_cuda_graphs_stops_before_any_checkpoint_holds_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(module_file, "compile_mode", lambda cfg: None)
     monkeypatch.setattr(datamodule_file, "compile_mode", lambda cfg: None)

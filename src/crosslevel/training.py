@@ -202,15 +202,18 @@ def lightning_output(verbose: bool) -> Iterator[None]:
 
 class _CudagraphSkips(logging.Handler):
     """Adds Inductor's "skipping cudagraphs due to ..." warnings to ``reasons``, once each, one line each:
-    the reason and, when the warning names one, the innermost source line it was found from."""
+    the reason and, when the warning names one, the innermost source line it was found from. ``seen``
+    counts the warnings, repeats included."""
 
     def __init__(self, reasons: list[str]) -> None:
         super().__init__(logging.WARNING)
         self.reasons = reasons
+        self.seen = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         if message.startswith("skipping cudagraphs"):
+            self.seen += 1
             reason, _, trace = message.partition(". Found from")
             frames = [line.strip() for line in trace.splitlines() if line.strip().startswith("File ")]
             line = f"{reason.strip()} ({frames[-1]})" if frames else reason.strip()
@@ -221,20 +224,30 @@ class _CudagraphSkips(logging.Handler):
 @contextmanager
 def recording_cudagraph_skips(enabled: bool = True) -> Iterator[list[str]]:
     """The compiled parts Inductor runs without CUDA graphs (kernel by kernel) while the block runs, as it
-    says why (torch prints the same warnings), in the list yielded. ``enabled`` False records nothing (and
-    imports no part of Inductor)."""
+    says why (torch prints the same warnings), in the list yielded. Torch versions differ in the logger
+    they warn on (``cudagraphs``, older ones ``perf_hints``) and some count a skip without a warning;
+    Inductor's skip counter catches those: one line says how many went unexplained. ``enabled`` False
+    records nothing (and imports no part of Inductor)."""
     reasons: list[str] = []
     if not enabled:
         yield reasons
         return
-    from torch._inductor.cudagraph_utils import cudagraphs_log
+    from torch._dynamo.utils import counters
+    from torch._inductor import cudagraph_utils
 
     handler = _CudagraphSkips(reasons)
-    cudagraphs_log.addHandler(handler)
+    loggers = [getattr(cudagraph_utils, name) for name in ("cudagraphs_log", "perf_hint_log") if hasattr(cudagraph_utils, name)]
+    counted_before = counters["inductor"]["cudagraph_skips"]
+    for logger in loggers:
+        logger.addHandler(handler)
     try:
         yield reasons
     finally:
-        cudagraphs_log.removeHandler(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
+        unexplained = counters["inductor"]["cudagraph_skips"] - counted_before - handler.seen
+        if unexplained > 0:
+            reasons.append(f"{unexplained} skip(s) counted by Inductor without a warning (TORCH_LOGS=perf_hints,cudagraphs may name them)")
 
 
 def train(cfg: Config, verbose: bool = False) -> tuple[Path, dict[str, float] | None]:
