@@ -26,8 +26,8 @@
 # because a lent GPU machine returns at most 8 files (BUNDLE=0 leaves the folders as they are).
 # Dry run on a CPU (about 2 minutes), from the repository root:
 #   DEVICE=cpu PYTHON=.venv/bin/python METHODS="cld npid-1view" EPOCHS=2 EVAL_EVERY=1 DATA_DIR=/tmp/tiny-cifar \
-#   EXTRA="backbone=smallcnn width=8 batch_size=64 num_groups=32 train_subset=512 test_subset=256 \
-#   nce_negatives=64" SPEED="augment_device=device" bash benchmarks/reproduce_cifar10.sh
+#   EXTRA="backbone=smallcnn width=8 batch_size=64 num_groups=32 train_subset=512 test_subset=256" \
+#   SPEED="augment_device=device" bash benchmarks/reproduce_cifar10.sh
 set -uo pipefail
 OUT=${OUT:-reproduce-out}
 PYTHON=${PYTHON:-python3}

@@ -166,7 +166,7 @@ def test_reproduce_stops_at_once_without_cuda(tmp_path: Path) -> None:
 def test_reproduce_dry_run_prints_the_paper_table_and_leaves_finished_runs_alone(tmp_path: Path) -> None:
     from conftest import write_cifar10
 
-    tiny = "backbone=smallcnn width=4 feature_dim=16 batch_size=32 num_groups=4 nce_negatives=16 knn_k=5"
+    tiny = "backbone=smallcnn width=4 feature_dim=16 batch_size=32 num_groups=4 knn_k=5"
     env = {"DEVICE": "cpu", "METHODS": "cld npid-1view", "EPOCHS": "1", "EVAL_EVERY": "1", "SPEED": "", "EXTRA": tiny,
            "DATA_DIR": str(write_cifar10(tmp_path / "data", per_batch=40))}  # fmt: skip
     first = run_reproduce(tmp_path, **env)
@@ -189,7 +189,7 @@ def test_reproduce_tries_a_failed_run_once_more_with_the_fallback_keys(tmp_path:
     as a CUDA-graph failure would end it) trains again with FALLBACK on top, and the table says so."""
     from conftest import write_cifar10
 
-    tiny = "backbone=smallcnn width=4 feature_dim=16 batch_size=32 num_groups=4 nce_negatives=16 knn_k=5"
+    tiny = "backbone=smallcnn width=4 feature_dim=16 batch_size=32 num_groups=4 knn_k=5"
     env = {"DEVICE": "cpu", "METHODS": "cld", "EPOCHS": "1", "EVAL_EVERY": "1", "SPEED": "base_lr=1e30", "FALLBACK": "base_lr=0.03",
            "EXTRA": tiny, "TOTAL_S": "240", "POLL_S": "1", "DATA_DIR": str(write_cifar10(tmp_path / "data", per_batch=40))}  # fmt: skip
     result = run_reproduce(tmp_path, **env)
@@ -210,7 +210,7 @@ def test_paper_table_reads_an_unfinished_run_from_its_logs(tmp_path: Path) -> No
     (row,) = [load("paper_table").row(run)]
     assert row["epochs"] == "30/200" and row["final"] == 86.0 and (row["best"], row["best_epoch"]) == (86.25, 20)
     assert row["method"] == "CLD" and row["paper"] == 86.7 and row["median_epoch_s"] == pytest.approx(2.0)
-    assert "| CLD | `cifar10-cld` | 30/200 | 86.00 | 86.25 (20) | 86.7 | -0.70 | 2.00 |" in load("paper_table").table([row])
+    assert "| CLD | `cifar10-cld` | 30/200 | 86.00 | 86.25 (20) | 86.7 | -0.70 | -0.45 | 2.00 |" in load("paper_table").table([row])
 
 
 def test_pace_is_measured_past_the_compiling_epoch_and_projects_the_end() -> None:

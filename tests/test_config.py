@@ -95,6 +95,25 @@ def test_global_scope_allows_more_groups_than_one_device_holds() -> None:
         check_groups(unknown, 1)
 
 
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["lr_schedule=step"], "lr_schedule=step needs lr_milestones=F1,F2,...: increasing fractions of the epochs between 0 and 1"),
+        (["lr_schedule=step", "lr_milestones=120,160"], "got '120,160'"),
+        (["lr_schedule=step", "lr_milestones=0.8,0.6"], "got '0.8,0.6'"),
+        (["lr_schedule=step", "lr_milestones=half"], "got 'half'"),
+        (["lr_milestones=0.6"], "lr_milestones=0.6 are read with lr_schedule=step only (got lr_schedule=cosine)"),
+        (["lr_schedule=exponential"], "'lr_schedule' must be one of cosine, step"),
+        (["lr_schedule=step", "lr_milestones=0.5", "lr_gamma=2"], "'lr_gamma' must be <= 1"),
+        (["flip=1.5"], "'flip' must be <= 1"),
+    ],
+)
+def test_the_step_schedule_and_flip_are_checked(overrides: list[str], message: str) -> None:
+    with pytest.raises(CrossLevelError) as err:
+        apply_overrides(load_preset("digits-cld"), overrides)
+    assert message in str(err.value)
+
+
 @pytest.mark.parametrize("devices", ["auto", "-1", "1", "4", "0,1", "1,", "0,1,"])
 def test_device_forms_lightning_accepts(devices: str) -> None:
     assert apply_overrides(load_preset("digits-cld"), [f"devices={devices}"]).devices == devices

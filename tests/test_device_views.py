@@ -155,6 +155,22 @@ def test_blur_zero_means_no_blur_on_both_paths() -> None:
         assert augment.sample(1000, 32, 32, torch.Generator().manual_seed(11))["blur"].float().mean() == blur
 
 
+def test_flip_sets_both_paths_and_the_original_npid_preset_never_mirrors() -> None:
+    """``flip`` is the mirror probability of the cifar and v2 recipes on the CPU and on the device;
+    ``cifar10-npid-1view`` (NPID's own CIFAR script) has none, CLD's recipe 0.5."""
+    steps = view_transform("cifar", 32, 3, CIFAR_MEAN, CIFAR_STD, flip=0.0).transforms
+    assert not any(isinstance(step, v2.RandomHorizontalFlip) for step in steps)
+    (mirror,) = [step for step in view_transform("v2", 32, 3, CIFAR_MEAN, CIFAR_STD, flip=0.3).transforms if isinstance(step, v2.RandomHorizontalFlip)]
+    assert mirror.p == 0.3
+    images = InMemoryImages(smooth_images(8).permute(0, 2, 3, 1).numpy(), np.zeros(8, dtype=np.int64), (), CIFAR_MEAN, CIFAR_STD)
+    for preset, rate in (("cifar10-npid-1view", 0.0), ("cifar10-cld", 0.5)):
+        cfg = apply_overrides(load_preset(preset), ["data=unused", "augment_device=device"])
+        augment = device_views(cfg, images).augment
+        assert cfg.flip == augment.recipe.flip_p == rate
+        flipped = augment.sample(2000, 32, 32, torch.Generator().manual_seed(11))["flip"].float().mean()
+        assert flipped == 0.0 if rate == 0 else abs(flipped - rate) < 0.05
+
+
 def test_erasing_sampler_has_torchvision_distribution() -> None:
     torch.manual_seed(12)
     reference = v2.RandomErasing(p=1.0)

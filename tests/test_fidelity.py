@@ -169,8 +169,11 @@ def test_one_view_needs_plain_npid(extra: list[str]) -> None:
 REFERENCE_PRESETS = {
     # preset: {key: the reference's value}
     "cifar10-cld": {"conv_init": "pytorch", "normlinear": False, "batch_size": 256, "num_groups": 128, "npid_views": 2, "warmup_start": 0.01},
-    "cifar10-npid-1view": {"npid_views": 1, "cld_weight": 0.0, "nce_negatives": 4096},
-    "cifar100-npid-1view": {"npid_views": 1, "cld_weight": 0.0, "nce_negatives": 4096, "dataset": "cifar100"},
+    # NPID's own CIFAR script (lemniscate.pytorch cifar.py, run as its README says: --nce-k 0 --lr 0.03)
+    "cifar10-npid-1view": {"npid_views": 1, "cld_weight": 0.0, "nce_negatives": 0, "batch_size": 128, "base_lr": 0.03, "weight_decay": 5e-4,
+                           "warmup_epochs": 0, "lr_schedule": "step", "lr_milestones": "0.6,0.8", "lr_gamma": 0.1, "flip": 0.0,
+                           "instance_temperature": 0.1, "bank_momentum": 0.5, "conv_init": "pytorch", "augment": "cifar"},
+    "cifar100-npid-1view": {"npid_views": 1, "cld_weight": 0.0, "nce_negatives": 0, "dataset": "cifar100", "batch_size": 128, "lr_schedule": "step", "flip": 0.0},
     "cifar10-cldm": {"random_erasing": 1.0, "augment": "v2", "blur": 0.5, "normlinear": True, "conv_init": "pytorch"},
     "cifar10-moco": {"random_erasing": 1.0, "normlinear": True, "mlp": False, "cld_weight": 0.0},
     "cifar10-mocov2": {"mlp": True, "normlinear": False, "cld_weight": 0.0},

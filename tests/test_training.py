@@ -10,7 +10,7 @@ import torch
 
 from crosslevel.config import apply_overrides, load_preset
 from crosslevel.methods import ContrastiveModule
-from crosslevel.methods.module import warmup_cosine
+from crosslevel.methods.module import warmup_cosine, warmup_step_decay
 from crosslevel.models import build_backbone
 from crosslevel.data.datamodule import load_data
 
@@ -53,6 +53,42 @@ def test_warmup_then_cosine() -> None:
     floor = 1e-6 / 0.06
     assert warmup_cosine(total, total, warmup, floor) == pytest.approx(floor)
     assert warmup_cosine(55, total, warmup, floor) == pytest.approx(floor + (1 - floor) * factors[55])
+
+
+def test_step_decay_is_the_original_npid_schedule() -> None:
+    """lemniscate.pytorch cifar.py: lr = 0.03 · 0.1^((epoch − 80) // 40) from epoch 80 on, so ×0.1 from 120 and
+    again from 160 of 200: milestones 0.6 and 0.8 of the run, no warm-up."""
+    cfg = apply_overrides(load_preset("cifar10-npid-1view"), ["data=/tmp"])
+    from crosslevel.config import lr_milestones
+
+    milestones = lr_milestones(cfg)
+    assert milestones == [120, 160]
+    for epoch in range(200):
+        reference = 0.1 ** ((epoch - 80) // 40) if epoch >= 80 else 1.0
+        assert warmup_step_decay(epoch, 0, milestones, 0.1) == pytest.approx(reference)
+    assert [warmup_step_decay(s, 4, [10], 0.5, start=0.01) for s in (0, 2, 4, 9, 10, 11)] == pytest.approx(
+        [0.01, 0.01 + 0.99 * 0.5, 1.0, 1.0, 0.5, 0.5]
+    )
+
+
+def test_the_step_schedule_steps_at_epoch_boundaries_per_step_or_per_epoch() -> None:
+    """5 epochs of 4 steps, milestones 0.4 and 0.8 (epochs 2 and 4): the lr of every step of an epoch is
+    the lemniscate-style epoch lr, whether the schedule is updated every step or every epoch."""
+    for interval, steps_per_update in (("step", 1), ("epoch", 4)):
+        cfg = apply_overrides(load_preset("digits-npid"), ["epochs=5", "warmup_epochs=0", "lr_schedule=step", "lr_milestones=0.4,0.8",
+                                                           "lr_gamma=0.5", f"schedule_interval={interval}"])  # fmt: skip
+        module = ContrastiveModule(cfg, 100, 1)
+        module.trainer = type("Stub", (), {"estimated_stepping_batches": 20, "world_size": 1})()  # type: ignore[assignment]
+        scheduled = module.configure_optimizers()
+        optimizer, schedule = scheduled["optimizer"], scheduled["lr_scheduler"]["scheduler"]
+        peak = optimizer.param_groups[0]["lr"]
+        lrs = []
+        for step in range(20):
+            lrs.append(optimizer.param_groups[0]["lr"] / peak)
+            optimizer.step()
+            if (step + 1) % steps_per_update == 0:
+                schedule.step()
+        assert lrs == pytest.approx([1.0] * 8 + [0.5] * 8 + [0.25] * 4), interval
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,7 @@ class Config:
     augment: Recipe = key("auto", "view recipe (auto: cifar for colour, digits for grey images)")
     random_erasing: float = key(0.0, "probability of RandomErasing after normalisation (0: off)", min=0, max=1)
     blur: float = key(0.5, "augment=v2: probability of GaussianBlur(σ ∈ [0.1, 2] px) (0: off)", min=0, max=1)
+    flip: float = key(0.5, "augment=cifar, v2: probability of a horizontal flip (0: none, as the original NPID's CIFAR script)", min=0, max=1)
     image_size: int = key(0, "side of the views (0: the data set's own size)", min=0)
     eval_resize: int = key(0, "test transform: short side resized to this, then centre crop image_size (0: image_size)", min=0)
     workers: int = key(2, "data-loader worker processes", min=0)
@@ -119,9 +120,12 @@ class Config:
     base_lr: float = key(0.03, "lr = base_lr · global batch / 128", gt=0)
     weight_decay: float = key(7e-4, "sgd: L2 on every parameter; adamw: decoupled, not on biases and norms", min=0)
     sgd_momentum: float = key(0.9, "SGD momentum (adamw: unused, betas (0.9, 0.999))", min=0, lt=1)
-    warmup_epochs: int = key(5, "linear warm-up, then cosine to 1e-6", min=0)
+    warmup_epochs: int = key(5, "linear warm-up, then lr_schedule", min=0)
     warmup_start: float = key(0.0, "warm-up's first lr as a fraction of the peak (0: peak/warm-up steps; the reference: 0.01)", min=0, lt=1)
-    schedule_interval: Literal["step", "epoch"] = key("step", "warm-up + cosine updated every step or every epoch")
+    lr_schedule: Literal["cosine", "step"] = key("cosine", "after the warm-up: cosine to 1e-6, or step: × lr_gamma from each of lr_milestones on")
+    lr_milestones: str = key("", "lr_schedule=step: fractions of the epochs, comma-separated (0.6,0.8: from epochs 120 and 160 of 200, the original NPID's CIFAR script)")
+    lr_gamma: float = key(0.1, "lr_schedule=step: the factor at each milestone", gt=0, max=1)
+    schedule_interval: Literal["step", "epoch"] = key("step", "the lr schedule updated every step or every epoch")
     # --- evaluation ---
     knn_k: int = key(200, "kNN neighbours", min=1)
     knn_temperature: float = key(0.1, "kNN σ of exp(cos/σ)", gt=0)
@@ -361,8 +365,28 @@ def validate(cfg: Config) -> Config:
         raise CrossLevelError(
             f"devices must be a count (1, 4), -1 or auto (all), or device indices like 0,1; got '{cfg.devices}'"
         )
+    lr_milestones(cfg)
     check_groups(cfg, known_world_size(cfg))
     return cfg
+
+
+def lr_milestones(cfg: Config) -> list[int]:
+    """The epochs (counted from 0) from which ``lr_schedule=step`` multiplies the lr by ``lr_gamma``
+    once more: ``lr_milestones``' fractions of ``epochs``, rounded; [] for the cosine schedule."""
+    if cfg.lr_schedule != "step":
+        if cfg.lr_milestones:
+            raise CrossLevelError(f"lr_milestones={cfg.lr_milestones} are read with lr_schedule=step only (got lr_schedule={cfg.lr_schedule})")
+        return []
+    try:
+        fractions = [float(part) for part in cfg.lr_milestones.split(",") if part.strip()]
+    except ValueError:
+        fractions = []
+    if not fractions or fractions != sorted(set(fractions)) or not 0 < fractions[0] <= fractions[-1] < 1:
+        raise CrossLevelError(
+            "lr_schedule=step needs lr_milestones=F1,F2,...: increasing fractions of the epochs between 0 and 1, "
+            f"e.g. 0.6,0.8 (from epochs 120 and 160 of 200); got '{cfg.lr_milestones}'"
+        )
+    return [round(fraction * cfg.epochs) for fraction in fractions]
 
 
 def _check_gpu_decode(cfg: Config) -> None:

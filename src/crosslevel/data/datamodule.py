@@ -67,7 +67,7 @@ class Data:
             return ResumableLoader(dataset, cfg.batch_size, sampler=sampler, drop_last=True, collate_fn=collate_encoded, **workers)
         size = cfg.image_size or self.side
         transform = view_transform(
-            cfg.augment, size, self.train.channels, self.train.mean, self.train.std, cfg.random_erasing, cfg.blur
+            cfg.augment, size, self.train.channels, self.train.mean, self.train.std, cfg.random_erasing, cfg.blur, cfg.flip
         )
         if isinstance(self.train, ShardImages):
             return shard_loader(self.train, transform, num_views(cfg), cfg.batch_size, cfg.shuffle_buffer, cfg.seed, cfg.workers)
@@ -177,8 +177,8 @@ def device_views(cfg: Config, images: Images) -> DeviceViewSource:
 
 
 def device_augment(cfg: Config, images: Images) -> DeviceAugment:
-    """The on-device recipe of the config for ``images``; ``random_erasing`` and (``augment=v2``)
-    ``blur`` set its probabilities."""
+    """The on-device recipe of the config for ``images``; ``random_erasing``, ``flip`` (``cifar``, ``v2``)
+    and (``v2``) ``blur`` set its probabilities."""
     recipe = cfg.augment if cfg.augment != "auto" else ("cifar" if images.channels == 3 else "digits")
     if recipe not in DEVICE_RECIPES:
         raise CrossLevelError(
@@ -188,6 +188,8 @@ def device_augment(cfg: Config, images: Images) -> DeviceAugment:
     if DEVICE_RECIPES[recipe].colour and images.channels != 3:
         raise CrossLevelError(f"augment={recipe} needs colour images; these have {images.channels} channel(s)")
     device_recipe = dataclasses.replace(DEVICE_RECIPES[recipe], erasing_p=cfg.random_erasing)
+    if recipe in ("cifar", "v2"):
+        device_recipe = dataclasses.replace(device_recipe, flip_p=cfg.flip)
     if recipe == "v2":
         device_recipe = dataclasses.replace(device_recipe, blur_p=cfg.blur)
     return DeviceAugment(device_recipe, cfg.image_size or images.side, images.mean, images.std)

@@ -28,14 +28,17 @@ def view_transform(
     std: tuple[float, ...],
     random_erasing: float = 0.0,
     blur: float = 0.5,
+    flip: float = 0.5,
 ) -> Transform:
     """The random view of one image: uint8 C×H×W in, normalised float C×size×size out.
 
     Recipes:
         ``cifar``: RandomResizedCrop(size, scale 0.2–1), ColorJitter(0.4, 0.4, 0.4, 0.4),
-        RandomGrayscale(0.2), horizontal flip (DESIGN.md §2, the official NPID/CLD recipe).
+        RandomGrayscale(0.2), horizontal flip with p = ``flip`` (DESIGN.md §2, the official CLD recipe;
+        the original NPID's CIFAR script has no flip).
         ``v2``: MoCo v2: the same crop, ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8,
-        RandomGrayscale(0.2), GaussianBlur(σ ∈ [0.1, 2] px, kernel ±3σ) with p = ``blur``, horizontal flip.
+        RandomGrayscale(0.2), GaussianBlur(σ ∈ [0.1, 2] px, kernel ±3σ) with p = ``blur``, horizontal flip
+        with p = ``flip``.
         ``digits``: small random crops and rotations, no flip and no colour (digits are grey
         and not mirror-symmetric).
         ``none``: no augmentation.
@@ -54,7 +57,7 @@ def view_transform(
             v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
             v2.ColorJitter(0.4, 0.4, 0.4, 0.4),
             v2.RandomGrayscale(0.2),
-            v2.RandomHorizontalFlip(),
+            *([v2.RandomHorizontalFlip(flip)] if flip > 0 else []),
         ]
     elif recipe == "v2":
         gaussian = v2.GaussianBlur(blur_kernel_size(BLUR_SIGMA[1], size), sigma=BLUR_SIGMA)
@@ -63,7 +66,7 @@ def view_transform(
             v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
             v2.RandomGrayscale(0.2),
             *([v2.RandomApply([gaussian], p=blur)] if blur > 0 else []),
-            v2.RandomHorizontalFlip(),
+            *([v2.RandomHorizontalFlip(flip)] if flip > 0 else []),
         ]
     elif recipe == "digits":
         steps = [

@@ -120,7 +120,7 @@ class Run:
         """Batches of (random view, label) with the run's training augmentation."""
         batch = batch_size or self.batch_size
         info, cfg = self.info, self.cfg
-        transform = view_transform(cfg.augment, info.size, info.channels, info.mean, info.std, cfg.random_erasing, cfg.blur)
+        transform = view_transform(cfg.augment, info.size, info.channels, info.mean, info.std, cfg.random_erasing, cfg.blur, cfg.flip)
         return DataLoader(LabelledDataset(images, transform), batch_size=batch, shuffle=shuffle, drop_last=shuffle and len(images) > batch)
 
     def eval_loader(self, images: Images) -> DataLoader:

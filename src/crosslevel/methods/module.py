@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import torch
 
-from ..config import Config, backbone_kwargs, compile_mode, peak_lr
+from ..config import Config, backbone_kwargs, compile_mode, lr_milestones, peak_lr
 from ..distributed import any_rank
 from ..errors import CrossLevelError, warn
 from ..losses import CrossLevelLoss
@@ -36,17 +37,28 @@ BRANCHES = {
 }
 
 
-def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0, start: float = 0.0) -> float:
-    """LR factor at ``step``: linear warm-up over ``warmup`` steps, then cosine from 1 to ``floor``
-    at ``total`` (floor = MIN_LR / peak, the reference's eta_min).
+def _warmup(step: int, warmup: int, start: float) -> float:
+    """The warm-up's LR factor at ``step`` < ``warmup``: ``(step + 1) / warmup`` with ``start = 0``, or --
+    the reference's GradualWarmupScheduler, ``start = 0.01`` -- ``start + (1 − start)·step / warmup``."""
+    return start + (1.0 - start) * step / warmup if start > 0 else (step + 1) / warmup
 
-    The warm-up is ``(step + 1) / warmup`` with ``start = 0``, or -- the reference's
-    GradualWarmupScheduler, ``start = 0.01`` -- ``start + (1 − start)·step / warmup``.
-    """
+
+def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0, start: float = 0.0) -> float:
+    """LR factor at ``step``: linear warm-up over ``warmup`` steps (:func:`_warmup`), then cosine from 1
+    to ``floor`` at ``total`` (floor = MIN_LR / peak, the reference's eta_min)."""
     if step < warmup:
-        return start + (1.0 - start) * step / warmup if start > 0 else (step + 1) / warmup
+        return _warmup(step, warmup, start)
     progress = (step - warmup) / max(1, total - warmup)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def warmup_step_decay(step: int, warmup: int, milestones: Sequence[int], gamma: float, start: float = 0.0) -> float:
+    """LR factor at ``step``: the warm-up of :func:`warmup_cosine`, then ``gamma`` to the power of the
+    ``milestones`` reached (``step >= m``; torch's MultiStepLR; the original NPID's CIFAR script:
+    milestones 120, 160 epochs, gamma 0.1)."""
+    if step < warmup:
+        return _warmup(step, warmup, start)
+    return gamma ** sum(step >= milestone for milestone in milestones)
 
 
 class ContrastiveModule(pl.LightningModule):
@@ -312,9 +324,14 @@ class ContrastiveModule(pl.LightningModule):
         else:
             total = max(1, int(self.trainer.estimated_stepping_batches))
             warmup = int(total * self.cfg.warmup_epochs / self.cfg.epochs)
-        floor = min(1.0, MIN_LR / optimizer.param_groups[0]["lr"])
         start = self.cfg.warmup_start
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup, floor, start))
+        if self.cfg.lr_schedule == "step":  # milestone epochs in the schedule's unit, at epoch boundaries
+            milestones = [epoch * total // self.cfg.epochs for epoch in lr_milestones(self.cfg)]
+            factor = functools.partial(warmup_step_decay, warmup=warmup, milestones=milestones, gamma=self.cfg.lr_gamma, start=start)
+        else:
+            floor = min(1.0, MIN_LR / optimizer.param_groups[0]["lr"])
+            factor = functools.partial(warmup_cosine, total=total, warmup=warmup, floor=floor, start=start)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": self.cfg.schedule_interval}}
 
 
