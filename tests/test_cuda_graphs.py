@@ -180,12 +180,17 @@ def test_skips_counted_without_a_warning_are_reported_as_unexplained() -> None:
 
     with training.recording_cudagraph_skips() as skips:
         log_cudagraph_skip_and_bump_counter("skipping cudagraphs due to cpu device (arg1_1)")
+        log_cudagraph_skip_and_bump_counter("skipping cudagraph due to function 3 exceeding max re-recording limit (=8)")
         counters["inductor"]["cudagraph_skips"] += 2
     assert skips == ["skipping cudagraphs due to cpu device (arg1_1)",
+                     "skipping cudagraph due to function 3 exceeding max re-recording limit (=8)",
                      "2 skip(s) counted by Inductor without a warning (TORCH_LOGS=perf_hints,cudagraphs may name them)"]  # fmt: skip
     with training.recording_cudagraph_skips() as skips:
         log_cudagraph_skip_and_bump_counter("skipping cudagraphs due to cpu device (arg1_1)")
     assert skips == ["skipping cudagraphs due to cpu device (arg1_1)"]
+    with training.recording_cudagraph_skips(on_cuda=False) as skips:  # a CPU run counts every compiled graph as skipped
+        counters["inductor"]["cudagraph_skips"] += 8
+    assert skips == []
 
 
 def test_a_non_finite_loss_under_cuda_graphs_stops_before_any_checkpoint_holds_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

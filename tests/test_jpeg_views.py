@@ -162,6 +162,27 @@ def test_views_of_one_size_equal_the_on_device_path(tmp_path: Path) -> None:
     torch.testing.assert_close(ours, reference, atol=1e-4, rtol=0)
 
 
+def test_compiling_the_views_compiles_what_follows_the_crops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compile=true`` compiles the stacked batch's colour/blur/erasing/normalisation (the crops are per image,
+    of images of their own sizes): the views go through the compiled function, and are the same views."""
+    paths = sorted(write_jpeg_folder(tmp_path).glob("train/*/*.jpg"))
+    compiled: list[dict] = []
+    calls: list[int] = []
+
+    def spy(fn, **options):  # noqa: ANN001, ANN003, ANN202 - stands in for torch.compile
+        compiled.append(options)
+        return lambda *args: calls.append(1) or fn(*args)
+
+    views = JpegViews(DeviceAugment("v2", 32, IMAGENET_MEAN, IMAGENET_STD), num_views=2, decode_device="cpu")
+    torch.manual_seed(4)
+    eager = views(encoded_batch(paths))[0]
+    monkeypatch.setattr(torch, "compile", spy)
+    views.compile_views("reduce-overhead")
+    torch.manual_seed(4)
+    assert all(torch.equal(a, b) for a, b in zip(views(encoded_batch(paths))[0], eager))
+    assert compiled == [{"dynamic": False, "mode": "reduce-overhead"}] and len(calls) == 1
+
+
 def test_same_seed_same_views_parameters_drawn_on_the_cpu(tmp_path: Path) -> None:
     paths = sorted(write_jpeg_folder(tmp_path).glob("train/*/*.jpg"))
     views = JpegViews(DeviceAugment("cifar", 32, IMAGENET_MEAN, IMAGENET_STD), num_views=3, decode_device="cpu")

@@ -212,7 +212,7 @@ class _CudagraphSkips(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        if message.startswith("skipping cudagraphs"):
+        if message.startswith("skipping cudagraph"):  # "...cudagraphs due to", "...cudagraph due to function ... re-recording limit"
             self.seen += 1
             reason, _, trace = message.partition(". Found from")
             frames = [line.strip() for line in trace.splitlines() if line.strip().startswith("File ")]
@@ -222,12 +222,13 @@ class _CudagraphSkips(logging.Handler):
 
 
 @contextmanager
-def recording_cudagraph_skips(enabled: bool = True) -> Iterator[list[str]]:
+def recording_cudagraph_skips(enabled: bool = True, on_cuda: bool = True) -> Iterator[list[str]]:
     """The compiled parts Inductor runs without CUDA graphs (kernel by kernel) while the block runs, as it
     says why (torch prints the same warnings), in the list yielded. Torch versions differ in the logger
     they warn on (``cudagraphs``, older ones ``perf_hints``) and some count a skip without a warning;
-    Inductor's skip counter catches those: one line says how many went unexplained. ``enabled`` False
-    records nothing (and imports no part of Inductor)."""
+    with ``on_cuda`` (on a CPU Inductor counts every graph as skipped) Inductor's skip counter catches
+    those: one line says how many went unexplained. ``enabled`` False records nothing (and imports no
+    part of Inductor)."""
     reasons: list[str] = []
     if not enabled:
         yield reasons
@@ -246,7 +247,7 @@ def recording_cudagraph_skips(enabled: bool = True) -> Iterator[list[str]]:
         for logger in loggers:
             logger.removeHandler(handler)
         unexplained = counters["inductor"]["cudagraph_skips"] - counted_before - handler.seen
-        if unexplained > 0:
+        if on_cuda and unexplained > 0:
             reasons.append(f"{unexplained} skip(s) counted by Inductor without a warning (TORCH_LOGS=perf_hints,cudagraphs may name them)")
 
 
@@ -269,7 +270,8 @@ def train(cfg: Config, verbose: bool = False) -> tuple[Path, dict[str, float] | 
     if cfg.resume is not None and not _restore_unfinished(module, cfg, data, run_dir):
         summary = run_dir / SUMMARY_FILE  # finished: keep its results rather than overwrite them with an empty attempt
         return run_dir, json.loads(summary.read_text()).get("knn") if summary.is_file() else None
-    with lightning_output(verbose), recording_cudagraph_skips(cfg.cuda_graphs) as cudagraph_skips:
+    on_cuda = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
+    with lightning_output(verbose), recording_cudagraph_skips(cfg.cuda_graphs, on_cuda) as cudagraph_skips:
         datamodule = ContrastiveDataModule(cfg, data)
         monitor, timer, last = KNNMonitor(data, cfg), EpochTimer(cfg.batch_size), LastCheckpoint(checkpoint_of(run_dir), cfg.checkpoint_every)
         # the timer first, so that epoch times exclude checkpointing and the kNN evaluation

@@ -237,7 +237,7 @@ class ContrastiveDataModule(pl.LightningDataModule):
             self.views = device_views(cfg, data.train)
         mode = compile_mode(cfg)
         if self.views is not None and mode is not None:  # one graph per batch shape: random sizes do not trace symbolically
-            self.views.augment.compile(dynamic=False, mode=mode)
+            self.views.compile_views(mode)
         self.loader = data.train_loader(cfg)
 
     @property

@@ -381,6 +381,10 @@ class DeviceViewSource(nn.Module):
         self.augment = augment
         self.num_views = num_views
 
+    def compile_views(self, mode: str) -> None:
+        """``torch.compile`` the view maker in place with ``mode``: one static graph per batch shape."""
+        self.augment.compile(dynamic=False, mode=mode)
+
     def forward(self, indices: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """B indices → (``num_views`` float B×C×size×size views, the indices)."""
         batch = self.images.index_select(0, indices.to(self.images.device))

@@ -221,6 +221,12 @@ class JpegViews(nn.Module):
         self.augment, self.num_views, self.jpegs_decoder = augment, num_views, jpegs_decoder
         self.decode_device = torch.device(decode_device) if decode_device else None
         self.told_of_other_formats = False
+        self.finish = augment.finish  # colour, grey, blur, erasing, normalisation of the stacked crops
+
+    def compile_views(self, mode: str) -> None:
+        """``torch.compile`` the part of the view maker after the crops (the crops are per image, of
+        images of their own sizes) with ``mode``: one static graph for the stacked batch."""
+        self.finish = torch.compile(self.augment.finish, dynamic=False, mode=mode)
 
     def sample(self, images: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """The parameters of ``num_views`` views of each image (view v of image i at v·B + i), on the CPU
@@ -252,7 +258,7 @@ class JpegViews(nn.Module):
         drawn = self.sample(images)
         params = {name: value.to(device, non_blocking=True) for name, value in drawn.items()}
         views = resized_crops(images * self.num_views, drawn["boxes"].tolist(), params["flip"], self.augment.size)
-        return list(self.augment.finish(views, params).chunk(self.num_views)), batch.indices
+        return list(self.finish(views, params).chunk(self.num_views)), batch.indices
 
 
 @dataclass(frozen=True)
