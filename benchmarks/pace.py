@@ -25,13 +25,14 @@ MIN_EPOCHS = 3  # epochs between two records before a pace is trusted
 
 
 def epochs_logged(run: Path) -> int:
-    """Epochs a run has finished by its CSV logs (rows with ``images_per_s``, one per epoch end, over
-    every attempt; the logger flushes every 100 steps, so this lags by at most that)."""
-    count = 0
+    """Epochs a run has finished by its CSV logs (the epochs of rows with ``images_per_s``, one per epoch
+    end, over every attempt, an epoch trained again after a resume counted once; the logger flushes every
+    100 steps, so this lags by at most that)."""
+    epochs: set[str] = set()
     for part in (run / "logs").glob("version_*/metrics.csv"):
         with open(part, newline="") as handle:
-            count += sum(1 for row in csv.DictReader(handle) if row.get("images_per_s"))
-    return count
+            epochs.update(row["epoch"] for row in csv.DictReader(handle) if row.get("images_per_s"))
+    return len(epochs)
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,11 @@
 # CLDm 87.5 (Table 2). One command; it prints the table "paper vs crosslevel" last:
 #   bash benchmarks/reproduce_cifar10.sh                      # METHODS="cld npid-1view cldm moco"
 #   METHODS="cld npid-1view" TOTAL_S=540 bash benchmarks/reproduce_cifar10.sh
-# Each preset cifar10-<method> trains as shipped (ResNet-18, batch 256, the reference's recipe, 200
-# epochs, kNN every EVAL_EVERY epochs), with the speed path that leaves the recipe alone: views made
-# on the GPU, bf16-mixed autocast (losses in fp32), channels_last, fused_views=true (one pass over the
-# stacked views, BatchNorm per view) and cuda_graphs=true (SPEED to change it). All runs train at
-# once on the one card, one process each.
+# Each preset cifar10-<method> trains as shipped (ResNet-18, the reference's recipe: batch 256; NPID's own
+# recipe for npid-1view: batch 128; 200 epochs, kNN every EVAL_EVERY epochs), with the speed path that
+# leaves the recipe alone: views made on the GPU, bf16-mixed autocast (losses in fp32), channels_last,
+# fused_views=true (one pass over the stacked views, BatchNorm per view) and cuda_graphs=true (SPEED to
+# change it). All runs train at once on the one card, one process each.
 # Time: the script ends within TOTAL_S seconds (default: none). METHODS is also the order of priority:
 # every POLL_S seconds benchmarks/pace.py measures each run's pace on the shared card and projects its
 # end; when one would miss the deadline the last run still training in METHODS' order is stopped
@@ -111,11 +111,13 @@ launch() {  # launch I METHOD [KEY=VALUE ...]: start run I of METHOD in the back
           checkpoint_every="$CHECKPOINT_EVERY" accelerator="$ACCELERATOR" workers=0 progress=false out="$RUNS"
           name="$method" $EXTRA "$@")
   fi
-  echo "$method: crosslevel train ${what[*]}" | tee -a "$LOG"
-  mkdir -p "$OUT/$method"
   if [ "$TOTAL_S" -gt 0 ]; then
     limit=$((DEADLINE - $(date +%s)))
     [ "$limit" -gt 10 ] || { echo "$method: no time left" | tee -a "$LOG"; return 1; }
+  fi
+  echo "$method: crosslevel train ${what[*]}" | tee -a "$LOG"
+  mkdir -p "$OUT/$method"
+  if [ "$TOTAL_S" -gt 0 ]; then
     timeout -k 60 "$limit" "$PYTHON" -m crosslevel train "${what[@]}" >>"$OUT/$method/train.log" 2>&1 &
   else
     "$PYTHON" -m crosslevel train "${what[@]}" >>"$OUT/$method/train.log" 2>&1 &
@@ -123,15 +125,28 @@ launch() {  # launch I METHOD [KEY=VALUE ...]: start run I of METHOD in the back
   pids[$i]=$!
 }
 
+set_aside() {  # set_aside METHOD: a run folder with nothing to resume (no checkpoint) moves to METHOD.failed
+  if [ -d "$RUNS/$1" ] && [ ! -f "$RUNS/$1/checkpoints/last.ckpt" ]; then
+    rm -rf "$RUNS/$1.failed" && mv "$RUNS/$1" "$RUNS/$1.failed"
+  fi
+}
+
 retry() {  # retry I: run I failed under SPEED; once, with FALLBACK on top (from its checkpoint, else afresh)
   local i=$1 method=${launched[$1]}
   [ -n "$FALLBACK" ] && [ -z "${retried[$i]:-}" ] && [ -z "${stopped[$i]:-}" ] || return 1
+  if [ "$TOTAL_S" -gt 0 ] && [ $((DEADLINE - $(date +%s))) -le 10 ]; then
+    echo "$method: failed (exit ${status[$i]}), no time left to try again" | tee -a "$LOG"
+    return 1
+  fi
   retried[$i]=1
   echo "$method: failed (exit ${status[$i]}; last line of its log: $(tail -n 1 "$OUT/$method/train.log"))," \
     "trying again with $FALLBACK" | tee -a "$LOG"
-  if [ ! -f "$RUNS/$method/checkpoints/last.ckpt" ] && [ -d "$RUNS/$method" ]; then  # nothing to resume: start afresh
-    rm -rf "$RUNS/$method.failed" && mv "$RUNS/$method" "$RUNS/$method.failed"
-  fi
+  set_aside "$method"
+  [ -f "$OUT/pace.json" ] && "$PYTHON" -c 'import json, sys
+path, run = sys.argv[1:]
+state = json.load(open(path))
+state["records"].pop(run, None)  # the new attempt compiles again: its pace is measured afresh
+json.dump(state, open(path, "w"))' "$OUT/pace.json" "$RUNS/$method"
   echo "==== tried again with $FALLBACK ====" >>"$OUT/$method/train.log"
   launch "$i" "$method" $FALLBACK && unset "status[$i]"
 }
@@ -141,6 +156,7 @@ for method in $METHODS; do
     echo "$method: finished earlier ($RUNS/$method)" | tee -a "$LOG"
     continue
   fi
+  set_aside "$method"  # an earlier call's run that failed before its first checkpoint: started afresh
   i=${#launched[@]}
   launched[$i]=$method
   launch "$i" "$method" || unset "launched[$i]"
@@ -158,7 +174,7 @@ while :; do  # until every run has ended: retries of failed runs and (TOTAL_S, s
     fi
     wait "${pids[$i]}"
     status[$i]=$?
-    case ${status[$i]} in 0 | 124) ;; *) retry "$i" && running=1 ;; esac
+    case ${status[$i]} in 0 | 124 | 137) ;; *) retry "$i" && running=1 ;; esac  # 124, 137: TOTAL_S (TERM, then KILL)
   done
   [ "$running" = 1 ] || break
   if [ -n "$triaging" ] && [ ${#alive[@]} -gt 0 ]; then
@@ -185,6 +201,7 @@ for i in "${!launched[@]}"; do
   case ${status[$i]} in
     0) note="done" ;;
     124) note="stopped at TOTAL_S: resumable checkpoint in $RUNS/${launched[$i]} (run the script again)" ;;
+    137) note="killed at TOTAL_S (no exit within 60 s of SIGTERM): the last checkpoint in $RUNS/${launched[$i]} resumes" ;;
     *) note="failed: see ${launched[$i]}/train.log (in $OUT, or in $OUT/runs.tar.gz)" ;;
   esac
   [ -n "${stopped[$i]:-}" ] && note="stopped to let the runs before it finish: resumable checkpoint in $RUNS/${launched[$i]}"

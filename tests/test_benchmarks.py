@@ -200,6 +200,58 @@ def test_reproduce_tries_a_failed_run_once_more_with_the_fallback_keys(tmp_path:
     assert "tried again with base_lr=0.03 after failing under these settings: cld" in (tmp_path / "out" / "table.md").read_text()
 
 
+FAKE_TRAIN = """#!/usr/bin/env bash
+# python, except that `-m crosslevel train` makes a run folder, says which attempt it is, and fails after FAIL_AFTER s
+if [ "$1 $2 $3" = "-m crosslevel train" ]; then
+  for arg in "$@"; do case $arg in out=*) out=${arg#out=} ;; name=*) name=${arg#name=} ;; esac; done
+  mkdir -p "$out/$name" && echo '{"preset": "cifar10-cld", "epochs": 200}' > "$out/$name/config.json"
+  echo "attempt with: $*"
+  sleep "$FAIL_AFTER"
+  echo "crosslevel: error: made to fail"
+  exit 2
+fi
+exec PYTHON "$@"
+"""
+
+
+def fake_python(tmp_path: Path) -> str:
+    path = tmp_path / "python"
+    path.write_text(FAKE_TRAIN.replace("PYTHON", sys.executable))
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.parametrize("fail_after,tries", [("0", 2), ("17", 1)])
+def test_reproduce_tries_again_once_and_only_while_time_is_left(tmp_path: Path, fail_after: str, tries: int) -> None:
+    """A run failing at once is tried again once (the second failure ends it); one failing within 10 s of
+    the deadline is not, and its folder stays where it is."""
+    from conftest import write_cifar10
+
+    env = {"DEVICE": "cpu", "METHODS": "cld", "TOTAL_S": "30", "RESERVE_S": "5", "POLL_S": "1", "FAIL_AFTER": fail_after,
+           "SPEED": "cuda_graphs=true", "PYTHON": fake_python(tmp_path), "DATA_DIR": str(write_cifar10(tmp_path / "data"))}  # fmt: skip
+    result = run_reproduce(tmp_path, **env)
+    with tarfile.open(tmp_path / "out" / "runs.tar.gz") as bundle:
+        train_log = bundle.extractfile("cld/train.log").read().decode()  # type: ignore[union-attr]
+    assert train_log.count("attempt with:") == tries, result.stdout
+    if tries == 2:
+        assert "cuda_graphs=true" in train_log and train_log.rstrip().splitlines()[-2].endswith("cuda_graphs=false compile=true")
+        assert "train cld: exit 2, failed" in result.stdout and "(with cuda_graphs=false compile=true after a failure under SPEED)" in result.stdout
+        assert (tmp_path / "runs" / "cld.failed" / "config.json").is_file()  # the first attempt's folder, set aside
+    else:
+        assert "cld: failed (exit 2), no time left to try again" in result.stdout
+        assert (tmp_path / "runs" / "cld" / "config.json").is_file() and not (tmp_path / "runs" / "cld.failed").exists()
+        assert "tried again" not in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_pace_counts_an_epoch_trained_again_after_a_resume_once(tmp_path: Path) -> None:
+    run = tmp_path / "cld"
+    for version, epochs in ((0, range(0, 25)), (1, range(20, 30))):  # resumed from the checkpoint of epoch 20
+        (run / "logs" / f"version_{version}").mkdir(parents=True)
+        rows = "".join(f"{epoch},100\n" for epoch in epochs)
+        (run / "logs" / f"version_{version}" / "metrics.csv").write_text("epoch,images_per_s\n" + rows)
+    assert load("pace").epochs_logged(run) == 30
+
+
 def test_paper_table_reads_an_unfinished_run_from_its_logs(tmp_path: Path) -> None:
     run = tmp_path / "cld"
     (run / "logs" / "version_0").mkdir(parents=True)

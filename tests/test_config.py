@@ -102,7 +102,7 @@ def test_global_scope_allows_more_groups_than_one_device_holds() -> None:
         (["lr_schedule=step", "lr_milestones=120,160"], "got '120,160'"),
         (["lr_schedule=step", "lr_milestones=0.8,0.6"], "got '0.8,0.6'"),
         (["lr_schedule=step", "lr_milestones=half"], "got 'half'"),
-        (["lr_milestones=0.6"], "lr_milestones=0.6 are read with lr_schedule=step only (got lr_schedule=cosine)"),
+        (["lr_milestones=0.6"], "lr_milestones=0.6 are read with lr_schedule=step only (got lr_schedule=cosine); with another schedule clear them too: lr_milestones="),
         (["lr_schedule=exponential"], "'lr_schedule' must be one of cosine, step"),
         (["lr_schedule=step", "lr_milestones=0.5", "lr_gamma=2"], "'lr_gamma' must be <= 1"),
         (["flip=1.5"], "'flip' must be <= 1"),
@@ -112,6 +112,18 @@ def test_the_step_schedule_and_flip_are_checked(overrides: list[str], message: s
     with pytest.raises(CrossLevelError) as err:
         apply_overrides(load_preset("digits-cld"), overrides)
     assert message in str(err.value)
+
+
+def test_milestones_are_epochs_of_the_run_never_its_first() -> None:
+    from crosslevel.config import lr_milestones
+
+    npid = ["data=unused"]
+    assert lr_milestones(apply_overrides(load_preset("cifar10-npid-1view"), npid)) == [120, 160]
+    assert lr_milestones(apply_overrides(load_preset("cifar10-npid-1view"), [*npid, "epochs=10"])) == [6, 8]
+    assert lr_milestones(apply_overrides(load_preset("cifar10-npid-1view"), [*npid, "epochs=3"])) == [2, 2]  # both at the last epoch
+    assert lr_milestones(apply_overrides(load_preset("cifar10-npid-1view"), [*npid, "epochs=20", "lr_milestones=0.01"])) == [1]
+    cosine = apply_overrides(load_preset("cifar10-npid-1view"), [*npid, "lr_schedule=cosine", "lr_milestones="])
+    assert lr_milestones(cosine) == []
 
 
 @pytest.mark.parametrize("devices", ["auto", "-1", "1", "4", "0,1", "1,", "0,1,"])

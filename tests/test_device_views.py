@@ -27,7 +27,7 @@ from crosslevel.config import apply_overrides, load_preset
 from crosslevel.data.images import InMemoryImages
 from crosslevel.data.sources import CIFAR_MEAN, CIFAR_STD
 from crosslevel.data.views import view_transform
-from crosslevel.data.datamodule import device_views
+from crosslevel.data.datamodule import Data, device_views
 
 
 def smooth_images(count: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -169,6 +169,8 @@ def test_flip_sets_both_paths_and_the_original_npid_preset_never_mirrors() -> No
         assert cfg.flip == augment.recipe.flip_p == rate
         flipped = augment.sample(2000, 32, 32, torch.Generator().manual_seed(11))["flip"].float().mean()
         assert flipped == 0.0 if rate == 0 else abs(flipped - rate) < 0.05
+        cpu_views = Data(images, None).train_loader(dataclasses.replace(cfg, augment_device="cpu", batch_size=4)).dataset.transform
+        assert [step.p for step in cpu_views.transforms if isinstance(step, v2.RandomHorizontalFlip)] == ([rate] if rate else [])
 
 
 def test_erasing_sampler_has_torchvision_distribution() -> None:

@@ -372,10 +372,14 @@ def validate(cfg: Config) -> Config:
 
 def lr_milestones(cfg: Config) -> list[int]:
     """The epochs (counted from 0) from which ``lr_schedule=step`` multiplies the lr by ``lr_gamma``
-    once more: ``lr_milestones``' fractions of ``epochs``, rounded; [] for the cosine schedule."""
+    once more: ``lr_milestones``' fractions of ``epochs``, rounded, never the first epoch (in a run of a
+    few epochs two may fall on one: both apply there); [] for the cosine schedule."""
     if cfg.lr_schedule != "step":
         if cfg.lr_milestones:
-            raise CrossLevelError(f"lr_milestones={cfg.lr_milestones} are read with lr_schedule=step only (got lr_schedule={cfg.lr_schedule})")
+            raise CrossLevelError(
+                f"lr_milestones={cfg.lr_milestones} are read with lr_schedule=step only (got lr_schedule={cfg.lr_schedule}); "
+                "with another schedule clear them too: lr_milestones="
+            )
         return []
     try:
         fractions = [float(part) for part in cfg.lr_milestones.split(",") if part.strip()]
@@ -386,7 +390,7 @@ def lr_milestones(cfg: Config) -> list[int]:
             "lr_schedule=step needs lr_milestones=F1,F2,...: increasing fractions of the epochs between 0 and 1, "
             f"e.g. 0.6,0.8 (from epochs 120 and 160 of 200); got '{cfg.lr_milestones}'"
         )
-    return [round(fraction * cfg.epochs) for fraction in fractions]
+    return [max(1, round(fraction * cfg.epochs)) for fraction in fractions]
 
 
 def _check_gpu_decode(cfg: Config) -> None:

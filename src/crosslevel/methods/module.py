@@ -54,8 +54,8 @@ def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0, start:
 
 def warmup_step_decay(step: int, warmup: int, milestones: Sequence[int], gamma: float, start: float = 0.0) -> float:
     """LR factor at ``step``: the warm-up of :func:`warmup_cosine`, then ``gamma`` to the power of the
-    ``milestones`` reached (``step >= m``; torch's MultiStepLR; the original NPID's CIFAR script:
-    milestones 120, 160 epochs, gamma 0.1)."""
+    ``milestones`` reached (``step >= m``, as torch's MultiStepLR; one inside the warm-up applies when
+    it ends; the original NPID's CIFAR script: milestones 120, 160 epochs, gamma 0.1)."""
     if step < warmup:
         return _warmup(step, warmup, start)
     return gamma ** sum(step >= milestone for milestone in milestones)
