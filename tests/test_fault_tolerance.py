@@ -165,6 +165,24 @@ def test_nonfinite_loss_from_the_cli_exits_2_with_one_line(tmp_path: Path, monke
     assert len(errors) == 1 and "at step 0 (epoch 1)" in errors[0] and "none yet (first epoch)" in errors[0]
 
 
+def test_a_resume_from_an_older_checkpoint_leaves_one_row_per_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """checkpoint_every=2, a failure in epoch 4 of 4: the resume trains epochs 3 and 4 again from the epoch-2
+    checkpoint, and the merged metrics.csv has each epoch once (the retried epoch 3 replaces the first one's)."""
+    poison_from_step(monkeypatch, 6)  # the first step of epoch 4 (2 steps an epoch)
+    with pytest.raises(CrossLevelError, match="non-finite"):
+        train(tiny_config(tmp_path, "older", "epochs=4", "checkpoint_every=2", "eval_every=1"))
+    assert checkpoint_of(tmp_path / "older")["global_step"] == 4
+    first = list(csv.DictReader(open(tmp_path / "older" / "logs" / "version_0" / "metrics.csv")))
+    assert sorted(int(r["epoch"]) for r in first if r.get("loss_epoch")) == [0, 1, 2]  # epoch 3 (of 1-based 3) was logged
+    monkeypatch.undo()
+    run_dir, _ = resume(tmp_path / "older")
+    merged = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    for column in ("loss_epoch", "knn_top1", "images_per_s"):
+        assert sorted(int(r["epoch"]) for r in merged if r.get(column)) == [1, 2, 3, 4], column
+    steps = [int(r["step"]) for r in merged if r.get("loss_step")]
+    assert steps == sorted(set(steps))
+
+
 def test_resume_of_a_finished_run_keeps_its_results(tmp_path: Path) -> None:
     run_dir, knn = train(tiny_config(tmp_path, "done", "epochs=1"))
     before = (run_dir / "summary.json").read_text()

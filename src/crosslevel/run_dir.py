@@ -140,9 +140,17 @@ def resolve_resume(cfg: Config, overrides: list[str], preset: str | None = None)
 def merge_metrics(run_dir: Path) -> Path | None:
     """Join the CSV logs of every attempt (``logs/version_*/metrics.csv``) into ``run_dir/metrics.csv``,
     with epochs counted from 1 as everywhere else (a row's ``epoch`` is the epoch it belongs to: the
-    last of an N-epoch run is N); the logs keep Lightning's count from 0."""
+    last of an N-epoch run is N); the logs keep Lightning's count from 0. An attempt resumed from a
+    checkpoint older than where the one before it stopped (a failure between checkpoints) trains some
+    steps again: the earlier rows it redoes give way (:func:`_redone`), so every epoch has one row."""
     parts = sorted((run_dir / LOG_DIR).glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
-    rows = [row for part in parts for row in csv.DictReader(open(part, newline=""))]
+    rows: list[dict[str, str]] = []
+    for part in parts:
+        later = list(csv.DictReader(open(part, newline="")))
+        steps, epochs = ([int(r[key]) for r in later if r.get(key)] for key in ("step", "epoch"))
+        if steps and epochs:
+            rows = [row for row in rows if not _redone(row, min(steps), min(epochs))]
+        rows += later
     for row in rows:
         if row.get("epoch"):
             row["epoch"] = str(int(row["epoch"]) + 1)
@@ -155,6 +163,16 @@ def merge_metrics(run_dir: Path) -> Path | None:
         writer.writeheader()
         writer.writerows(rows)
     return target
+
+
+def _redone(row: dict[str, str], first_step: int, first_epoch: int) -> bool:
+    """Whether a later attempt whose rows start at ``first_step`` and ``first_epoch`` redoes ``row``: its
+    step is at or past that step, or it is an epoch's row (no ``loss_step``) of an epoch from there on."""
+    if not row.get("step"):
+        return False
+    if int(row["step"]) >= first_step:
+        return True
+    return not row.get("loss_step") and bool(row.get("epoch")) and int(row["epoch"]) >= first_epoch
 
 
 @dataclass(frozen=True)
