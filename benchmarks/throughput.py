@@ -135,7 +135,7 @@ class DeviceProbe(pl.Callback):
 
             def kmeans_and_loss() -> None:  # the module's own CLD term: compiled as the step runs it
                 new_step()
-                pl_module.cld(*groups).backward()
+                torch.autograd.grad(pl_module.cld(*groups), groups)  # no .grad kept: a graph's output is gone next step
 
             self.timings["cld_ms"] = 1000 * time_call(kmeans_and_loss, device, self.repeats)
         views = trainer.datamodule.views
