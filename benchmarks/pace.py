@@ -7,7 +7,8 @@ each run's pace from those records (seconds per epoch *while sharing the card*, 
 epoch left out) and projects its end. When a run would miss the deadline it names the least important
 run to stop (SIGTERM: a resumable checkpoint), which gives the others its share of the card; after a
 stop it measures the paces anew and waits ``--settle-s`` before judging again, and it never stops the
-last run. Prints one line per run, then ``stop: RUN`` when one should stop.
+last run. A run started again (a new attempt's log folder, or a fresh folder) is measured afresh.
+Prints one line per run, then ``stop: RUN`` when one should stop.
 
     python benchmarks/pace.py STATE.json DEADLINE_UNIX_S EPOCHS runs/cld runs/npid-1view runs/cldm
 """
@@ -83,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     state = json.loads(args.state.read_text()) if args.state.is_file() else {"records": {}}
     now = time.time()
+    attempts = state.setdefault("attempts", {})
     for run in args.runs:
+        logs = len(list((Path(run) / "logs").glob("version_*")))
+        if attempts.get(run, logs) != logs:  # the run was started again (resumed, or afresh): it compiles again
+            state["records"].pop(run, None)
+        attempts[run] = logs
         records = state["records"].setdefault(run, [])
         done = epochs_logged(Path(run))  # read while Lightning may rewrite the file: never less than before
         done = max(done, records[-1][1]) if records else done

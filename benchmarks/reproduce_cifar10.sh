@@ -101,8 +101,12 @@ fi
 
 DEADLINE=$(($(date +%s) + TOTAL_S - (SECONDS - START) - RESERVE_S))  # unix time the runs must end by (TOTAL_S > 0)
 
+time_left() {  # more than 10 s before the deadline (always, without TOTAL_S)
+  [ "$TOTAL_S" -le 0 ] || [ $((DEADLINE - $(date +%s))) -gt 10 ]
+}
+
 launch() {  # launch I METHOD [KEY=VALUE ...]: start run I of METHOD in the background, from its checkpoint if it has one
-  local i=$1 method=$2 limit what
+  local i=$1 method=$2 what limit
   shift 2
   if [ -f "$RUNS/$method/checkpoints/last.ckpt" ]; then
     what=(resume="$RUNS/$method" --data "$DATA_DIR" "$@")
@@ -111,13 +115,11 @@ launch() {  # launch I METHOD [KEY=VALUE ...]: start run I of METHOD in the back
           checkpoint_every="$CHECKPOINT_EVERY" accelerator="$ACCELERATOR" workers=0 progress=false out="$RUNS"
           name="$method" $EXTRA "$@")
   fi
-  if [ "$TOTAL_S" -gt 0 ]; then
-    limit=$((DEADLINE - $(date +%s)))
-    [ "$limit" -gt 10 ] || { echo "$method: no time left" | tee -a "$LOG"; return 1; }
-  fi
+  time_left || { echo "$method: no time left" | tee -a "$LOG"; return 1; }
   echo "$method: crosslevel train ${what[*]}" | tee -a "$LOG"
   mkdir -p "$OUT/$method"
   if [ "$TOTAL_S" -gt 0 ]; then
+    limit=$((DEADLINE - $(date +%s)))
     timeout -k 60 "$limit" "$PYTHON" -m crosslevel train "${what[@]}" >>"$OUT/$method/train.log" 2>&1 &
   else
     "$PYTHON" -m crosslevel train "${what[@]}" >>"$OUT/$method/train.log" 2>&1 &
@@ -134,19 +136,11 @@ set_aside() {  # set_aside METHOD: a run folder with nothing to resume (no check
 retry() {  # retry I: run I failed under SPEED; once, with FALLBACK on top (from its checkpoint, else afresh)
   local i=$1 method=${launched[$1]}
   [ -n "$FALLBACK" ] && [ -z "${retried[$i]:-}" ] && [ -z "${stopped[$i]:-}" ] || return 1
-  if [ "$TOTAL_S" -gt 0 ] && [ $((DEADLINE - $(date +%s))) -le 10 ]; then
-    echo "$method: failed (exit ${status[$i]}), no time left to try again" | tee -a "$LOG"
-    return 1
-  fi
+  time_left || { echo "$method: failed (exit ${status[$i]}), no time left to try again" | tee -a "$LOG"; return 1; }
   retried[$i]=1
   echo "$method: failed (exit ${status[$i]}; last line of its log: $(tail -n 1 "$OUT/$method/train.log"))," \
     "trying again with $FALLBACK" | tee -a "$LOG"
-  set_aside "$method"
-  [ -f "$OUT/pace.json" ] && "$PYTHON" -c 'import json, sys
-path, run = sys.argv[1:]
-state = json.load(open(path))
-state["records"].pop(run, None)  # the new attempt compiles again: its pace is measured afresh
-json.dump(state, open(path, "w"))' "$OUT/pace.json" "$RUNS/$method"
+  set_aside "$method"  # pace.py measures the new attempt afresh
   echo "==== tried again with $FALLBACK ====" >>"$OUT/$method/train.log"
   launch "$i" "$method" $FALLBACK && unset "status[$i]"
 }

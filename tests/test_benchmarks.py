@@ -243,6 +243,22 @@ def test_reproduce_tries_again_once_and_only_while_time_is_left(tmp_path: Path, 
         assert "tried again" not in (tmp_path / "out" / "table.md").read_text()
 
 
+def test_pace_measures_a_run_started_again_afresh(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A new attempt (a second log folder: resumed, or retried) compiles again: its old records go."""
+    run = tmp_path / "cld"
+    (run / "logs" / "version_0").mkdir(parents=True)
+    (run / "logs" / "version_0" / "metrics.csv").write_text("epoch,images_per_s\n" + "".join(f"{e},100\n" for e in range(6)))
+    state = tmp_path / "pace.json"
+    state.write_text(json.dumps({"records": {str(run): [[0.0, 0], [50.0, 3], [56.0, 6]]}, "attempts": {str(run): 1}}))
+    assert load("pace").main([str(state), str(time.time() + 60.0), "200", str(run)]) == 0
+    assert [done for _, done in json.loads(state.read_text())["records"][str(run)]] == [0, 3, 6]  # same attempt: kept
+    (run / "logs" / "version_1").mkdir()
+    assert load("pace").main([str(state), str(time.time() + 60.0), "200", str(run)]) == 0
+    saved = json.loads(state.read_text())
+    assert [done for _, done in saved["records"][str(run)]] == [6] and saved["attempts"][str(run)] == 2
+    assert "pace not measured yet" in capsys.readouterr().out
+
+
 def test_pace_counts_an_epoch_trained_again_after_a_resume_once(tmp_path: Path) -> None:
     run = tmp_path / "cld"
     for version, epochs in ((0, range(0, 25)), (1, range(20, 30))):  # resumed from the checkpoint of epoch 20
