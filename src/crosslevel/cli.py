@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model from a preset plus key=value overrides")
     train.add_argument("--config", help=f"preset name (default {DEFAULT_PRESET}); see `crosslevel presets`; with resume= the run's saved config is used")
     train.add_argument("--data", help="data set path (same as data=PATH; with resume=: where the run's data set is now)")
-    train.add_argument("--help-keys", action="store_true", help="list every config key with its type and default")
+    train.add_argument("--help-keys", action="store_true", help="list every config key with its type and its value in the preset (--config, default digits-cld)")
     train.add_argument("--verbose", action="store_true", help="also show Lightning's own messages and warnings (hidden by default)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=10 batch_size=128")
     train.set_defaults(func=_train)

@@ -132,7 +132,7 @@ class Config:
     eval_every: int = key(0, "kNN every N epochs (0: only at the end)", min=0)
     checkpoint_every: int = key(
         1, "checkpoints/last.ckpt replaced every N epochs (and always at the end, on Ctrl-C and SIGTERM): more for "
-        "short epochs on a GPU, where writing ~100 MB every epoch is a fifth of a 1.5 s epoch", min=1,
+        "short epochs on a GPU, where writing ~115 MB every epoch is up to a third of a 1.5 s epoch", min=1,
     )
     # --- run ---
     seed: int = key(0, "seed of everything (sampler, augmentations, initialisation)")

@@ -26,7 +26,7 @@ def add_pack_command(commands: argparse._SubParsersAction) -> None:
     pack.add_argument("folder", metavar="FOLDER", help="the data set (an image folder; the CIFAR parent folder; '-' for digits)")
     pack.add_argument("out", metavar="OUT", help="new or empty folder for the shards and index.json")
     pack.add_argument("--dataset", choices=PACK_SOURCES, default="folder", help="what FOLDER holds (default folder)")
-    pack.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000: ~110 MB of ImageNet JPEGs)")
+    pack.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000: ~118 MB of ImageNet JPEGs)")
     pack.add_argument("--seed", type=int, default=0, help="seed of the random order the images are written in")
     pack.add_argument("--subset", default="", help="folder: keep these classes ('imagenet100' or a file of class names)")
     pack.set_defaults(func=_pack)

@@ -1,7 +1,7 @@
 """On-device batched augmentation: the view recipes of :mod:`.views` for a whole uint8 batch at once.
 
 Every image of the batch gets its own random parameters, drawn from the same distributions as
-the torchvision recipe (DESIGN.md §2), and the work is a handful of batched tensor ops, so it
+the torchvision recipe (the official CLD recipe), and the work is a handful of batched tensor ops, so it
 runs where the batch is (a GPU) with no per-image Python and no host synchronisation.
 
 Equivalence with the torchvision (CPU) path, op by op:

@@ -34,7 +34,7 @@ def view_transform(
 
     Recipes:
         ``cifar``: RandomResizedCrop(size, scale 0.2–1), ColorJitter(0.4, 0.4, 0.4, 0.4),
-        RandomGrayscale(0.2), horizontal flip with p = ``flip`` (DESIGN.md §2, the official CLD recipe;
+        RandomGrayscale(0.2), horizontal flip with p = ``flip`` (the official CLD recipe;
         the original NPID's CIFAR script has no flip).
         ``v2``: MoCo v2: the same crop, ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8,
         RandomGrayscale(0.2), GaussianBlur(σ ∈ [0.1, 2] px, kernel ±3σ) with p = ``blur``, horizontal flip

@@ -1,4 +1,4 @@
-"""Weighted kNN classification (the NPID protocol, DESIGN.md §4)."""
+"""Weighted kNN classification (the NPID protocol: k = 200, exp(cos / σ) weights, top-1 and top-5)."""
 
 from __future__ import annotations
 
