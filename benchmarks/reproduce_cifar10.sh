@@ -22,7 +22,7 @@
 # Data: DATA_DIR with cifar-10-batches-py/, else unpacked from PACKED (made beforehand with
 #   python benchmarks/cifar_pack.py pack ../shared/data/cifar10 .gpu-data/cifar10-jpeg.npz).
 # Results in $OUT (default reproduce-out/): table.md, reproduce.log and runs.tar.gz: each run's folder
-# (train.log, summary.json, metrics.csv, curves.png from `crosslevel plot`) and pace.json, in one archive
+# (train.log, summary.json, metrics.csv, curves.png from `crosslevel plot --curves-only`: no model, no data) and pace.json, in one archive
 # because a lent GPU machine returns at most 8 files (BUNDLE=0 leaves the folders as they are).
 # Dry run on a CPU (about 2 minutes), from the repository root:
 #   DEVICE=cpu PYTHON=.venv/bin/python METHODS="cld npid-1view" EPOCHS=2 EVAL_EVERY=1 DATA_DIR=/tmp/tiny-cifar \
@@ -62,7 +62,7 @@ report() {  # plots, copies and the table, from whatever the runs hold
     mkdir -p "$OUT/$method"
     kept+=("$method")
     if [ -f "$RUNS/$method/metrics.csv" ]; then
-      timeout -k 10 120 "$PYTHON" -m crosslevel plot "$RUNS/$method" --data "$DATA_DIR" >>"$LOG" 2>&1 &&
+      timeout -k 10 60 "$PYTHON" -m crosslevel plot "$RUNS/$method" --curves-only >>"$LOG" 2>&1 &&
         cp "$RUNS/$method/plots/training_curves.png" "$OUT/$method/curves.png"
       cp "$RUNS/$method/metrics.csv" "$OUT/$method/metrics.csv"
     fi

@@ -288,11 +288,19 @@ def test_pace_is_measured_past_the_compiling_epoch_and_projects_the_end() -> Non
     assert pace == pytest.approx(2.0) and ends == pytest.approx(56.0 + 6 * 2.0 + 5.0)
     resumed = [(0.0, 50), (40.0, 51), (43.0, 52), (46.0, 53), (49.0, 54)]  # a resumed run compiles again
     assert project(resumed, 60, 0.0) == (pytest.approx(3.0), pytest.approx(49.0 + 6 * 3.0))
+    assert project([(0.0, 0), (50.0, 1), (54.0, 5), (60.0, 6)], 10, 0.0) == (None, None)  # 2 intervals: too few to judge
+
+
+def test_pace_leaves_out_the_stall_of_the_first_knn_compiling() -> None:
+    """Records every 15 s of a 1.5 s/epoch run whose epoch-10 kNN compiles for 30 s: the pace stays 1.5 s, not the mean's 3.5."""
+    records = [(0.0, 0), (40.0, 1), (55.0, 11), (100.0, 21), (115.0, 31), (130.0, 41)]
+    pace, ends = load("pace").project(records, 200, 0.0)
+    assert pace == pytest.approx(1.5) and ends == pytest.approx(130.0 + 159 * 1.5)
 
 
 def test_pace_stops_the_least_important_run_when_one_would_be_late() -> None:
     triage = load("pace").triage
-    steady = lambda pace: [[0.0, 0], [30.0, 1], [30.0 + 3 * pace, 4]]  # noqa: E731
+    steady = lambda pace: [[0.0, 0], [30.0, 1], [30.0 + pace, 2], [30.0 + 2 * pace, 3], [30.0 + 3 * pace, 4]]  # noqa: E731
     state = {"records": {"cld": steady(2.0), "npid": steady(2.0), "moco": steady(1.0)}}
     runs = ["cld", "npid", "moco"]
     fits, stop = triage(state, runs, 100, deadline=300.0, now=40.0, final_s=10.0, settle_s=60.0)

@@ -72,6 +72,19 @@ def test_plot_writes_the_three_pngs(run_dir: Path) -> None:
             assert image.size[0] > 300
 
 
+def test_plot_curves_only_reads_the_log_alone(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--curves-only needs config.json and metrics.csv only: no checkpoint, no data set."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "metrics.csv"):
+        (bare / name).write_bytes((run_dir / name).read_bytes())
+    assert main(["plot", str(bare), "--curves-only"]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {bare / 'plots' / 'training_curves.png'}"
+    assert [p.name for p in (bare / "plots").iterdir()] == ["training_curves.png"]
+    assert main(["plot", str(tmp_path / "absent"), "--curves-only"]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+
+
 def test_embed_and_cluster_a_folder(run_dir: Path, tmp_path: Path) -> None:
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)

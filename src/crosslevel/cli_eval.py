@@ -132,8 +132,11 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from .evaluation.figures import plot_run
+    from .evaluation.figures import plot_curves, plot_run
 
+    if args.curves_only:
+        print(f"wrote {plot_curves(Path(args.run_dir))}")
+        return 0
     run = open_evaluation_run(args.run_dir, args.data)
     for path in plot_run(run, args.feature, args.max_points, args.pairs, args.seed):
         print(f"wrote {path}")
@@ -233,6 +236,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     plot.add_argument("--max-points", type=count(5), default=2000, help="images in the t-SNE (default 2000)")
     plot.add_argument("--pairs", type=count(1), default=1000, help="images for the similarity histograms (default 1000)")
     plot.add_argument("--seed", type=int, default=0)
+    plot.add_argument("--curves-only", action="store_true", help="only training_curves.png, from metrics.csv: loads no model and no data")
     plot.set_defaults(func=_plot)
 
     embed = commands.add_parser("embed", help="features of every image under a folder, saved as .npy")
