@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from crosslevel.checkpointing import AtomicCheckpointIO
+from crosslevel.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from crosslevel.cli import main
 from crosslevel.config import apply_overrides, load_preset
 from crosslevel.errors import CrossLevelError, TrainingInterrupted
 from crosslevel.methods import ContrastiveModule
-from crosslevel.run_dir import read_checkpoint, resolve_resume
+from crosslevel.run_dir import read_checkpoint, read_run, resolve_resume
 from crosslevel.training import train
 
 TINY = [
@@ -189,6 +189,32 @@ def test_resume_of_a_finished_run_keeps_its_results(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="nothing left to train"):
         _, again = resume(run_dir)
     assert again == knn and (run_dir / "summary.json").read_text() == before
+
+
+def test_a_run_stopped_after_its_last_epoch_before_its_knn_is_finished_by_a_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after the last epoch's checkpoint, before the summary (SIGKILL, a second Ctrl-C; or a run
+    resumed with fewer epochs= than planned): the run counts its epochs right, and a resume evaluates
+    and writes the summary an uninterrupted run has."""
+    _, whole = train(tiny_config(tmp_path, "whole", "epochs=2", "eval_every=0"))
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise Killed
+
+    monkeypatch.setattr(LastCheckpoint, "on_train_end", killed)
+    with pytest.raises(Killed):
+        train(tiny_config(tmp_path, "killed", "epochs=2", "eval_every=0"))
+    monkeypatch.undo()
+    assert checkpoint_of(tmp_path / "killed")["epoch"] == 1  # Lightning's counter: not advanced at an epoch's end
+    info = read_run(tmp_path / "killed")
+    assert (info.status, info.epochs_done) == ("interrupted", 2)
+    run_dir, knn = resume(tmp_path / "killed")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert knn == whole and summary["knn"] == whole and summary["epochs"] == 2
+    assert summary["knn_best"] == {"epoch": 2, "top1": whole["top1"], "top5": whole["top5"]}
+    assert read_run(run_dir).status == "finished"
 
 
 def test_times_add_up_over_a_mid_epoch_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -212,6 +212,16 @@ def read_data_info(run_dir: Path, cfg: Config) -> DataInfo:
         raise CrossLevelError(f"{path} is damaged ({err})") from None
 
 
+def epochs_trained(checkpoint: dict[str, Any]) -> int:
+    """The whole epochs a training checkpoint holds. Its ``epoch`` is Lightning's epoch counter, which
+    one saved at an epoch's end has not advanced yet (epoch 3 done: 2); Lightning's own count, the
+    epochs its loop has processed, is the one it resumes from."""
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError):  # not written by a fit loop
+        return int(checkpoint.get("epoch", 0))
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Load a crosslevel training checkpoint on the CPU (memory-mapped); a missing or damaged file, one
     that is not a crosslevel checkpoint or one of a newer crosslevel is a :class:`CrossLevelError`."""
@@ -289,7 +299,7 @@ def read_run(run_dir: Path) -> RunInfo:
     if summary.get("epochs") == cfg.epochs:
         return RunInfo(run_dir, cfg, summary, cfg.epochs, "finished")
     if checkpoint.is_file():
-        return RunInfo(run_dir, cfg, summary, int(read_checkpoint(checkpoint).get("epoch", 0)), "interrupted")
+        return RunInfo(run_dir, cfg, summary, epochs_trained(read_checkpoint(checkpoint)), "interrupted")
     return RunInfo(run_dir, cfg, summary, 0, "failed")
 
 

@@ -32,7 +32,7 @@ from .evaluation import extract_features, knn_accuracy
 from .methods import ContrastiveModule
 from .run_dir import (
     CONFIG_FILE, LOG_DIR, RUN_NAME_ENV, SUMMARY_FILE, TENSORBOARD_DIR, DataInfo, check_new_run, checkpoint_of,
-    discard_unsaved, merge_metrics, read_checkpoint, restore, run_dir_of, save_data_info,
+    discard_unsaved, epochs_trained, merge_metrics, read_checkpoint, restore, run_dir_of, save_data_info,
 )  # fmt: skip
 
 
@@ -142,12 +142,21 @@ class KNNMonitor(Callback):
             return
         # Under DDP rank 0 evaluates (the model is the same on every rank) and shares the result.
         result = evaluate_knn(pl_module, self.data, self.cfg) if trainer.is_global_zero else None  # type: ignore[arg-type]
-        self.last = trainer.strategy.broadcast(result, src=0)
-        if self.best is None or self.last["top1"] > self.best["top1"]:
-            self.best = {"epoch": epoch, "top1": self.last["top1"], "top5": self.last["top5"]}
+        self._record(trainer.strategy.broadcast(result, src=0), epoch)
         shots = {f"top1_{group}": value for group, value in (self.last.get("shots") or {}).items() if value is not None}
         logged = {"top1": self.last["top1"], "top5": self.last["top5"], **shots}
         pl_module.log_dict({f"knn_{name}": value for name, value in logged.items()}, on_epoch=True, sync_dist=True)
+
+    def evaluate_last_epoch(self, module: ContrastiveModule, epoch: int) -> dict:
+        """The kNN of a run that had trained all its ``epoch`` epochs when it stopped, before it evaluated
+        them (outside the training loop: one process, nothing logged)."""
+        self._record(evaluate_knn(module, self.data, self.cfg), epoch)
+        return self.last  # type: ignore[return-value]
+
+    def _record(self, result: dict, epoch: int) -> None:
+        self.last = result
+        if self.best is None or result["top1"] > self.best["top1"]:
+            self.best = {"epoch": epoch, "top1": result["top1"], "top5": result["top5"]}
 
 
 def _loggers(cfg: Config, run_dir: Path) -> list[Logger]:
@@ -267,9 +276,9 @@ def train(cfg: Config, verbose: bool = False) -> tuple[Path, dict[str, float] | 
     if data.no_knn:
         warn(f"kNN evaluation skipped: {data.no_knn}")
     module = build_module(cfg, data)
-    if cfg.resume is not None and not _restore_unfinished(module, cfg, data, run_dir):
-        summary = run_dir / SUMMARY_FILE  # finished: keep its results rather than overwrite them with an empty attempt
-        return run_dir, json.loads(summary.read_text()).get("knn") if summary.is_file() else None
+    trained_before = _restore_unfinished(module, cfg, data, run_dir) if cfg.resume is not None else 0
+    if trained_before is None:  # finished: keep its results rather than overwrite them with an empty attempt
+        return run_dir, json.loads((run_dir / SUMMARY_FILE).read_text()).get("knn")
     on_cuda = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
     with lightning_output(verbose), recording_cudagraph_skips(cfg.cuda_graphs, on_cuda) as cudagraph_skips:
         datamodule = ContrastiveDataModule(cfg, data)
@@ -285,6 +294,8 @@ def train(cfg: Config, verbose: bool = False) -> tuple[Path, dict[str, float] | 
     knn = monitor.last
     if knn is None and "knn_top1" in trainer.callback_metrics:  # ddp_spawn: the monitor ran in the rank processes
         knn = {key: float(trainer.callback_metrics[f"knn_{key}"]) for key in ("top1", "top5")}
+    if knn is None and trained_before >= cfg.epochs and data.test is not None and trainer.is_global_zero:
+        knn = monitor.evaluate_last_epoch(module.to(trainer.strategy.root_device), trained_before)  # stopped before evaluating
     if cudagraph_skips:
         warn(f"cuda_graphs=true: Inductor ran {len(cudagraph_skips)} compiled part(s) without CUDA graphs, kernel by kernel "
              f"(first: {cudagraph_skips[0]}); summary.json lists them (cudagraph_skips)")  # fmt: skip
@@ -293,17 +304,19 @@ def train(cfg: Config, verbose: bool = False) -> tuple[Path, dict[str, float] | 
     return run_dir, knn
 
 
-def _restore_unfinished(module: ContrastiveModule, cfg: Config, data: Data, run_dir: Path) -> bool:
+def _restore_unfinished(module: ContrastiveModule, cfg: Config, data: Data, run_dir: Path) -> int | None:
     """Load the ``resume=`` checkpoint's weights into ``module`` (before config.json is rewritten: a
-    checkpoint that does not fit leaves the run as it was); False, with a warning, when the run has
-    already trained all ``epochs``."""
+    checkpoint that does not fit leaves the run as it was) and return the epochs it has trained; None,
+    with a warning, when the run has finished all ``epochs`` (its summary written). A run stopped
+    after its last epoch but before its end (the final kNN, the summary) is resumed to finish it."""
     assert cfg.resume is not None
     saved = read_checkpoint(Path(cfg.resume))
     restore(module, saved, Path(cfg.resume), cfg, len(data.train), data.train.channels)
-    if saved["epoch"] < cfg.epochs:
-        return True
-    warn(f"{run_dir} has trained {saved['epoch']} of epochs={cfg.epochs}: nothing left to train (raise epochs= to go on)")
-    return False
+    trained, summary = epochs_trained(saved), run_dir / SUMMARY_FILE
+    if trained < cfg.epochs or not summary.is_file() or json.loads(summary.read_text()).get("epochs") != trained:
+        return trained
+    warn(f"{run_dir} has trained {trained} of epochs={cfg.epochs}: nothing left to train (raise epochs= to go on)")
+    return None
 
 
 def _trainer(cfg: Config, run_dir: Path, datamodule: ContrastiveDataModule, callbacks: list[Callback]) -> pl.Trainer:
