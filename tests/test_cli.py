@@ -84,8 +84,13 @@ def test_bad_input_is_one_clear_message(capsys: pytest.CaptureFixture, args: lis
 
 
 @pytest.mark.parametrize(
-    "args", [["score", "RUN", "--max-images", "1"], ["plot", "RUN", "--max-points", "0"], ["eval", "semi", "RUN", "--fraction", "0.1", "--epochs", "0"]]
-)
+    "args",
+    [
+        ["score", "RUN", "--max-images", "1"], ["plot", "RUN", "--max-points", "0"], ["plot", "RUN", "--pairs", "1"],
+        ["eval", "semi", "RUN", "--fraction", "0.1", "--epochs", "0"], ["eval", "linear", "RUN", "--weight-decay", "-1"],
+        ["eval", "all", "RUN", "--weight-decay", "nan"],
+    ],
+)  # fmt: skip
 def test_bad_counts_are_usage_errors(args: list[str], capsys: pytest.CaptureFixture) -> None:
     from crosslevel.cli import parse
 

@@ -105,3 +105,10 @@ def test_a_run_prints_results_on_stdout_and_lightning_only_when_verbose(tmp_path
     verbose = train(tmp_path, 1, "epochs=2", "name=verbose", "--verbose")
     assert verbose.returncode == 143
     assert {"GPU available", "litlogger", "Received SIGTERM"} <= set(lightning_lines(verbose.stdout + verbose.stderr))
+
+
+def test_a_reader_that_leaves_early_is_no_error(tmp_path: Path) -> None:
+    """`crosslevel presets | head -1`: stdout a pipe whose reader has gone; exit 0, nothing on stderr."""
+    code = "import os, sys; r, w = os.pipe(); os.close(r); os.dup2(w, 1); from crosslevel.cli import main; sys.exit(main(sys.argv[1:]))"
+    result = python(tmp_path, code, "presets")
+    assert (result.returncode, result.stderr) == (0, "")

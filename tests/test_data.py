@@ -8,6 +8,7 @@ import torch
 
 from conftest import write_cifar10, write_cifar100, write_image_folder
 from crosslevel.data import LabelledDataset, MultiViewDataset, eval_transform, load_split, view_transform
+from crosslevel.data.images import stratified_choice
 from crosslevel.errors import CrossLevelError
 
 
@@ -98,6 +99,26 @@ def test_subset_is_stratified_and_seeded() -> None:
     assert len(a) == 200 and np.array_equal(a.images, b.images)
     counts = np.bincount(a.labels, minlength=10)
     assert counts.min() >= 18 and counts.max() <= 22
+
+
+@pytest.mark.parametrize("counts, size", [([1, 40, 59], 50), ([5] * 10, 49), ([5] * 10, 10), ([1, 1, 3], 4)])
+def test_stratified_choice_where_scikit_learn_refuses(counts: list[int], size: int) -> None:
+    """A class of one image, or fewer left out than there are classes: each class keeps at least one
+    image and otherwise its share, rounded by largest remainder; seeded, no index twice."""
+    labels = np.repeat(np.arange(len(counts)), counts)
+    chosen = stratified_choice(labels, size, seed=3)
+    assert len(chosen) == len(set(chosen.tolist())) == size
+    assert np.array_equal(chosen, stratified_choice(labels, size, seed=3))
+    kept = np.bincount(labels[chosen], minlength=len(counts))
+    share = size * np.array(counts) / len(labels)
+    assert (kept >= 1).all() and (kept <= counts).all() and (np.abs(kept - share) < 1 + 1e-9).all()
+
+
+def test_subset_below_the_number_of_classes_is_one_error() -> None:
+    train = load_split("digits", None, "train")
+    with pytest.raises(CrossLevelError, match="train_subset=5: a class-stratified subset needs at least one image of each of the 10 classes"):
+        train.subset(5, 0, "train_subset")
+    assert len(train.subset(len(train) - 1, 0)) == len(train) - 1  # one image left out of 10 classes
 
 
 def test_views_and_datasets() -> None:

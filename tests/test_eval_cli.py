@@ -85,7 +85,7 @@ def test_plot_curves_only_reads_the_log_alone(run_dir: Path, tmp_path: Path, cap
     assert "is not a run directory" in capsys.readouterr().err
 
 
-def test_embed_and_cluster_a_folder(run_dir: Path, tmp_path: Path) -> None:
+def test_embed_and_cluster_a_folder(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)
     digits = load_digits()
@@ -96,6 +96,11 @@ def test_embed_and_cluster_a_folder(run_dir: Path, tmp_path: Path) -> None:
     features = np.load(tmp_path / "feats.npy")
     files = (tmp_path / "feats.txt").read_text().splitlines()
     assert features.shape[0] == len(files) == 30 and np.allclose(np.linalg.norm(features, axis=1), 1, atol=1e-5)
+    capsys.readouterr()
+    assert main(["embed", str(run_dir), "--data", str(folder), "--out", str(tmp_path / "feats.v2")]) == 0  # np.save adds .npy
+    said = capsys.readouterr().out.splitlines()[-1]
+    assert said == f"wrote {tmp_path / 'feats.v2.npy'} (row i = line i of {tmp_path / 'feats.v2.txt'})"
+    assert (tmp_path / "feats.v2.npy").is_file() and (tmp_path / "feats.v2.txt").is_file()
     assert main(["cluster", str(run_dir), "--data", str(folder), "--k", "3", "--out", str(tmp_path / "groups.csv")]) == 0
     rows = list(csv.DictReader((tmp_path / "groups.csv").open()))
     assert len(rows) == 30 and {row["group"] for row in rows} == {"0", "1", "2"}

@@ -180,3 +180,9 @@ def test_files_decoded_on_the_fly_keep_their_size_and_train(tmp_path: Path) -> N
 def test_on_the_fly_decoding_needs_an_image_size() -> None:
     with pytest.raises(CrossLevelError, match="image_size"):
         apply_overrides(load_preset("digits-cld"), ["in_memory=false"])
+
+
+def test_skipping_unreadable_files_needs_them_decoded_into_memory() -> None:
+    """Files decoded on the fly are read mid-epoch: bad_images=skip there is refused, not ignored."""
+    with pytest.raises(CrossLevelError, match="bad_images=skip leaves unreadable files out when the images are decoded into memory"):
+        apply_overrides(load_preset("digits-cld"), ["in_memory=false", "image_size=8", "bad_images=skip"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import warnings
 from importlib import metadata
@@ -210,10 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = format_warning  # the command's; a library user's warnings stay Python's
     args = parse(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that left shows here, not at the interpreter's exit
+        return code
     except CrossLevelError as err:
         print(f"crosslevel: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of stdout left (`crosslevel presets | head -1`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush cannot fail again
+        return 0
     except OSError as err:  # the file system refused a write or a read: a full disk, a quota, a lost mount
         print(f"crosslevel: error: {err.filename or 'a file'}: {err.strerror or err}", file=sys.stderr)
         return 2

@@ -33,14 +33,22 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 
 def count(minimum: int):  # noqa: ANN201 - an argparse type
     """An argparse type: an integer of at least ``minimum``, or a clear usage error."""
+    return _at_least(int, "an integer", minimum)
 
-    def parse(text: str) -> int:
+
+def amount(minimum: float):  # noqa: ANN201 - an argparse type
+    """An argparse type: a finite number of at least ``minimum``, or a clear usage error."""
+    return _at_least(float, "a number", minimum)
+
+
+def _at_least(kind: type, name: str, minimum: float):  # noqa: ANN202
+    def parse(text: str) -> float:
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expects an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+            raise argparse.ArgumentTypeError(f"expects {name}, got {text!r}") from None
+        if not minimum <= value < float("inf"):  # NaN fails too
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{' and finite' if kind is float else ''}, got {value}")
         return value
 
     return parse

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cli_common import check_data_path, check_output, count, print_table
+from .cli_common import amount, check_data_path, check_output, count, print_table
 from .config import FEATURES, is_url
 from .errors import CrossLevelError, warn
 
@@ -150,6 +150,7 @@ def _embed(args: argparse.Namespace) -> int:
     from .export import embed_folder
 
     out = Path(args.out)
+    out = out if out.suffix == ".npy" else out.with_name(out.name + ".npy")  # the name np.save gives it
     check_output(out)
     run = Run.open(Path(args.run_dir))
     paths, _, features = embed_folder(run, Path(args.data), args.feature)
@@ -207,7 +208,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         if metric in ("linear", "all"):
             sub.add_argument("--augmented", action="store_true", help="SGD on random training views (standard protocol)")
             sub.add_argument("--epochs", type=count(1), default=10, help="--augmented: epochs (default 10)")
-            sub.add_argument("--weight-decay", type=float, default=1e-4, help="L2 penalty of the classifier (default 1e-4)")
+            sub.add_argument("--weight-decay", type=amount(0.0), default=1e-4, help="L2 penalty of the classifier (default 1e-4)")
         if metric in ("nmi", "all"):
             sub.add_argument("--seed", type=int, default=0, help="k-means seed")
         sub.set_defaults(func=_eval, augmented=False, epochs=10, weight_decay=1e-4, seed=0)
@@ -234,7 +235,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     plot.add_argument("--data", metavar="PATH", help=MOVED_DATA_HELP)
     plot.add_argument("--feature", choices=FEATURES, default="f_I")
     plot.add_argument("--max-points", type=count(5), default=2000, help="images in the t-SNE (default 2000)")
-    plot.add_argument("--pairs", type=count(1), default=1000, help="images for the similarity histograms (default 1000)")
+    plot.add_argument("--pairs", type=count(2), default=1000, help="images for the similarity histograms (default 1000)")
     plot.add_argument("--seed", type=int, default=0)
     plot.add_argument("--curves-only", action="store_true", help="only training_curves.png, from metrics.csv: loads no model and no data")
     plot.set_defaults(func=_plot)

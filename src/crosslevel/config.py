@@ -359,6 +359,11 @@ def validate(cfg: Config) -> Config:
         raise CrossLevelError(f"gpu_decoder={cfg.gpu_decoder} chooses decode=gpu's decoder: it needs decode=gpu (got decode={cfg.decode})")
     if not cfg.in_memory and not cfg.image_size:
         raise CrossLevelError("in_memory=false decodes images on the fly and needs image_size=N (e.g. 224)")
+    if not cfg.in_memory and cfg.bad_images == "skip":
+        raise CrossLevelError(
+            "bad_images=skip leaves unreadable files out when the images are decoded into memory (in_memory=true); "
+            "files decoded on the fly (in_memory=false) are read in the middle of an epoch, each one an error naming it: remove them first"
+        )
     if cfg.dataset != "digits" and not cfg.data:
         raise CrossLevelError(f"dataset '{cfg.dataset}' needs a path: add --data PATH (or data=PATH)")
     if not re.fullmatch(r"auto|-1|[1-9]\d*|\d+,(\d+,?)*", cfg.devices):

@@ -15,6 +15,13 @@ from .run_dir import MLFLOW_DIR
 PROJECT = "crosslevel"  # the W&B project and the MLflow experiment
 
 
+def missing_extra(logger: str, err: ModuleNotFoundError) -> CrossLevelError:
+    """The one-line error for ``logger=<logger>`` without its extra (Lightning's own message runs to
+    several lines of hints: its first line names what is missing)."""
+    missing = str(err).strip().splitlines()[0] if str(err).strip() else "a module is missing"
+    return CrossLevelError(f"logger={logger} needs: pip install 'crosslevel[{logger}]' ({missing})")
+
+
 def wandb_logger(run_dir: Path) -> Logger:
     """A W&B logger writing ``run_dir/wandb/``: offline (no network; ``wandb sync`` uploads later)
     unless the user set ``WANDB_MODE`` (``online``: to the server their ``wandb login`` set)."""
@@ -24,7 +31,7 @@ def wandb_logger(run_dir: Path) -> Logger:
 
         return WandbLogger(name=run_dir.name, save_dir=str(run_dir), project=PROJECT)  # wandb writes save_dir/wandb/
     except ModuleNotFoundError as err:
-        raise CrossLevelError(f"logger=wandb needs: pip install 'crosslevel[wandb]' ({err})") from None
+        raise missing_extra("wandb", err) from None
 
 
 def mlflow_logger(run_dir: Path) -> Logger:
@@ -40,4 +47,4 @@ def mlflow_logger(run_dir: Path) -> Logger:
 
         return MLFlowLogger(experiment_name=PROJECT, run_name=run_dir.name, tracking_uri=uri)
     except ModuleNotFoundError as err:
-        raise CrossLevelError(f"logger=mlflow needs: pip install 'crosslevel[mlflow]' ({err})") from None
+        raise missing_extra("mlflow", err) from None

@@ -169,7 +169,9 @@ def _loggers(cfg: Config, run_dir: Path) -> list[Logger]:
 
             loggers.append(TensorBoardLogger(save_dir=str(run_dir), name=TENSORBOARD_DIR))
         except ModuleNotFoundError as err:  # pragma: no cover - depends on the environment
-            raise CrossLevelError(f"logger=tensorboard needs: pip install 'crosslevel[tensorboard]' ({err})") from None
+            from .tracking import missing_extra
+
+            raise missing_extra("tensorboard", err) from None
     if cfg.logger in ("wandb", "mlflow"):
         from .tracking import mlflow_logger, wandb_logger
 
@@ -178,11 +180,21 @@ def _loggers(cfg: Config, run_dir: Path) -> list[Logger]:
 
 
 class StderrProgressBar(TQDMProgressBar):
-    """Lightning's progress bar on stderr (Lightning writes it to stdout), so that stdout holds results only."""
+    """Lightning's progress bar on stderr (Lightning writes it to stdout), so that stdout holds results
+    only; epochs numbered from 1 as everywhere else, and the bar closed when training stops, so that
+    the line saying why starts a line of its own."""
 
     def init_train_tqdm(self) -> Tqdm:
         with contextlib.redirect_stdout(sys.stderr):
             return super().init_train_tqdm()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._train_progress_bar is not None:
+            self._train_progress_bar.close()
 
 
 @contextmanager

@@ -121,7 +121,7 @@ def training_images(images: Images, cfg: Config) -> Images:
 
     def choose(images: Images) -> Images:
         images = long_tail(images, cfg.lt_ratio, cfg.seed) if cfg.lt_ratio > 0 else images
-        return images.subset(cfg.train_subset, cfg.seed)
+        return images.subset(cfg.train_subset, cfg.seed, "train_subset")
 
     images = chosen_and_decoded(images, cfg, choose)
     return high_correlation(images, cfg.hc_frames, cfg.hc_mode, cfg.seed) if cfg.hc_frames > 0 else images
@@ -155,7 +155,7 @@ def load_test(cfg: Config, train: Images | None = None) -> tuple[Images | None, 
         return None, "the test split has no labels"
     if not support_labelled(cfg, train):
         return None, "the training images have no labels"
-    return chosen_and_decoded(test, cfg, lambda images: images.subset(cfg.test_subset, cfg.seed)), ""
+    return chosen_and_decoded(test, cfg, lambda images: images.subset(cfg.test_subset, cfg.seed, "test_subset")), ""
 
 
 def load_data(cfg: Config) -> Data:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from ..errors import CrossLevelError
+
 
 class Images(abc.ABC):
     """What training and evaluation read from a set of images.
@@ -52,20 +54,40 @@ class Images(abc.ABC):
         """Images per class (length = number of classes; labelled sets only)."""
         return np.bincount(self.labels, minlength=len(self.classes))
 
-    def subset(self, size: int, seed: int) -> Images:
-        """A seeded subset of ``size`` images, class-stratified when labelled (sorted indices)."""
+    def subset(self, size: int, seed: int, key: str = "subset") -> Images:
+        """A seeded subset of ``size`` images, class-stratified when labelled (sorted indices); ``key``,
+        the config key that asked for it, names it in the error when ``size`` is below the classes."""
         if size <= 0 or size >= len(self):
             return self
-        rng = np.random.default_rng(seed)
-        if self.labelled:
-            from sklearn.model_selection import train_test_split
+        if not self.labelled:
+            return self.select(np.sort(np.random.default_rng(seed).choice(len(self), size=size, replace=False)))
+        classes = len(np.unique(self.labels))
+        if size < classes:
+            raise CrossLevelError(f"{key}={size}: a class-stratified subset needs at least one image of each of the {classes} classes")
+        return self.select(np.sort(stratified_choice(self.labels, size, seed)))
 
-            keep, _ = train_test_split(
-                np.arange(len(self)), train_size=size, stratify=self.labels, random_state=seed
-            )
-        else:
-            keep = rng.choice(len(self), size=size, replace=False)
-        return self.select(np.sort(keep))
+
+def stratified_choice(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """``size`` seeded indices of ``labels`` (N, at least one per class in it), each class in proportion
+    to its share: scikit-learn's stratified split, or, where it refuses (a class of one image, or fewer
+    images left out than there are classes), each class's share rounded by largest remainder."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        return train_test_split(np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed)[0]
+    except ValueError:
+        pass
+    classes, counts = np.unique(labels, return_counts=True)
+    share = size * counts / len(labels)
+    quota = np.clip(np.floor(share).astype(int), 1, counts)
+    while quota.sum() < size:  # the largest remainders first
+        for c in np.argsort(np.floor(share) - share, kind="stable"):
+            if quota.sum() < size and quota[c] < counts[c]:
+                quota[c] += 1
+    while quota.sum() > size:  # the one-image minimum overshot: back from the largest quotas
+        quota[np.argmax(quota)] -= 1
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.choice(np.flatnonzero(labels == c), q, replace=False) for c, q in zip(classes, quota)])
 
 
 @dataclass(frozen=True)
