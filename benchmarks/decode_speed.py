@@ -18,7 +18,11 @@ levels) for the detail of a photo (about 50 KiB a file), saved as JPEG quality 9
   changes it), fed (c) by PIL workers, (d) by ``decode=gpu`` and (d2) by its nvimgcodec decoder, and (e) from synthetic 224-px
   images held on the GPU (no decode: the compute-bound rate). Target: (b) ≥ 1.5 × (e).
 
-Without CUDA the ``decode=gpu`` rows run with the decode on the CPU and say "not measured (CUDA only)".
+First, a check that the GPU decode gives the CPU decode's pixels (``agreement``): the files of a few
+training batches decoded on the GPU while the stream is busy with queued work, and one batch ahead on
+the side stream as training decodes, each image against torchvision's CPU decode (libjpeg-turbo) in
+mean |difference| (grey levels); the two decoders differ in rounding by a level or so, a decode that
+wrote into memory still in use by tens. Without CUDA the ``decode=gpu`` rows run with the decode on the CPU and say "not measured (CUDA only)".
 The folder is read from the page cache after ``make`` (a warm cache: disk reads are not measured).
 
     python benchmarks/decode_speed.py make .gpu-data/cifar10-jpeg.npz /tmp/in100-jpeg
@@ -52,7 +56,7 @@ from throughput import machine, synchronize, synthetic_images, time_call, write_
 
 from crosslevel.config import Config, apply_overrides, load_preset  # noqa: E402
 from crosslevel.data.datamodule import ContrastiveDataModule, Data, load_data  # noqa: E402
-from crosslevel.data.jpeg_views import decode  # noqa: E402
+from crosslevel.data.jpeg_views import DecodeAhead, decode  # noqa: E402
 from crosslevel.training import build_module  # noqa: E402
 
 CUDA_ONLY = "not measured (CUDA only): dry run with the decode on the CPU"
@@ -164,6 +168,50 @@ def gpu_decode_parts(datamodule: ContrastiveDataModule, device: torch.device) ->
     return {"decode_ms_per_batch": decode_ms, "decode_and_views_ms_per_batch": 1000 * time_call(lambda: views(batch), device, 5)}
 
 
+def queue_work_that_frees_memory(device: torch.device) -> None:
+    """Queue on the current stream a long matrix product, then writes to 64 tensors of an image's size that
+    wait behind it, and free them: the caching allocator may hand their memory to the next allocation on
+    this stream at once (safe for work on this stream), so a decode writing from a stream of its own that
+    does not wait for this one has its images written over by the queued writes."""
+    big = torch.randn(8192, 8192, device=device)
+    for _ in range(3):
+        big = torch.tanh(big @ big)
+    for tensor in [torch.empty(350, 400, 3, dtype=torch.uint8, device=device) for _ in range(64)]:
+        tensor.fill_(255)  # queued behind the products; freed at once
+
+
+MISMATCH_LEVELS = 8.0  # an image this far (mean |GPU - CPU| grey levels) from the CPU decode is wrong, not rounded
+
+
+def decode_agreement(datamodule: ContrastiveDataModule, device: torch.device, batches: int = 4) -> dict[str, float]:
+    """The worst image's mean |GPU - CPU decode| (grey levels) over ``batches`` training batches, decoded on the
+    current stream behind queued work and one batch ahead on the side stream (:class:`DecodeAhead`, as
+    training does), and how many images lie more than ``MISMATCH_LEVELS`` from the CPU decode."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    views = datamodule.views.to(device)
+    ahead = DecodeAhead([], views, lambda: device)
+    worst = {"current_stream": 0.0, "decode_ahead": 0.0}
+    images = mismatched = 0
+    for _, batch in zip(range(batches), datamodule.loader):
+        files = batch.files()
+        reference = [decode_jpeg(data, mode=ImageReadMode.RGB).int() for data in files]
+        if device.type == "cuda":
+            queue_work_that_frees_memory(device)
+        decoded = {
+            "current_stream": decode(files, device, batch.names, views.jpegs_decoder),
+            "decode_ahead": ahead._start(batch, device).wait(),
+        }
+        for path, got in decoded.items():
+            errors = [(image.cpu().int() - expected).abs().float().mean().item() for image, expected in zip(got, reference)]
+            worst[path] = max(worst[path], *errors)
+            mismatched += sum(error > MISMATCH_LEVELS for error in errors)
+        images += len(files)
+    synchronize(device)
+    return {"images": images, "worst_mean_abs_current_stream": worst["current_stream"],
+            "worst_mean_abs_decode_ahead": worst["decode_ahead"], "mismatched_images": mismatched}  # fmt: skip
+
+
 class RateTimer(pl.Callback):
     """Images/s of the training steps after the first ``warmup``; stops training after ``steps`` timed
     steps or at ``deadline`` (``time.perf_counter()``), whichever comes first."""
@@ -238,6 +286,7 @@ def measure(args: argparse.Namespace) -> dict:
         row("b_gpu_decode_data_path", dict, "decode=gpu fell back to PIL (see the warning above)")
         return result
     note = "" if cuda else CUDA_ONLY
+    row("agreement_torchvision", lambda: decode_agreement(gpu_module, device), note)
     row("b_gpu_decode_data_path", lambda: {
         "images_per_s": data_path_rate(gpu_module, device, seconds(0.25)),
         "bytes_only_images_per_s": data_path_rate(gpu_module, device, seconds(0.1), make_views=False),
@@ -247,6 +296,7 @@ def measure(args: argparse.Namespace) -> dict:
     hw_cfg = config(args.folder, args, "gpu", "nvimgcodec")
     if hardware:  # gpu_decoder=nvimgcodec: the hardware JPEG decoder (nvImageCodec needs a CUDA driver)
         hw_module = data_module(hw_cfg, data, cuda)
+        row("agreement_nvimgcodec", lambda: decode_agreement(hw_module, device))
         row("b2_nvimgcodec_data_path", lambda: {"images_per_s": data_path_rate(hw_module, device, seconds(0.2)), **gpu_decode_parts(hw_module, device)})
     row("c_step_fed_by_pil", lambda: {"images_per_s": step_rate(pil_cfg, data, data_module(pil_cfg, data, cuda), args, deadline(0.3))})
     row("d_step_fed_by_gpu_decode",
@@ -277,6 +327,15 @@ def table(result: dict) -> str:
     if "folder" in result:
         f = result["folder"]
         lines.append(f"folder: {f['images']} JPEGs, {f['classes']} classes, {f['size']}, quality {f['quality']}, {f['mean_kib']:.0f} KiB each")
+    for decoder in ("torchvision", "nvimgcodec"):
+        agreed = rows.get(f"agreement_{decoder}")
+        if agreed and "images" in agreed:
+            verdict = "ok" if agreed["mismatched_images"] == 0 else f"MISMATCH: {agreed['mismatched_images']} image(s) off by > {MISMATCH_LEVELS:.0f} levels"
+            lines.append(f"GPU decode ({decoder}) against the CPU decode, worst image's mean |difference| over {agreed['images']} images: "
+                         f"{agreed['worst_mean_abs_current_stream']:.2f} levels behind queued work, {agreed['worst_mean_abs_decode_ahead']:.2f} "
+                         f"decoded ahead as in training: {verdict}{note(f'agreement_{decoder}')}")  # fmt: skip
+        elif agreed:
+            lines.append(f"GPU decode ({decoder}) against the CPU decode: not measured{note(f'agreement_{decoder}')}")
     b = rows.get("b_gpu_decode_data_path", {})
     lines += [
         "data path alone, images/s:",

@@ -30,8 +30,9 @@
 # (.gpu-data/ is git-ignored; carry it along with the repository.)
 #
 # Run from the repository root:  bash benchmarks/gpu_check.sh
-# Results (3 files and 2 a trained preset: 7 with the default TRAIN; a lent machine returns at most 8, and
-# summary.txt has the figures of all of them; JSON written as each measurement ends) go to $OUT (default gpu-check-out/).
+# Results (3 files and 2 a trained preset: 7 with the default TRAIN; past 8, what a lent machine returns, the
+# runs' files go into one runs.tar.gz; summary.txt has the figures of all of them; JSON written as each
+# measurement ends) go to $OUT (default gpu-check-out/).
 # Dry run on a CPU (a few minutes on 2 cores), from the repository root:
 #   DEVICE=cpu PYTHON=.venv/bin/python SPEED_FLAGS= TRAIN_SPEED= BACKBONE=smallcnn WIDTH=8 BATCH=64 STEPS=2 WARMUP=1 \
 #   REPEATS=2 TRAIN_SIZE=2000 \
@@ -144,6 +145,12 @@ if trained:  # TRAIN="": throughput only
 if machine:
     print(f"device: {machine['device']} | cpu: {machine['cpu']} | torch {machine['torch']} | {machine['date']}")
 EOF
+  local runs
+  runs=$(cd "$OUT" && ls | grep -E '_(summary\.json|metrics\.csv)$')
+  if [ "$(ls "$OUT" | wc -l)" -gt 8 ] && [ -n "$runs" ]; then  # a lent machine returns at most 8 files
+    tar -czf "$OUT/runs.tar.gz" -C "$OUT" $runs && (cd "$OUT" && rm -f $runs) &&
+      echo "(the runs' summaries and metrics: $OUT/runs.tar.gz)"
+  fi
 }
 trap summary EXIT
 trap 'exit 143' TERM INT
@@ -180,7 +187,7 @@ else
   fi
 fi
 
-step device 60 bash -c "nvidia-smi || true; $PYTHON -c 'import torch, torchvision, lightning; print(\"torch\", torch.__version__, \"torchvision\", torchvision.__version__, \"lightning\", lightning.__version__); print(\"device:\", torch.cuda.get_device_name() if torch.cuda.is_available() else \"cpu\")'"
+step device 60 bash -c "nvidia-smi || true; df -h /dev/shm || true; $PYTHON -c 'import torch, torchvision, lightning; print(\"torch\", torch.__version__, \"torchvision\", torchvision.__version__, \"lightning\", lightning.__version__); print(\"device:\", torch.cuda.get_device_name() if torch.cuda.is_available() else \"cpu\")'"
 if [ -f "$DATA_DIR/cifar-10-batches-py/test_batch" ]; then
   echo "=== unpack: $DATA_DIR already holds CIFAR-10" | tee -a "$LOG"
 else

@@ -8,7 +8,8 @@
 #      path alone for PIL workers (decode=cpu) and GPU decode (decode=gpu; and gpu_decoder=nvimgcodec, the
 #      hardware JPEG decoder, when nvImageCodec is there), and of the imagenet100-cldm training step
 #      (ResNet-50, batch 64, bf16, channels_last) fed by each and from images in GPU memory;
-#      target: the GPU-decode data path >= 1.5 x the step's rate;
+#      target: the GPU-decode data path >= 1.5 x the step's rate; first, that the GPU decode gives the CPU
+#      decode's pixels behind queued work on its stream and decoded ahead as in training (agreement);
 # and, whatever happened before, the table last (also in $OUT/decode_summary.txt).
 # Time: the whole script ends within TOTAL_S seconds (default 540); the folder gets at most MAKE_S (200).
 #
@@ -56,6 +57,7 @@ if [ "$DEVICE" != cpu ] && ! timeout -k 10 60 "$PYTHON" -c 'import torch; assert
   echo "gpu_decode_check: stopping: no usable CUDA GPU (see $LOG); DEVICE=cpu for a dry run" | tee -a "$LOG" >&2
   exit 1
 fi
+df -h /dev/shm >>"$LOG" 2>&1  # where the loader workers' batches pass: a small one fails them with a bus error
 if compgen -G ".whl/*.whl" >/dev/null; then
   echo "=== wheels: $(ls .whl | tr '\n' ' ')" | tee -a "$LOG"
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >>"$LOG" 2>&1 &&

@@ -133,9 +133,11 @@ class DeviceProbe(pl.Callback):
         if cfg.cld_weight > 0:
             groups = [random_features(cfg, device) for _ in range(2)]
 
-            def kmeans_and_loss() -> None:  # the module's own CLD term: compiled as the step runs it
-                new_step()
-                torch.autograd.grad(pl_module.cld(*groups), groups)  # no .grad kept: a graph's output is gone next step
+            def kmeans_and_loss() -> None:  # the module's own CLD term, compiled as the step runs it and in its
+                new_step()  # autocast state (the precision's context, autocast off inside): its graph, not a new one
+                with trainer.precision_plugin.forward_context(), torch.autocast(device.type, enabled=False):
+                    loss = pl_module.cld(*groups)
+                torch.autograd.grad(loss, groups)  # no .grad kept: a graph's output is gone next step
 
             self.timings["cld_ms"] = 1000 * time_call(kmeans_and_loss, device, self.repeats)
         views = trainer.datamodule.views
@@ -246,10 +248,10 @@ def check_no_sync(cfg: Config, device: torch.device) -> str:
         return "not checked (CUDA only)"
     data = Data(synthetic_images(cfg.batch_size * 2, 32), None)
     every_op = dataclasses.replace(cfg, augment_device="device", augment="v2", blur=0.5, random_erasing=0.5)
-    module = build_module(every_op, data).to(device)
     views = ContrastiveDataModule(every_op, data).views.to(device)
     indices = torch.arange(cfg.batch_size, device=device)
     groups = [random_features(cfg, device) for _ in range(2)]
+    bank = random_features(dataclasses.replace(cfg, batch_size=len(data.train)), device).detach()  # any method's config
     for _ in range(3):  # compiled (and recorded as a CUDA graph: warm-up, record, replay) before the check
         torch.compiler.cudagraph_mark_step_begin()
         views(indices)
@@ -258,7 +260,7 @@ def check_no_sync(cfg: Config, device: torch.device) -> str:
     try:
         torch.compiler.cudagraph_mark_step_begin()
         views(indices)
-        bank_softmax_loss(groups[0], module.branch.bank.memory, indices, cfg.instance_temperature).backward()
+        bank_softmax_loss(groups[0], bank, indices, cfg.instance_temperature).backward()
         cld_loss(*groups, cfg.num_groups, cfg.cld_temperature, cfg.kmeans_iters).backward()
     except RuntimeError as err:
         return f"FAILED: {err}"

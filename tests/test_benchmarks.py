@@ -372,6 +372,8 @@ def test_decode_speed_makes_a_jpeg_folder_and_dry_runs_on_the_cpu(tmp_path: Path
             "--json", str(out), "--set", "backbone=smallcnn", "width=4", "image_size=32", "batch_size=8"]  # fmt: skip
     assert speed.main(argv) == 0
     rows = json.loads(out.read_text())["rows"]
+    agreement = rows.pop("agreement_torchvision")  # the CPU decode against itself: the same pixels
+    assert agreement["images"] == 32 and agreement["mismatched_images"] == 0 and agreement["worst_mean_abs_decode_ahead"] == 0.0
     assert list(rows) == ["a_pil_data_path", "b_gpu_decode_data_path", "c_step_fed_by_pil", "d_step_fed_by_gpu_decode", "e_step_from_gpu_memory"]
     assert all(row["images_per_s"] > 0 for row in rows.values())
     assert rows["b_gpu_decode_data_path"]["note"].startswith("not measured (CUDA only)") and "note" not in rows["c_step_fed_by_pil"]
@@ -395,6 +397,9 @@ def test_decode_speed_table_judges_the_target_from_measured_rows() -> None:
     rows["d2_step_fed_by_nvimgcodec"] = {"images_per_s": 1350.0}
     printed = load("decode_speed").table(result)
     assert "target (b2) >= 1.5 x (e): 4.00 x, met" in printed and "(d2) 0.90" in printed and "decode 9.5 ms" in printed
+    rows["agreement_nvimgcodec"] = {"images": 256, "worst_mean_abs_current_stream": 0.8, "worst_mean_abs_decode_ahead": 41.0, "mismatched_images": 3}
+    assert ("GPU decode (nvimgcodec) against the CPU decode, worst image's mean |difference| over 256 images: 0.80 levels behind "
+            "queued work, 41.00 decoded ahead as in training: MISMATCH: 3 image(s) off by > 8 levels") in load("decode_speed").table(result)
 
 
 def test_shards_packs_reads_and_streams_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
