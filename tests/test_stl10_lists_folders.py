@@ -186,3 +186,14 @@ def test_skipping_unreadable_files_needs_them_decoded_into_memory() -> None:
     """Files decoded on the fly are read mid-epoch: bad_images=skip there is refused, not ignored."""
     with pytest.raises(CrossLevelError, match="bad_images=skip leaves unreadable files out when the images are decoded into memory"):
         apply_overrides(load_preset("digits-cld"), ["in_memory=false", "image_size=8", "bad_images=skip"])
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_false_draws_no_loading_bars(tmp_path: Path, progress: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    for c in range(2):
+        (tmp_path / "train" / f"c{c}").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * i + c, np.uint8)).save(tmp_path / "train" / f"c{c}" / f"{i}.png")
+    cfg = apply_overrides(load_preset("digits-cld"), ["dataset=folder", f"data={tmp_path}", f"progress={str(progress).lower()}"])
+    load_data(cfg)
+    assert ("decoding train" in capsys.readouterr().err) == progress

@@ -19,7 +19,7 @@ from .device_views import DEVICE_RECIPES, DeviceAugment, DeviceViewSource
 from .jpeg_views import DecodeAhead, DecodedBatch, EncodedBatch, EncodedFiles, JpegViews, collate_encoded, non_jpegs_sampled
 from .nvimgcodec_decode import NvImageCodecJpegs
 from .sampling import ResumableLoader, ResumableSampler
-from .folders import ImageFiles
+from .folders import ImageFiles, loading_bars
 from .images import Images, InMemoryImages
 from .shards import ShardImages, shard_loader
 from .sources import load_split
@@ -160,10 +160,12 @@ def load_test(cfg: Config, train: Images | None = None) -> tuple[Images | None, 
 
 def load_data(cfg: Config) -> Data:
     """Load the training set (with its variants and subset), the labelled test split when it
-    exists, and the labelled kNN support set (STL-10: the labelled train split)."""
-    train = load_train(cfg)
-    test, no_knn = load_test(cfg, train)
-    return Data(train, test, load_support(cfg, train), no_knn)
+    exists, and the labelled kNN support set (STL-10: the labelled train split); with progress bars
+    while decoding unless ``progress=false``."""
+    with loading_bars(cfg.progress):
+        train = load_train(cfg)
+        test, no_knn = load_test(cfg, train)
+        return Data(train, test, load_support(cfg, train), no_knn)
 
 
 def device_views(cfg: Config, images: Images) -> DeviceViewSource:

@@ -6,7 +6,10 @@ keeps the CMC ImageNet-100 classes) and list files of ``relative/path label`` li
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -19,6 +22,19 @@ from tqdm.auto import tqdm
 from ..errors import CrossLevelError, MissingSplit, warn
 from . import decode_cache
 from .images import Images, InMemoryImages
+
+LOADING_BARS: ContextVar[bool] = ContextVar("crosslevel_loading_bars", default=True)  # read by every loading bar
+
+
+@contextmanager
+def loading_bars(show: bool) -> Iterator[None]:
+    """Whether loading a data set (decoding, reading, unpacking) draws progress bars while the block runs."""
+    token = LOADING_BARS.set(show)
+    try:
+        yield
+    finally:
+        LOADING_BARS.reset(token)
+
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # image folders: natural-image statistics, split-independent
@@ -130,7 +146,7 @@ def _decode_all(paths: list[Path], size: int | None, desc: str, cached: bool = F
     if arrays is None:
         with ThreadPoolExecutor(max_workers=4) as pool:
             decoding = pool.map(lambda path: _decode(path, size), paths)
-            arrays = list(tqdm(decoding, total=len(paths), desc=desc, unit="img", leave=False, mininterval=1.0))
+            arrays = list(tqdm(decoding, total=len(paths), desc=desc, unit="img", leave=False, mininterval=1.0, disable=not LOADING_BARS.get()))
         if entry is not None:
             decode_cache.save(entry, arrays)
     return arrays

@@ -37,7 +37,7 @@ from ..distributed import rank, world_size
 from ..errors import CrossLevelError, MissingSplit
 from . import decode_cache
 from .sampling import ResumableLoader, ResumableSampler
-from .folders import IMAGE_SUFFIXES, ImageFiles, _decode, _one_size
+from .folders import IMAGE_SUFFIXES, LOADING_BARS, ImageFiles, _decode, _one_size
 from .images import Images, InMemoryImages
 from .sources import load_split
 
@@ -314,7 +314,8 @@ class ShardImages(Images):
         decode = lambda sample: (sample, _sample_pixels(sample, self.channels, size))  # noqa: E731
         with ThreadPoolExecutor(max_workers=4) as pool:
             work = pool.map(decode, self.samples())
-            for sample, array in tqdm(work, total=len(self), desc=f"decoding {self.location}", unit="img", leave=False, mininterval=1.0):
+            bar = tqdm(work, total=len(self), desc=f"decoding {self.location}", unit="img", leave=False, mininterval=1.0, disable=not LOADING_BARS.get())
+            for sample, array in bar:
                 if not 0 <= sample.index < len(self) or arrays[sample.index] is not None or sample.label != self.labels[sample.index]:
                     raise ShardError(f"damaged shard {sample.where}: index {sample.index} / label {sample.label} disagree with {INDEX_FILE}")
                 arrays[sample.index], names[sample.index] = array, sample.where

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import CrossLevelError, MissingSplit
-from .folders import load_folder_split, load_list_split
+from .folders import LOADING_BARS, load_folder_split, load_list_split
 from .images import Images, InMemoryImages
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -99,7 +99,7 @@ def _stl10_images(path: Path) -> np.ndarray:
     raw = np.memmap(path, dtype=np.uint8, mode="r").reshape(-1, 3, STL10_SIDE, STL10_SIDE)
     images = np.empty((len(raw), STL10_SIDE, STL10_SIDE, 3), dtype=np.uint8)
     chunk = 4096
-    for start in tqdm(range(0, len(raw), chunk), desc=f"reading {path.name}", leave=False, disable=len(raw) <= chunk):
+    for start in tqdm(range(0, len(raw), chunk), desc=f"reading {path.name}", leave=False, disable=len(raw) <= chunk or not LOADING_BARS.get()):
         images[start : start + chunk] = raw[start : start + chunk].transpose(0, 3, 2, 1)
     return images
 
