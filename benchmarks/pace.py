@@ -4,7 +4,7 @@ stop so that the ones that matter more do: the triage of ``reproduce_cifar10.sh`
 Called every few seconds with the runs still training, most important first; each call records how
 many epochs each run has logged (the end-of-epoch rows of its CSV logs) in a JSON state file, measures
 each run's pace from those records (seconds per epoch *while sharing the card*, the compiling first
-epoch left out, the median over the intervals between records, so that one stall -- the first kNN
+epoch left out, and the slowest interval between records too, so that one stall -- the first kNN
 evaluation compiling the eval-mode model -- does not count as the pace) and projects its end. When a run would miss the deadline it names the least important
 run to stop (SIGTERM: a resumable checkpoint), which gives the others its share of the card; after a
 stop it measures the paces anew and waits ``--settle-s`` before judging again, and it never stops the
@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 MIN_EPOCHS = 3  # epochs between the first and the last record before a pace is trusted
-MIN_INTERVALS = 3  # intervals between records before a pace is trusted: their median leaves one stall out
+MIN_INTERVALS = 3  # intervals between records before a pace is trusted: the slowest is left out (a stall)
 
 
 def epochs_logged(run: Path) -> int:
@@ -51,15 +50,17 @@ class Projection:
 
 def project(records: list[tuple[float, int]], epochs: int, final_s: float) -> tuple[float | None, float | None]:
     """(seconds per epoch, projected end) from one run's ``(time, epochs done)`` records, one per change:
-    the median of the intervals' paces from the first change on (the epoch before it compiles, or was
-    partly seen), once ``MIN_INTERVALS`` intervals and ``MIN_EPOCHS`` epochs lie between the records
-    (the median of three or more leaves out one interval that a stall stretched: the first kNN
-    compiling); the end is the last record's time plus the epochs left at that pace plus ``final_s``
+    seconds over epochs of the intervals between records from the first change on (the epoch before it
+    compiles, or was partly seen), less the slowest interval (one a stall stretched: the first kNN
+    compiling), once ``MIN_INTERVALS`` intervals and ``MIN_EPOCHS`` epochs lie between the records; a
+    sum, not a median, as polls every few seconds cut epochs of about that length into uneven
+    intervals. The end is the last record's time plus the epochs left at that pace plus ``final_s``
     (the last kNN, checkpoint and summary). (None, None) until then."""
     started = [(when, done) for when, done in records if done > records[0][1]] if records else []
     if len(started) <= MIN_INTERVALS or started[-1][1] - started[0][1] < MIN_EPOCHS:
         return None, None
-    pace = statistics.median((t1 - t0) / (d1 - d0) for (t0, d0), (t1, d1) in zip(started, started[1:]))
+    intervals = sorted(((t1 - t0, d1 - d0) for (t0, d0), (t1, d1) in zip(started, started[1:])), key=lambda i: i[0] / i[1])
+    pace = sum(seconds for seconds, _ in intervals[:-1]) / sum(epochs for _, epochs in intervals[:-1])
     last_t, last_done = started[-1]
     return pace, last_t + max(epochs - last_done, 0) * pace + final_s
 

@@ -235,3 +235,15 @@ def test_own_warnings_are_one_line_on_stderr(tmp_path: Path) -> None:
     library = "from crosslevel.errors import warn; warn('x')"  # outside the command: a normal Python warning
     result = subprocess.run([sys.executable, "-c", library], capture_output=True, text=True, timeout=60)
     assert "CrossLevelWarning: x" in result.stderr and "crosslevel: warning" not in result.stderr
+
+
+def test_a_broken_pipe_other_than_stdout_is_an_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Only stdout's reader leaving is a quiet exit 0 (tests/test_cli_output.py); a pipe the command itself used is one error."""
+    from crosslevel import cli
+
+    def broken(args: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_presets", broken)
+    code, _, err = run_cli(capsys, "presets")
+    assert code == 2 and err == "crosslevel: error: a pipe: Broken pipe\n"

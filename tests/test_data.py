@@ -101,17 +101,22 @@ def test_subset_is_stratified_and_seeded() -> None:
     assert counts.min() >= 18 and counts.max() <= 22
 
 
-@pytest.mark.parametrize("counts, size", [([1, 40, 59], 50), ([5] * 10, 49), ([5] * 10, 10), ([1, 1, 3], 4)])
+@pytest.mark.parametrize(
+    "counts, size", [([1, 40, 59], 50), ([5] * 10, 49), ([5] * 10, 10), ([1, 1, 3], 4), ([9, 10, 2, 1, 10], 15), ([2, 2, 2, 94], 10)]
+)
 def test_stratified_choice_where_scikit_learn_refuses(counts: list[int], size: int) -> None:
-    """A class of one image, or fewer left out than there are classes: each class keeps at least one
-    image and otherwise its share, rounded by largest remainder; seeded, no index twice."""
+    """A class of one image, fewer left out than there are classes, or classes scikit-learn would leave
+    out: each class keeps at least one image, and no image could move from one class to another to
+    bring the two closer to their shares (deficits within one image); seeded, no index twice."""
     labels = np.repeat(np.arange(len(counts)), counts)
     chosen = stratified_choice(labels, size, seed=3)
     assert len(chosen) == len(set(chosen.tolist())) == size
     assert np.array_equal(chosen, stratified_choice(labels, size, seed=3))
     kept = np.bincount(labels[chosen], minlength=len(counts))
-    share = size * np.array(counts) / len(labels)
-    assert (kept >= 1).all() and (kept <= counts).all() and (np.abs(kept - share) < 1 + 1e-9).all()
+    deficit = size * np.array(counts) / len(labels) - kept
+    assert (kept >= 1).all() and (kept <= counts).all()
+    pairs = [(a, b) for a in range(len(counts)) for b in range(len(counts)) if kept[a] > 1 and kept[b] < counts[b]]
+    assert all(deficit[b] - deficit[a] <= 1 + 1e-9 for a, b in pairs)
 
 
 def test_subset_below_the_number_of_classes_is_one_error() -> None:

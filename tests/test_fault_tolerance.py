@@ -210,6 +210,11 @@ def test_a_run_stopped_after_its_last_epoch_before_its_knn_is_finished_by_a_resu
     assert checkpoint_of(tmp_path / "killed")["epoch"] == 1  # Lightning's counter: not advanced at an epoch's end
     info = read_run(tmp_path / "killed")
     assert (info.status, info.epochs_done) == ("interrupted", 2)
+    config = (tmp_path / "killed" / "config.json").read_text()
+    fewer, _ = resolve_resume(apply_overrides(load_preset("digits-cld"), [f"resume={tmp_path / 'killed'}"]), ["epochs=1"])
+    with pytest.raises(CrossLevelError, match="has trained 2 epochs, more than epochs=1: resume it with epochs=2 or more"):
+        train(fewer)
+    assert (tmp_path / "killed" / "config.json").read_text() == config  # the run as it was
     run_dir, knn = resume(tmp_path / "killed")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert knn == whole and summary["knn"] == whole and summary["epochs"] == 2

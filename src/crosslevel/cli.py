@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import json
 import os
+import select
 import sys
 import warnings
 from importlib import metadata
@@ -207,6 +208,16 @@ def format_warning(message: Warning | str, category: type[Warning], filename: st
     return PYTHON_FORMATWARNING(message, category, filename, lineno, line)
 
 
+def _stdout_reader_left() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on its write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is no file
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = format_warning  # the command's; a library user's warnings stay Python's
     args = parse(argv)
@@ -217,8 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     except CrossLevelError as err:
         print(f"crosslevel: error: {err}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # the reader of stdout left (`crosslevel presets | head -1`): nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush cannot fail again
+    except BrokenPipeError as err:
+        if not _stdout_reader_left():  # another pipe than stdout (a socket, a FIFO): an error like any OSError
+            print(f"crosslevel: error: {err.filename or 'a pipe'}: {err.strerror or err}", file=sys.stderr)
+            return 2
+        devnull = os.open(os.devnull, os.O_WRONLY)  # the reader of stdout left (`crosslevel presets | head -1`):
+        os.dup2(devnull, sys.stdout.fileno())  # nothing more to say, and the exit's flush cannot fail again
+        os.close(devnull)
         return 0
     except OSError as err:  # the file system refused a write or a read: a full disk, a quota, a lost mount
         print(f"crosslevel: error: {err.filename or 'a file'}: {err.strerror or err}", file=sys.stderr)

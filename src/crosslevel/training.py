@@ -28,6 +28,7 @@ from .checkpointing import AtomicCheckpointIO, LastCheckpoint, ResumeState
 from .config import Config, check_groups, save_config, with_absolute_paths
 from .data.datamodule import ContrastiveDataModule, Data, load_data
 from .errors import CrossLevelError, warn
+from .paths import read_json_object
 from .evaluation import extract_features, knn_accuracy
 from .methods import ContrastiveModule
 from .run_dir import (
@@ -290,7 +291,7 @@ def train(cfg: Config, verbose: bool = False) -> tuple[Path, dict[str, float] | 
     module = build_module(cfg, data)
     trained_before = _restore_unfinished(module, cfg, data, run_dir) if cfg.resume is not None else 0
     if trained_before is None:  # finished: keep its results rather than overwrite them with an empty attempt
-        return run_dir, json.loads((run_dir / SUMMARY_FILE).read_text()).get("knn")
+        return run_dir, read_json_object(run_dir / SUMMARY_FILE).get("knn")
     on_cuda = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
     with lightning_output(verbose), recording_cudagraph_skips(cfg.cuda_graphs, on_cuda) as cudagraph_skips:
         datamodule = ContrastiveDataModule(cfg, data)
@@ -311,22 +312,28 @@ def train(cfg: Config, verbose: bool = False) -> tuple[Path, dict[str, float] | 
     if cudagraph_skips:
         warn(f"cuda_graphs=true: Inductor ran {len(cudagraph_skips)} compiled part(s) without CUDA graphs, kernel by kernel "
              f"(first: {cudagraph_skips[0]}); summary.json lists them (cudagraph_skips)")  # fmt: skip
-    if trainer.is_global_zero:
-        _write_summary(run_dir, trainer, timer, monitor, module, data, knn, cudagraph_skips)
+    if trainer.is_global_zero:  # the epochs the last checkpoint holds (under ddp_spawn this trainer trained none)
+        epochs = epochs_trained(read_checkpoint(last.path)) if last.path.is_file() else trainer.current_epoch
+        _write_summary(run_dir, epochs, timer, monitor, module, data, knn, cudagraph_skips)
     return run_dir, knn
 
 
 def _restore_unfinished(module: ContrastiveModule, cfg: Config, data: Data, run_dir: Path) -> int | None:
     """Load the ``resume=`` checkpoint's weights into ``module`` (before config.json is rewritten: a
     checkpoint that does not fit leaves the run as it was) and return the epochs it has trained; None,
-    with a warning, when the run has finished all ``epochs`` (its summary written). A run stopped
-    after its last epoch but before its end (the final kNN, the summary) is resumed to finish it."""
+    with a warning, when the run has finished all ``epochs`` (its summary written for those epochs). A
+    run stopped after its last epoch but before its end (the final kNN, the summary) is resumed to
+    finish it; one that has trained more than ``epochs`` and not finished is an error (Lightning
+    cannot go back)."""
     assert cfg.resume is not None
     saved = read_checkpoint(Path(cfg.resume))
     restore(module, saved, Path(cfg.resume), cfg, len(data.train), data.train.channels)
     trained, summary = epochs_trained(saved), run_dir / SUMMARY_FILE
-    if trained < cfg.epochs or not summary.is_file() or json.loads(summary.read_text()).get("epochs") != trained:
+    finished = summary.is_file() and read_json_object(summary).get("epochs") == trained
+    if trained < cfg.epochs or (trained == cfg.epochs and not finished):
         return trained
+    if not finished:
+        raise CrossLevelError(f"{run_dir} has trained {trained} epochs, more than epochs={cfg.epochs}: resume it with epochs={trained} or more")
     warn(f"{run_dir} has trained {trained} of epochs={cfg.epochs}: nothing left to train (raise epochs= to go on)")
     return None
 
@@ -390,13 +397,13 @@ def _fit(
 
 
 def _write_summary(
-    run_dir: Path, trainer: pl.Trainer, timer: EpochTimer, monitor: KNNMonitor, module: ContrastiveModule, data: Data, knn: dict | None,
+    run_dir: Path, epochs: int, timer: EpochTimer, monitor: KNNMonitor, module: ContrastiveModule, data: Data, knn: dict | None,
     cudagraph_skips: list[str],
 ) -> None:
     """``summary.json`` (epochs, times, image counts, final and best kNN, the parts run without CUDA graphs)
     and the joined ``metrics.csv``."""
     summary = {
-        "epochs": trainer.current_epoch,
+        "epochs": epochs,
         "train_seconds": timer.total(),
         "epoch_seconds": timer.seconds,
         "train_images": len(data.train),

@@ -68,24 +68,29 @@ class Images(abc.ABC):
 
 
 def stratified_choice(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """``size`` seeded indices of ``labels`` (N, at least one per class in it), each class in proportion
-    to its share: scikit-learn's stratified split, or, where it refuses (a class of one image, or fewer
-    images left out than there are classes), each class's share rounded by largest remainder."""
+    """``size`` seeded indices of ``labels`` (N), every class kept and each in proportion to its share:
+    scikit-learn's stratified split, or, where it refuses (a class of one image, fewer images left out
+    than there are classes) or leaves a class out, one image of each class and the rest to the classes
+    furthest below their share. ``size`` must lie between the number of classes and N."""
     from sklearn.model_selection import train_test_split
 
+    classes, counts = np.unique(labels, return_counts=True)
+    if not len(classes) <= size <= len(labels):
+        raise ValueError(f"a stratified choice of {size} from {len(labels)} labels of {len(classes)} classes")
     try:
-        return train_test_split(np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed)[0]
+        chosen = train_test_split(np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed)[0]
+        if len(np.unique(labels[chosen])) == len(classes):
+            return chosen
     except ValueError:
         pass
-    classes, counts = np.unique(labels, return_counts=True)
     share = size * counts / len(labels)
     quota = np.clip(np.floor(share).astype(int), 1, counts)
-    while quota.sum() < size:  # the largest remainders first
-        for c in np.argsort(np.floor(share) - share, kind="stable"):
-            if quota.sum() < size and quota[c] < counts[c]:
-                quota[c] += 1
-    while quota.sum() > size:  # the one-image minimum overshot: back from the largest quotas
-        quota[np.argmax(quota)] -= 1
+    while quota.sum() < size:  # to the class furthest below its share that has images left
+        room = np.flatnonzero(quota < counts)
+        quota[room[np.argmax((share - quota)[room])]] += 1
+    while quota.sum() > size:  # the one-image minimum overshot: from the class furthest above its share
+        spare = np.flatnonzero(quota > 1)
+        quota[spare[np.argmax((quota - share)[spare])]] -= 1
     rng = np.random.default_rng(seed)
     return np.concatenate([rng.choice(np.flatnonzero(labels == c), q, replace=False) for c, q in zip(classes, quota)])
 
