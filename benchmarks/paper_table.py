@@ -15,23 +15,18 @@ import json
 import statistics
 from pathlib import Path
 
+from crosslevel.run_dir import current_metrics
+
 # Table 2 of the paper, CIFAR-10 kNN top-1 (%), 200 epochs, ResNet-18; by the preset that trains it
 PAPER_CIFAR10 = {"cifar10-npid-1view": ("NPID", 80.8), "cifar10-moco": ("MoCo", 82.1), "cifar10-cld": ("CLD", 86.7), "cifar10-cldm": ("CLDm", 87.5)}
 
 
 def knn_curve(run: Path) -> dict[int, float]:
-    """Epoch (from 1) → kNN top-1 of a run: its joined metrics.csv, else the logs of its attempts
-    (Lightning's count from 0 there) while it is unfinished."""
-    if (run / "metrics.csv").is_file():
-        parts, shift = [run / "metrics.csv"], 0
-    else:
-        parts, shift = sorted((run / "logs").glob("version_*/metrics.csv")), 1
-    curve = {}
-    for part in parts:
-        for row in csv.DictReader(open(part, newline="")):
-            if row.get("knn_top1"):
-                curve[int(float(row["epoch"])) + shift] = float(row["knn_top1"])
-    return curve
+    """Epoch (from 1) → kNN top-1 of a run, from its logs as they stand (:func:`~crosslevel.run_dir.current_metrics`:
+    finished, unfinished, or trained on after it finished)."""
+    metrics = current_metrics(run)
+    rows = csv.DictReader(open(metrics, newline="")) if metrics is not None else []
+    return {int(float(row["epoch"])): float(row["knn_top1"]) for row in rows if row.get("knn_top1")}
 
 
 def epoch_seconds(run: Path) -> list[float]:

@@ -61,10 +61,10 @@ report() {  # plots, copies and the table, from whatever the runs hold
     runs+=("$RUNS/$method")
     mkdir -p "$OUT/$method"
     kept+=("$method")
-    if [ -f "$RUNS/$method/metrics.csv" ]; then
+    if compgen -G "$RUNS/$method/logs/version_*/metrics.csv" >/dev/null; then  # finished or not: its logs so far
       timeout -k 10 60 "$PYTHON" -m crosslevel plot "$RUNS/$method" --curves-only >>"$LOG" 2>&1 &&
         cp "$RUNS/$method/plots/training_curves.png" "$OUT/$method/curves.png"
-      cp "$RUNS/$method/metrics.csv" "$OUT/$method/metrics.csv"
+      cp "$RUNS/$method/metrics.csv" "$OUT/$method/metrics.csv" 2>/dev/null
     fi
     cp "$RUNS/$method/summary.json" "$OUT/$method/summary.json" 2>/dev/null
   done

@@ -279,6 +279,9 @@ def test_paper_table_reads_an_unfinished_run_from_its_logs(tmp_path: Path) -> No
     assert row["epochs"] == "30/200" and row["final"] == 86.0 and (row["best"], row["best_epoch"]) == (86.25, 20)
     assert row["method"] == "CLD" and row["paper"] == 86.7 and row["median_epoch_s"] == pytest.approx(2.0)
     assert "| CLD | `cifar10-cld` | 30/200 | 86.00 | 86.25 (20) | 86.7 | -0.70 | -0.45 | 2.00 |" in load("paper_table").table([row])
+    (run / "metrics.csv").write_text("epoch,knn_top1\n10,80.5\n")  # joined when it finished 10 epochs, then trained on
+    os.utime(run / "metrics.csv", (0, 0))
+    assert load("paper_table").row(run)["epochs"] == "30/200" and "30,,86.0" in (run / "metrics.csv").read_text()
 
 
 def test_pace_is_measured_past_the_compiling_epoch_and_projects_the_end() -> None:

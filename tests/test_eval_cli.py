@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,10 @@ def test_plot_curves_only_reads_the_log_alone(run_dir: Path, tmp_path: Path, cap
     assert main(["plot", str(bare), "--curves-only"]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {bare / 'plots' / 'training_curves.png'}"
     assert [p.name for p in (bare / "plots").iterdir()] == ["training_curves.png"]
+    stopped = tmp_path / "stopped"  # a run stopped before it joined its logs: the curves from them
+    shutil.copytree(run_dir / "logs", stopped / "logs")
+    (stopped / "config.json").write_bytes((run_dir / "config.json").read_bytes())
+    assert main(["plot", str(stopped), "--curves-only"]) == 0 and (stopped / "plots" / "training_curves.png").is_file()
     assert main(["plot", str(tmp_path / "absent"), "--curves-only"]) == 2
     assert "is not a run directory" in capsys.readouterr().err
 

@@ -158,11 +158,24 @@ def merge_metrics(run_dir: Path) -> Path | None:
         return None
     keys = sorted({key for row in rows for key in row})
     target = run_dir / METRICS_FILE
-    with open(target, "w", newline="") as handle:
+    partial = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    with open(partial, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(partial, target)  # a reader sees the old join or the new one, never half of one
     return target
+
+
+def current_metrics(run_dir: Path) -> Path | None:
+    """``run_dir/metrics.csv`` as the logs stand now: joined again (:func:`merge_metrics`) when an attempt's
+    log is newer than it -- a run still training, or one stopped before the end of training joined them
+    -- or when there is none; None when the run has no log."""
+    target = run_dir / METRICS_FILE
+    logs = list((run_dir / LOG_DIR).glob("version_*/metrics.csv"))
+    if logs and (not target.is_file() or max(log.stat().st_mtime for log in logs) > target.stat().st_mtime):
+        return merge_metrics(run_dir)
+    return target if target.is_file() else None
 
 
 def _redone(row: dict[str, str], first_step: int, first_epoch: int) -> bool:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .. import plots
-from ..run_dir import METRICS_FILE, PLOT_DIR, load_run_config
+from ..run_dir import METRICS_FILE, PLOT_DIR, current_metrics, load_run_config
 from .features import Run
 from .nmi import kmeans_labels
 
@@ -54,8 +54,10 @@ def plot_run(run: Run, feature: str = "f_I", max_points: int = 2000, pairs: int 
 
 
 def plot_curves(run_dir: Path) -> Path:
-    """``RUN_DIR/plots/training_curves.png`` from the run's ``metrics.csv`` alone: no model, no data."""
+    """``RUN_DIR/plots/training_curves.png`` from the run's ``metrics.csv`` alone (joined again from the logs of
+    a run still training or stopped): no model, no data."""
     load_run_config(run_dir)  # one clear error when it is not a run directory
     out = run_dir / PLOT_DIR
     out.mkdir(exist_ok=True)
-    return plots.training_curves(run_dir / METRICS_FILE, f"{run_dir.name}: training curves", out / "training_curves.png")
+    metrics = current_metrics(run_dir) or run_dir / METRICS_FILE  # none: training_curves names what is missing
+    return plots.training_curves(metrics, f"{run_dir.name}: training curves", out / "training_curves.png")
