@@ -28,9 +28,9 @@ from .checkpointing import AtomicCheckpointIO, LastCheckpoint, ResumeState
 from .config import Config, check_groups, save_config, with_absolute_paths
 from .data.datamodule import ContrastiveDataModule, Data, load_data
 from .errors import CrossLevelError, warn
-from .paths import read_json_object
 from .evaluation import extract_features, knn_accuracy
 from .methods import ContrastiveModule
+from .paths import read_json_object
 from .run_dir import (
     CONFIG_FILE, LOG_DIR, RUN_NAME_ENV, SUMMARY_FILE, TENSORBOARD_DIR, DataInfo, check_new_run, checkpoint_of,
     discard_unsaved, epochs_trained, merge_metrics, read_checkpoint, restore, run_dir_of, save_data_info,
