@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -17,6 +18,7 @@ from crosslevel.cluster import group_batch
 from crosslevel.distributed import any_rank
 from crosslevel.losses import CrossLevelLoss, cld_loss
 from crosslevel.methods import ContrastiveModule, MemoryBank
+from crosslevel.run_dir import read_run
 
 BANK_ROWS, DIM, LOCAL_BATCH, STEPS = 40, 8, 5, 3
 MODULE_OVERRIDES = ["width=8", "feature_dim=16", "num_groups=3", "batch_size=6"]
@@ -226,6 +228,8 @@ def test_training_with_lightning_ddp_on_two_cpu_processes(tmp_path: Path, preset
     )  # fmt: skip
     run_dir, knn = train(cfg)
     assert knn is not None and 0 <= knn["top1"] <= 100
+    summary = json.loads((run_dir / "summary.json").read_text())  # written by the parent, which trained nothing itself
+    assert summary["epochs"] == 1 and summary["knn_best"]["epoch"] == 1 and read_run(run_dir).status == "finished"
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 2
     pl.seed_everything(cfg.seed, verbose=False)  # as train() does before building the module

@@ -313,7 +313,10 @@ def train(cfg: Config, verbose: bool = False) -> tuple[Path, dict[str, float] | 
         warn(f"cuda_graphs=true: Inductor ran {len(cudagraph_skips)} compiled part(s) without CUDA graphs, kernel by kernel "
              f"(first: {cudagraph_skips[0]}); summary.json lists them (cudagraph_skips)")  # fmt: skip
     if trainer.is_global_zero:  # the epochs the last checkpoint holds (under ddp_spawn this trainer trained none)
-        epochs = epochs_trained(read_checkpoint(last.path)) if last.path.is_file() else trainer.current_epoch
+        saved = read_checkpoint(last.path) if last.path.is_file() else None
+        if saved is not None and monitor.best is None:  # ddp_spawn: the monitor that ran was a rank process's
+            monitor.load_state_dict(saved.get("callbacks", {}).get(monitor.state_key, {}))
+        epochs = epochs_trained(saved) if saved is not None else trainer.current_epoch
         _write_summary(run_dir, epochs, timer, monitor, module, data, knn, cudagraph_skips)
     return run_dir, knn
 
