@@ -48,3 +48,18 @@ def test_topk_and_accuracy() -> None:
     labels = torch.arange(3).repeat(4)
     result = knn_accuracy(train, labels, torch.eye(3), torch.arange(3), k=4)
     assert result["top1"] == 100.0 and result["top5"] == 100.0
+
+
+def test_equal_scores_rank_by_class_index() -> None:
+    """Classes no neighbour voted for tie at 0: they rank by index (stable), on every device alike."""
+    scores = torch.zeros(2, 100)
+    scores[:, 50] = 1.0  # one class got all the votes
+    labels = torch.tensor([3, 97])  # among the first four of the tied classes, and far behind them
+    assert topk_accuracy(scores, labels, ks=(1, 5)) == {1: 0.0, 5: 50.0}
+
+
+def test_a_temperature_whose_weights_overflow_is_refused() -> None:
+    features, labels = torch.randn(8, 4), torch.zeros(8, dtype=torch.long)
+    with pytest.raises(ValueError, match="overflows float32"):
+        knn_scores(features, labels, features, k=8, temperature=0.01)
+    assert torch.isfinite(knn_scores(features, labels, features, k=8, temperature=0.0125)).all()

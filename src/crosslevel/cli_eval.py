@@ -212,7 +212,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         if metric in ("nmi", "all"):
             sub.add_argument("--seed", type=int, default=0, help="k-means seed")
         sub.set_defaults(func=_eval, augmented=False, epochs=10, weight_decay=1e-4, seed=0)
-    semi = metrics.add_parser("semi", help="fine-tune backbone + classifier on a class-balanced label fraction")
+    semi = metrics.add_parser("semi", help="fine-tune backbone + classifier on the same fraction of the labels of every class")
     semi.add_argument("run_dir")
     semi.add_argument("--data", metavar="PATH", help=MOVED_DATA_HELP)
     semi.add_argument("--fraction", type=float, required=True, help="share of training labels, e.g. 0.01 or 0.1")

@@ -128,7 +128,7 @@ class Config:
     schedule_interval: Literal["step", "epoch"] = key("step", "the lr schedule updated every step or every epoch")
     # --- evaluation ---
     knn_k: int = key(200, "kNN neighbours", min=1)
-    knn_temperature: float = key(0.1, "kNN σ of exp(cos/σ)", gt=0)
+    knn_temperature: float = key(0.1, "kNN σ of exp(cos/σ) (0.07 in the MoCo presets)", gt=0)
     eval_every: int = key(0, "kNN every N epochs (0: only at the end)", min=0)
     checkpoint_every: int = key(
         1, "checkpoints/last.ckpt replaced every N epochs (and always at the end, on Ctrl-C and SIGTERM): more for "
@@ -301,6 +301,11 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return validate(dataclasses.replace(cfg, **changes))
 
 
+def knn_weights_fit(temperature: float, k: int) -> bool:
+    """Whether a sum of ``k`` kNN weights exp(cos/σ), σ = ``temperature``, stays within float32 (exp(88.7))."""
+    return temperature * (88.7 - math.log(max(k, 1))) > 1
+
+
 def validate(cfg: Config) -> Config:
     """Check values and combinations that would fail later; return ``cfg`` unchanged."""
     for key, allowed in CHOICES.items():
@@ -310,6 +315,8 @@ def validate(cfg: Config) -> Config:
     for key, spec in FIELDS.items():
         _check_bounds(key, getattr(cfg, key), spec.metadata)
     _check_backbone(cfg)
+    if not knn_weights_fit(cfg.knn_temperature, cfg.knn_k):
+        raise CrossLevelError(f"knn_temperature={cfg.knn_temperature}: exp(cos/σ) over knn_k={cfg.knn_k} neighbours overflows float32 (σ = 0.0125 or more for k = 200)")
     if cfg.fused_views and cfg.sync_bn:
         raise CrossLevelError(
             "fused_views=true keeps each view's BatchNorm statistics apart, which SyncBatchNorm (sync_bn=true) "

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..config import knn_weights_fit
 from .longtail import is_long_tailed, shot_accuracy
 
 
@@ -38,7 +39,12 @@ def knn_scores(
 
     Returns:
         M×C float32 scores; rank them for top-1 / top-5.
+
+    Raises:
+        ValueError: ``temperature`` so small that a sum of k weights exp(1/σ) would overflow float32.
     """
+    if not knn_weights_fit(temperature, k):
+        raise ValueError(f"kNN temperature {temperature} overflows float32 in exp(cos/σ) over {k} neighbours (σ = 0.0125 or more for k = 200)")
     train = F.normalize(train_features.float(), dim=1)
     test = F.normalize(test_features.float(), dim=1)
     labels = train_labels.long().to(train.device)
@@ -59,8 +65,9 @@ def knn_scores(
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
-    """Percentage of rows whose label is among the ``k`` highest scores, for each k."""
-    ranked = scores.argsort(dim=1, descending=True)
+    """Percentage of rows whose label is among the ``k`` highest scores, for each k; equal scores rank by
+    class index (a stable sort: the same on every device, and top-1 agrees with ``argmax``)."""
+    ranked = scores.argsort(dim=1, descending=True, stable=True)
     hits = ranked == labels.to(scores.device)[:, None]
     return {k: 100.0 * hits[:, : min(k, scores.shape[1])].any(dim=1).float().mean().item() for k in ks}
 
