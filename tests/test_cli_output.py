@@ -112,3 +112,22 @@ def test_a_reader_that_leaves_early_is_no_error(tmp_path: Path) -> None:
     code = "import os, sys; r, w = os.pipe(); os.close(r); os.dup2(w, 1); from crosslevel.cli import main; sys.exit(main(sys.argv[1:]))"
     result = python(tmp_path, code, "presets")
     assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_a_stop_sent_to_the_process_group_with_loader_workers_saves_a_checkpoint(tmp_path: Path) -> None:
+    """Ctrl-C or a scheduler signals the whole group, loader workers too: the run still stops at a step
+    boundary with its resumable checkpoint (a worker killed first used to fail the loader and the save)."""
+    import os
+    import signal
+    import time
+
+    run = tmp_path / "runs" / "group"
+    command = [sys.executable, "-m", "crosslevel", "train", "epochs=50", "workers=1", "progress=false", f"out={tmp_path / 'runs'}", "name=group"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(run.glob("logs/version_0/metrics.csv")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)  # training has begun (its first log flush): the stop handlers are in place
+    os.killpg(process.pid, signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 143, err
+    assert "stopped by SIGTERM; resumable checkpoint" in err and (run / "checkpoints" / "last.ckpt").is_file()

@@ -18,7 +18,7 @@ from ..errors import CrossLevelError, MissingSplit, warn
 from .device_views import DEVICE_RECIPES, DeviceAugment, DeviceViewSource
 from .jpeg_views import DecodeAhead, DecodedBatch, EncodedBatch, EncodedFiles, JpegViews, collate_encoded, non_jpegs_sampled
 from .nvimgcodec_decode import NvImageCodecJpegs
-from .sampling import ResumableLoader, ResumableSampler
+from .sampling import ResumableLoader, ResumableSampler, leave_stops_to_the_trainer
 from .folders import ImageFiles, loading_bars
 from .images import Images, InMemoryImages
 from .shards import ShardImages, shard_loader
@@ -60,7 +60,7 @@ class Data:
         sampler = ResumableSampler(len(self.train), cfg.seed)
         if cfg.augment_device == "device":
             return ResumableLoader(range(len(self.train)), batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
-        workers = {"num_workers": cfg.workers, "persistent_workers": cfg.workers > 0}
+        workers = {"num_workers": cfg.workers, "persistent_workers": cfg.workers > 0, "worker_init_fn": leave_stops_to_the_trainer}
         if cfg.decode == "gpu":
             assert isinstance(self.train, ImageFiles)
             dataset = EncodedFiles(self.train.paths)

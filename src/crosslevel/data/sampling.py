@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import torch
@@ -53,6 +54,15 @@ class ResumableSampler(Sampler[int]):
         world = world_size()
         share = self.permutation(self.epoch)[rank() :: world][: self.count // world]
         return iter(share[self.skip :].tolist())
+
+
+def leave_stops_to_the_trainer(worker_id: int) -> None:
+    """A loader worker's ``worker_init_fn``: ignore SIGINT and SIGTERM, which a terminal's Ctrl-C or a
+    scheduler sends to the whole process group; the training process stops at a step boundary and
+    writes its checkpoint, then ends its workers itself (a worker killed first fails the loader, and
+    the checkpoint with it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class ResumableLoader(DataLoader):

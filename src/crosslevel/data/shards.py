@@ -36,7 +36,7 @@ from ..config import PACK_SOURCES, is_url
 from ..distributed import rank, world_size
 from ..errors import CrossLevelError, MissingSplit
 from . import decode_cache
-from .sampling import ResumableLoader, ResumableSampler
+from .sampling import ResumableLoader, ResumableSampler, leave_stops_to_the_trainer
 from .folders import IMAGE_SUFFIXES, LOADING_BARS, ImageFiles, _decode, _one_size
 from .images import Images, InMemoryImages
 from .sources import load_split
@@ -456,7 +456,9 @@ def shard_loader(images: ShardImages, transform: Transform, num_views: int, batc
     are started anew every epoch (they read the epoch from the position when they start)."""
     position = ResumableSampler(len(images), seed)
     stream = ShardStream(images, transform, num_views, batch, buffer, position)
-    return ShardLoader(stream, batch_size=batch, drop_last=True, num_workers=workers, pin_memory=torch.cuda.is_available())
+    return ShardLoader(
+        stream, batch_size=batch, drop_last=True, num_workers=workers, pin_memory=torch.cuda.is_available(), worker_init_fn=leave_stops_to_the_trainer
+    )
 
 
 __all__ = ["INDEX_FILE", "ShardImages", "load_shard_split", "pack", "read_index", "shard_loader", "worker_ranges"]
