@@ -57,12 +57,11 @@ class ResumableSampler(Sampler[int]):
 
 
 def leave_stops_to_the_trainer(worker_id: int) -> None:
-    """A loader worker's ``worker_init_fn``: ignore SIGINT and SIGTERM, which a terminal's Ctrl-C or a
-    scheduler sends to the whole process group; the training process stops at a step boundary and
-    writes its checkpoint, then ends its workers itself (a worker killed first fails the loader, and
-    the checkpoint with it)."""
+    """A loader worker's ``worker_init_fn``: ignore SIGINT, which a terminal's Ctrl-C sends to the whole
+    process group; the training process stops at a step boundary and writes its checkpoint, then ends
+    its workers itself (a worker stopped first fails the loader, and the checkpoint with it). SIGTERM
+    stays: it is how the workers are ended at exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class ResumableLoader(DataLoader):
