@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from crosslevel.config import Config, save_config
 
 HEAVY = ("torch", "lightning")
@@ -114,9 +116,11 @@ def test_a_reader_that_leaves_early_is_no_error(tmp_path: Path) -> None:
     assert (result.returncode, result.stderr) == (0, "")
 
 
-def test_ctrl_c_to_the_process_group_with_loader_workers_saves_a_checkpoint(tmp_path: Path) -> None:
-    """Ctrl-C signals the whole group, loader workers too: the run still stops at a step boundary with
-    its resumable checkpoint (a worker stopped first used to fail the loader and the save)."""
+@pytest.mark.parametrize(("signal_name", "exit_code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_to_the_process_group_with_loader_workers_saves_a_checkpoint(tmp_path: Path, signal_name: str, exit_code: int) -> None:
+    """Ctrl-C, or a scheduler signalling every process of a job, reaches the loader workers too: the
+    run still stops at a step boundary with its resumable checkpoint (a worker stopped first used to
+    fail the loader and the save), and the workers end with it."""
     import os
     import signal
     import time
@@ -127,7 +131,10 @@ def test_ctrl_c_to_the_process_group_with_loader_workers_saves_a_checkpoint(tmp_
     deadline = time.monotonic() + 300
     while not list(run.glob("logs/version_0/metrics.csv")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)  # training has begun (its first log flush): the stop handlers are in place
-    os.killpg(process.pid, signal.SIGINT)
+    os.killpg(process.pid, getattr(signal, signal_name))
     _, err = process.communicate(timeout=300)
-    assert process.returncode == 130, err
-    assert "stopped by SIGINT; resumable checkpoint" in err and (run / "checkpoints" / "last.ckpt").is_file()
+    assert process.returncode == exit_code, err
+    assert f"stopped by {signal_name}; resumable checkpoint" in err and (run / "checkpoints" / "last.ckpt").is_file()
+    time.sleep(1)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(process.pid, 0)  # no process of the group is left

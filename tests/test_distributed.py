@@ -230,6 +230,7 @@ def test_training_with_lightning_ddp_on_two_cpu_processes(tmp_path: Path, preset
     assert knn is not None and 0 <= knn["top1"] <= 100
     summary = json.loads((run_dir / "summary.json").read_text())  # written by the parent, which trained nothing itself
     assert summary["epochs"] == 1 and summary["knn_best"]["epoch"] == 1 and read_run(run_dir).status == "finished"
+    assert len(summary["epoch_seconds"]) == 1 and 0 < summary["epoch_seconds"][0] <= summary["train_seconds"] + 0.05  # the ranks' times
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 2
     pl.seed_everything(cfg.seed, verbose=False)  # as train() does before building the module

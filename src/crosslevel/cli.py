@@ -240,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"crosslevel: error: {err.filename or 'a file'}: {err.strerror or err}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stop:
-        print(f"crosslevel: {stop}", file=sys.stderr)
+        from .run_dir import launch_rank
+
+        if launch_rank() == 0:  # every rank of a torchrun / SLURM launch stopped; one says so
+            print(f"crosslevel: {stop}", file=sys.stderr)
         return stop.exit_code
     except KeyboardInterrupt:
         print("crosslevel: interrupted", file=sys.stderr)

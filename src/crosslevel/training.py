@@ -78,6 +78,12 @@ class EpochTimer(Callback):
         self.seconds = list(state_dict["seconds"])  # type: ignore[call-overload]
         self._carried, self._earlier = float(state_dict["epoch"]), float(state_dict["train"])  # type: ignore[arg-type]
 
+    def adopt(self, state_dict: dict[str, object]) -> None:
+        """Take the times a rank process measured (``ddp_fork`` / ``ddp_spawn``: this process's timer ran no
+        epoch), as saved in its last checkpoint."""
+        self.load_state_dict(state_dict)
+        self._train_start = time.perf_counter()  # training ended when that checkpoint was written
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._train_start = self._start = self._now(pl_module)  # a resumed epoch gets no on_train_epoch_start
 
@@ -316,6 +322,8 @@ def train(cfg: Config, verbose: bool = False) -> tuple[Path, dict[str, float] | 
         saved = read_checkpoint(last.path) if last.path.is_file() else None
         if saved is not None and monitor.best is None:  # ddp_spawn: the monitor that ran was a rank process's
             monitor.load_state_dict(saved.get("callbacks", {}).get(monitor.state_key, {}))
+        if saved is not None and not timer.seconds and timer.state_key in saved.get("callbacks", {}):  # and the timer
+            timer.adopt(saved["callbacks"][timer.state_key])
         epochs = epochs_trained(saved) if saved is not None else trainer.current_epoch
         _write_summary(run_dir, epochs, timer, monitor, module, data, knn, cudagraph_skips)
     return run_dir, knn

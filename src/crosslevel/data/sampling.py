@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -57,11 +59,28 @@ class ResumableSampler(Sampler[int]):
 
 
 def leave_stops_to_the_trainer(worker_id: int) -> None:
-    """A loader worker's ``worker_init_fn``: ignore SIGINT, which a terminal's Ctrl-C sends to the whole
-    process group; the training process stops at a step boundary and writes its checkpoint, then ends
-    its workers itself (a worker stopped first fails the loader, and the checkpoint with it). SIGTERM
-    stays: it is how the workers are ended at exit."""
+    """A loader worker's ``worker_init_fn``: leave a stop to the training process, which stops at a
+    step boundary, writes its checkpoint and then ends its workers itself (a worker stopped first
+    fails the loader, and the checkpoint with it).
+
+    * SIGINT, which a terminal's Ctrl-C sends to the whole process group, is ignored.
+    * SIGTERM is blocked and read by a thread: sent by the worker's parent (the loader ending its
+      workers, or ``multiprocessing`` at exit) it ends the worker as before; sent by anyone else (a
+      scheduler signalling every process of a job, ``kill -TERM -PGID``) it is left to the parent,
+      which receives it too.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here on inherit the mask
+    threading.Thread(target=_end_on_sigterm_from_parent, name="sigterm-from-parent", daemon=True).start()
+
+
+def _end_on_sigterm_from_parent() -> None:
+    """Wait for SIGTERMs; end the process on the first one whose sender is the parent."""
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != os.getppid():
+        pass
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    os.kill(os.getpid(), signal.SIGTERM)  # killed by SIGTERM, as an unprotected worker would be
 
 
 class ResumableLoader(DataLoader):
