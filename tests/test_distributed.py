@@ -237,3 +237,32 @@ def test_training_with_lightning_ddp_on_two_cpu_processes(tmp_path: Path, preset
     initial = ContrastiveModule(cfg, len(saved["state_dict"]["branch.bank.memory"]), in_channels=1).branch.bank.memory
     updated = (saved["state_dict"]["branch.bank.memory"] != initial).any(dim=1)
     assert int(updated.sum()) == 2 * 2 * 16  # 2 steps × 2 ranks × 16 images, each image once
+
+
+@pytest.mark.parametrize(("strategy", "to_group", "signal_name"), [("ddp", True, "SIGTERM"), ("ddp_fork", False, "SIGTERM"), ("ddp_fork", True, "SIGINT")])
+def test_two_process_runs_stop_with_one_checkpoint_on_a_signal(tmp_path: Path, strategy: str, to_group: bool, signal_name: str) -> None:
+    """A signal to the launching process, or to every process at once (Ctrl-C, a scheduler): the ranks
+    stop together at a step boundary, the checkpoint is written, one stop line, the signal's exit code.
+    (Lightning's own handler hung such runs: it calls a collective inside the signal handler.)"""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "runs" / "two"
+    command = [sys.executable, "-m", "crosslevel", "train", "--config", "digits-cld", "width=8", "epochs=500", "devices=2",
+               f"strategy={strategy}", "workers=1", "progress=false", f"out={tmp_path / 'runs'}", "name=two"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(run.glob("logs/version_0/metrics.csv")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)  # training has begun (its first log flush)
+    assert process.poll() is None, process.communicate()[1]
+    number = getattr(signal, signal_name)
+    os.killpg(process.pid, number) if to_group else os.kill(process.pid, number)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + number, err
+    assert err.count(f"crosslevel: stopped by {signal_name}; resumable checkpoint") == 1, err
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] > 0 and read_run(run).status == "interrupted"

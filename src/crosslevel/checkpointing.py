@@ -18,10 +18,13 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies.launchers.launcher import _Launcher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.multiprocessing import ProcessExitedException
 
 from .config import FIELDS, Config
 from .data.sampling import ResumableSampler
+from .distributed import largest_over_ranks
 from .errors import CrossLevelError, TrainingInterrupted
 
 RESUME_KEY = "crosslevel_resume"
@@ -119,21 +122,37 @@ class LastCheckpoint(Checkpoint):
     """Owns ``checkpoints/last.ckpt``: replaced after every ``every``-th epoch and at the end of training,
     and written when SIGINT (Ctrl-C) or SIGTERM (``kill``, a scheduler's time limit) stops training.
 
-    Lightning already turns SIGTERM into a stop at the next step boundary, synchronised across
-    ranks; SIGINT is routed to the same path. A second Ctrl-C aborts without saving. Use
-    :meth:`handling_signals` around ``trainer.fit``; it raises :class:`TrainingInterrupted`.
+    A signal only records itself (and is passed on to the rank processes this process started); at each
+    step boundary the ranks decide together (one all-reduce under DDP) and all save and stop there.
+    Lightning's own SIGTERM handler is replaced while training: it calls a collective inside the
+    handler, which, when a signal reaches every rank (a process group, torchrun, a scheduler), pairs
+    with another rank's training collectives and hangs the run. A second Ctrl-C aborts without saving. Use :meth:`handling_signals` around
+    ``trainer.fit``; it raises :class:`TrainingInterrupted`.
     """
 
     def __init__(self, path: Path, every: int = 1) -> None:
         self.path, self.every = Path(path), every
-        self.received: int | None = None
+        self.received: int | None = None  # the first stop signal of this process
+        self._launcher: _Launcher | None = None  # what started the rank processes, if this process did
+        self._passed_on = False
+        self._stopped = False  # this process saved and raised the stop itself
 
     @property
     def last_model_path(self) -> str:
         """The checkpoint a failure can go back to ('' while none exists)."""
         return str(self.path) if self.path.is_file() else ""
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():  # over Lightning's handler, in every rank process
+            self._launcher = trainer.strategy.launcher
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+            signal.signal(signal.SIGINT, self._on_sigint)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._stop_if_signalled(trainer, pl_module)  # the previous step is complete; this one has not begun
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_signalled(trainer, pl_module)  # after the epoch's last step, before its kNN evaluation
         if (trainer.current_epoch + 1) % self.every == 0:  # the same decision on every rank: saving is collective
             trainer.save_checkpoint(self.path, weights_only=False)
 
@@ -141,31 +160,51 @@ class LastCheckpoint(Checkpoint):
         trainer.save_checkpoint(self.path, weights_only=False)  # the finished state (epoch counter advanced), to extend the run later
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException):  # raised at a step boundary: a consistent state
+        if isinstance(exception, SIGTERMException) and not self._stopped:  # Lightning's own stop, at a step boundary
             trainer.save_checkpoint(self.path, weights_only=False)
+
+    def _stop_if_signalled(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """At a step boundary: when a signal reached any rank, every rank saves and stops here (checkpoint
+        written, then ``SIGTERMException`` with exit code 128 + signal, which a ddp_fork / ddp_spawn rank
+        process exits with; Lightning does not call ``on_exception`` there)."""
+        received = largest_over_ranks(self.received or 0, pl_module.device)  # the same answer on every rank
+        if received:
+            self.received, self._stopped = self.received or received, True
+            trainer.save_checkpoint(self.path, weights_only=False)
+            raise SIGTERMException(128 + self.received)
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.received = self.received or signum
+        if self._launcher is not None and not self._passed_on:  # the rank processes this one started (none elsewhere)
+            self._passed_on = True
+            self._launcher.kill(signal.SIGTERM)
 
     def _on_sigint(self, signum: int, frame: object) -> None:
         if self.received is not None:  # second Ctrl-C: stop now, without a checkpoint
             raise KeyboardInterrupt
         self.received = signum
-        signal.raise_signal(signal.SIGTERM)  # Lightning's handler: stop after this step on every rank
+        self._on_sigterm(signum, frame)
 
     @contextmanager
-    def handling_signals(self, run_dir: Path) -> Iterator[None]:
-        """Install the handlers for the duration of ``trainer.fit`` (main thread only)."""
+    def handling_signals(self, run_dir: Path, launcher: _Launcher | None = None) -> Iterator[None]:
+        """Install the handlers for the duration of ``trainer.fit`` (main thread only); ``launcher`` is the
+        trainer's, which starts the rank processes of ``ddp_fork`` / ``ddp_spawn`` / ``ddp``."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        signal.signal(signal.SIGTERM, self._on_sigterm)  # Lightning keeps it and calls its own first
+        self._launcher = launcher
+        signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGINT, self._on_sigint)
         try:
             yield
         except SIGTERMException:
             received = self.received or signal.SIGTERM
+            raise TrainingInterrupted(signal.Signals(received).name, 128 + received, self.path, run_dir) from None
+        except ProcessExitedException as exited:  # ddp_fork / ddp_spawn: this process waited for ranks that stopped
+            if exited.exit_code not in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+                raise
+            received = self.received or exited.exit_code - 128  # Ctrl-C here reaches the ranks as SIGTERM
             raise TrainingInterrupted(signal.Signals(received).name, 128 + received, self.path, run_dir) from None
         except SystemExit:  # Lightning's answer to the KeyboardInterrupt of a second Ctrl-C is exit(1)
             if self.received is None:
@@ -174,7 +213,7 @@ class LastCheckpoint(Checkpoint):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self.received = None
+            self.received, self._launcher, self._passed_on, self._stopped = None, None, False, False
 
 
 def check_compatible(checkpoint: dict[str, Any], path: Path, cfg: Config, num_train: int, in_channels: int) -> None:

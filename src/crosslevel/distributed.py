@@ -56,9 +56,21 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     return _GatherWithGrad.apply(tensor)
 
 
+def _max_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    if world_size() > 1:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def any_rank(flag: torch.Tensor) -> bool:
     """True when the boolean scalar ``flag`` is true on at least one rank (one host sync)."""
-    if world_size() > 1:
-        flag = flag.to(torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag)
+    return bool(_max_over_ranks(flag.to(torch.int32)))
+
+
+def largest_over_ranks(value: int, device: torch.device) -> int:
+    """The largest of this rank's ``value`` over the ranks: ``value`` itself on one process, else one
+    all-reduce on ``device`` and a host sync."""
+    if world_size() == 1:
+        return value
+    return int(_max_over_ranks(torch.tensor(value, dtype=torch.int32, device=device)))

@@ -207,24 +207,26 @@ class StderrProgressBar(TQDMProgressBar):
 @contextmanager
 def lightning_output(verbose: bool) -> Iterator[None]:
     """Unless ``verbose``, hide Lightning's own output while training: its informational lines (GPU/TPU
-    available, the litlogger tip, the ``limit_train_batches`` notice, "Loading `train_dataloader`",
-    "Received SIGTERM") and the warnings it issues or passes on (worker-count hints, deprecations).
-    crosslevel's own warnings and Lightning's logged warnings and errors still show."""
+    available, the litlogger tip, the ``limit_train_batches`` notice, "Loading `train_dataloader`"),
+    the warnings it issues or passes on (worker-count hints, deprecations) and PyTorch's line on ending
+    the other rank processes of a ``ddp_fork`` / ``ddp_spawn`` run that stopped. crosslevel's own
+    warnings and Lightning's logged warnings and errors still show."""
     if verbose:
         yield
         return
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [logger.level for logger in loggers]
+    quieter = {"lightning.pytorch": logging.WARNING, "lightning.fabric": logging.WARNING, "torch.multiprocessing.spawn": logging.ERROR}
+    loggers = {logging.getLogger(name): level for name, level in quieter.items()}
+    levels = {logger: logger.level for logger in loggers}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module=r"lightning(\.|$)")
         warnings.filterwarnings("ignore", category=PossibleUserWarning)
         warnings.filterwarnings("ignore", category=LightningDeprecationWarning)
-        for logger in loggers:
-            logger.setLevel(logging.WARNING)
+        for logger, level in loggers.items():
+            logger.setLevel(level)
         try:
             yield
         finally:
-            for logger, level in zip(loggers, levels):
+            for logger, level in levels.items():
                 logger.setLevel(level)
 
 
@@ -397,7 +399,7 @@ def _fit(
     checkpoint leaves nothing unusable behind (the run directory is removed)."""
     os.environ[RUN_NAME_ENV] = run_dir.name  # inherited by the rank processes Lightning starts
     try:
-        with last.handling_signals(run_dir):
+        with last.handling_signals(run_dir, trainer.strategy.launcher):
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     except BaseException:
         if trainer.is_global_zero and not last.path.is_file():  # nothing to resume

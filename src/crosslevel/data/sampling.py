@@ -70,6 +70,7 @@ def leave_stops_to_the_trainer(worker_id: int) -> None:
       which receives it too.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the training process's handler, which a fork passes on
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here on inherit the mask
     threading.Thread(target=_end_on_sigterm_from_parent, name="sigterm-from-parent", daemon=True).start()
 
@@ -78,8 +79,7 @@ def _end_on_sigterm_from_parent() -> None:
     """Wait for SIGTERMs; end the process on the first one whose sender is the parent."""
     while signal.sigwaitinfo({signal.SIGTERM}).si_pid != os.getppid():
         pass
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # in this thread, with the default action
     os.kill(os.getpid(), signal.SIGTERM)  # killed by SIGTERM, as an unprotected worker would be
 
 
