@@ -102,7 +102,8 @@ def test_a_run_prints_results_on_stdout_and_lightning_only_when_verbose(tmp_path
     assert lightning_lines(resumed.stdout + resumed.stderr) == []
     assert resumed.stdout.splitlines()[0] == f"run directory: {tmp_path / 'quiet'}"
     assert "kNN top-1:" in resumed.stdout and "best kNN over evaluated epochs" in resumed.stdout
-    assert "Epoch 1" in resumed.stderr and "Epoch" not in resumed.stdout  # the progress bar is on stderr
+    assert "Epoch" not in resumed.stdout  # the progress bar is on stderr, the resumed epoch's with its number and steps
+    assert "Epoch 1/2:  33%" in resumed.stderr and "Epoch 2/2" in resumed.stderr
 
     verbose = train(tmp_path, 1, "epochs=2", "name=verbose", "--verbose")
     assert verbose.returncode == 143

@@ -188,14 +188,25 @@ def _loggers(cfg: Config, run_dir: Path) -> list[Logger]:
 
 class StderrProgressBar(TQDMProgressBar):
     """Lightning's progress bar on stderr (Lightning writes it to stdout), so that stdout holds results
-    only; epochs numbered from 1 as everywhere else, and the bar closed when training stops, so that
-    the line saying why starts a line of its own."""
+    only; epochs numbered from 1 as everywhere else, a resumed epoch's bar going on from the steps it
+    had done, and the bar closed when training stops, so that the line saying why starts a line of
+    its own."""
 
     def init_train_tqdm(self) -> Tqdm:
         with contextlib.redirect_stdout(sys.stderr):
             return super().init_train_tqdm()
 
+    def on_train_start(self, trainer: pl.Trainer, *args: object) -> None:
+        super().on_train_start(trainer, *args)
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if 0 < done < trainer.num_training_batches:  # resumed mid-epoch: Lightning starts no epoch (no on_train_epoch_start)
+            self.on_train_epoch_start(trainer)
+            self.train_progress_bar.initial = self.train_progress_bar.n = done  # the bar goes on from the steps done
+            self.train_progress_bar.refresh()
+
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if self._train_progress_bar is not None:  # a resumed epoch's start, not to be counted in the next epoch's rate
+            self._train_progress_bar.initial = 0
         super().on_train_epoch_start(trainer, *args)
         self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
 
