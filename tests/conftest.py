@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -104,3 +110,35 @@ def fit_two_steps(cfg, module, data):
     )
     trainer.fit(module, data.train_loader(cfg))
     return trainer
+
+
+def signal_a_training_run(command: list[str], run_dir: Path, send: Callable[[subprocess.Popen], None], **popen: Any) -> tuple[int, str]:
+    """Start ``command`` (a training run writing ``run_dir``) in a session of its own, wait until it trains
+    (its first log flush), call ``send(process)`` (a signal to it or to its group) and return (exit code,
+    stderr) once it has ended; its whole process group (loader workers too) must end within 5 s of it.
+    Whatever happens, nothing of the group outlives the test."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, **popen)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not list(run_dir.glob("logs/version_0/metrics.csv")) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)  # training has begun: the stop handlers are in place
+        assert process.poll() is None, process.communicate()[1]
+        send(process)
+        _, err = process.communicate(timeout=120)
+        deadline = time.monotonic() + 5
+        while _group_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _group_alive(process.pid), f"processes of the run outlived it: {err}"
+        return process.returncode, err
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True

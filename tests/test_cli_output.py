@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import signal_a_training_run
 
 from crosslevel.config import Config, save_config
 
@@ -124,18 +125,9 @@ def test_a_signal_to_the_process_group_with_loader_workers_saves_a_checkpoint(tm
     fail the loader and the save), and the workers end with it."""
     import os
     import signal
-    import time
 
     run = tmp_path / "runs" / "group"
     command = [sys.executable, "-m", "crosslevel", "train", "epochs=50", "workers=1", "progress=false", f"out={tmp_path / 'runs'}", "name=group"]
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not list(run.glob("logs/version_0/metrics.csv")) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)  # training has begun (its first log flush): the stop handlers are in place
-    os.killpg(process.pid, getattr(signal, signal_name))
-    _, err = process.communicate(timeout=300)
-    assert process.returncode == exit_code, err
+    code, err = signal_a_training_run(command, run, lambda process: os.killpg(process.pid, getattr(signal, signal_name)), cwd=tmp_path)
+    assert code == exit_code, err  # and the workers ended with the run (checked by signal_a_training_run)
     assert f"stopped by {signal_name}; resumable checkpoint" in err and (run / "checkpoints" / "last.ckpt").is_file()
-    time.sleep(1)
-    with pytest.raises(ProcessLookupError):
-        os.killpg(process.pid, 0)  # no process of the group is left

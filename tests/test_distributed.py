@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import signal_a_training_run
 from ddp_helpers import assert_ranks_match, run_on_ranks
 from torch.nn.parallel import DistributedDataParallel
 
@@ -244,25 +248,12 @@ def test_two_process_runs_stop_with_one_checkpoint_on_a_signal(tmp_path: Path, s
     """A signal to the launching process, or to every process at once (Ctrl-C, a scheduler): the ranks
     stop together at a step boundary, the checkpoint is written, one stop line, the signal's exit code.
     (Lightning's own handler hung such runs: it calls a collective inside the signal handler.)"""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     run = tmp_path / "runs" / "two"
     command = [sys.executable, "-m", "crosslevel", "train", "--config", "digits-cld", "width=8", "epochs=500", "devices=2",
                f"strategy={strategy}", "workers=1", "progress=false", f"out={tmp_path / 'runs'}", "name=two"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not list(run.glob("logs/version_0/metrics.csv")) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)  # training has begun (its first log flush)
-    assert process.poll() is None, process.communicate()[1]
     number = getattr(signal, signal_name)
-    os.killpg(process.pid, number) if to_group else os.kill(process.pid, number)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 128 + number, err
+    code, err = signal_a_training_run(command, run, lambda p: os.killpg(p.pid, number) if to_group else p.send_signal(number))
+    assert code == 128 + number, err
     assert err.count(f"crosslevel: stopped by {signal_name}; resumable checkpoint") == 1, err
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] > 0 and read_run(run).status == "interrupted"

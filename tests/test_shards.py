@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from conftest import write_image_folder
+from conftest import signal_a_training_run, write_image_folder
 from ddp_helpers import run_on_ranks
 
 pytest.importorskip("webdataset", reason="webdataset is not installed (pip install 'crosslevel[shards]')")
@@ -230,11 +230,8 @@ def test_a_resumed_stream_continues_the_epoch_with_worker_processes(tmp_path: Pa
 def test_torchrun_ranks_streaming_shards_stop_on_sigterm_with_one_checkpoint(tmp_path: Path, digits_pack: Path) -> None:
     """torchrun passes a SIGTERM on to each rank's whole process group, loader workers included: the
     ranks still stop at a step boundary, rank 0 writes the resumable checkpoint and says so once."""
-    import os
     import signal
-    import subprocess
     import sys
-    import time
 
     run = tmp_path / "runs" / "tr"
     command = [
@@ -242,14 +239,7 @@ def test_torchrun_ranks_streaming_shards_stop_on_sigterm_with_one_checkpoint(tmp
         "--config", "digits-cld", "dataset=shards", f"data={digits_pack}", "in_memory=false", "image_size=16", "workers=1",
         "width=8", "feature_dim=16", "epochs=500", "progress=false", f"out={tmp_path / 'runs'}", "name=tr",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 300
-    while not list(run.glob("logs/version_0/metrics.csv")) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)  # training has begun (its first log flush): the stop handlers are in place
-    assert process.poll() is None, process.communicate()[1]
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=120)  # torchrun kills ranks that have not ended after 30 s
-    assert err.count("crosslevel: stopped by SIGTERM; resumable checkpoint") == 1, err
+    _, err = signal_a_training_run(command, run, lambda process: process.send_signal(signal.SIGTERM), cwd=tmp_path)
+    assert err.count("crosslevel: stopped by SIGTERM; resumable checkpoint") == 1, err  # torchrun itself exits 1
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] > 0 and "crosslevel_resume" in saved

@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.fabric.plugins.environments import LightningEnvironment
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.strategies.launchers.launcher import _Launcher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.multiprocessing import ProcessExitedException
@@ -136,6 +139,7 @@ class LastCheckpoint(Checkpoint):
         self._launcher: _Launcher | None = None  # what started the rank processes, if this process did
         self._passed_on = False
         self._stopped = False  # this process saved and raised the stop itself
+        self._parent_watches = False  # a rank process of Lightning's ``ddp`` launcher, watched by local rank 0
 
     @property
     def last_model_path(self) -> str:
@@ -143,6 +147,9 @@ class LastCheckpoint(Checkpoint):
         return str(self.path) if self.path.is_file() else ""
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        environment = getattr(trainer.strategy, "cluster_environment", None)  # None: one device
+        launched_by_rank_zero = isinstance(environment, LightningEnvironment) and trainer.local_rank > 0
+        self._parent_watches = launched_by_rank_zero and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher)
         if threading.current_thread() is threading.main_thread():  # over Lightning's handler, in every rank process
             self._launcher = trainer.strategy.launcher
             signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -200,6 +207,8 @@ class LastCheckpoint(Checkpoint):
             yield
         except SIGTERMException:
             received = self.received or signal.SIGTERM
+            if self._parent_watches:
+                _let_the_parent_end_first()
             raise TrainingInterrupted(signal.Signals(received).name, 128 + received, self.path, run_dir) from None
         except ProcessExitedException as exited:  # ddp_fork / ddp_spawn: this process waited for ranks that stopped
             if exited.exit_code not in (128 + signal.SIGINT, 128 + signal.SIGTERM):
@@ -213,7 +222,17 @@ class LastCheckpoint(Checkpoint):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self.received, self._launcher, self._passed_on, self._stopped = None, None, False, False
+            self.received, self._launcher, self._passed_on, self._stopped, self._parent_watches = None, None, False, False, False
+
+
+def _let_the_parent_end_first(limit_s: float = 30.0) -> None:
+    """Wait (at most ``limit_s``) until this process's parent has ended. Local rank 0 of Lightning's ``ddp``
+    launcher watches the ranks it started and SIGKILLs itself when one of them ends with a nonzero exit
+    code: a rank that stopped on a signal (exit 130 / 143) ends after it, so that it prints its stop line
+    and exits with the signal's code."""
+    parent, deadline = os.getppid(), time.monotonic() + limit_s
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def check_compatible(checkpoint: dict[str, Any], path: Path, cfg: Config, num_train: int, in_channels: int) -> None:
