@@ -23,11 +23,12 @@ def tiny_run(tmp_path: Path, logger: str) -> Path:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is not installed (pip install 'crosslevel[wandb]')")
-def test_wandb_writes_an_offline_run_in_the_run_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wandb_writes_an_offline_run_in_the_run_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("WANDB_MODE", raising=False)  # the default: offline, no network
     run_dir = tiny_run(tmp_path, "wandb")
     runs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
+    assert "WARNING" not in capfd.readouterr().err  # e.g. W&B's on the anonymous= Lightning passes
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow is not installed (pip install 'crosslevel[mlflow]')")

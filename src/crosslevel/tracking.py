@@ -29,9 +29,12 @@ def wandb_logger(run_dir: Path) -> Logger:
     try:
         from lightning.pytorch.loggers import WandbLogger
 
-        return WandbLogger(name=run_dir.name, save_dir=str(run_dir), project=PROJECT)  # wandb writes save_dir/wandb/
+        logger = WandbLogger(name=run_dir.name, save_dir=str(run_dir), project=PROJECT)  # wandb writes save_dir/wandb/
     except ModuleNotFoundError as err:
         raise missing_extra("wandb", err) from None
+    if logger._wandb_init.get("anonymous", "") is None:  # Lightning passes anonymous=None, which W&B >= 0.31 warns has no effect
+        del logger._wandb_init["anonymous"]
+    return logger
 
 
 def mlflow_logger(run_dir: Path) -> Logger:
