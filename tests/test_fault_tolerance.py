@@ -268,16 +268,18 @@ def _loader_worker(ready: object) -> None:
     time.sleep(60)
 
 
-def test_a_loader_worker_ends_on_its_parents_sigterm_and_leaves_anyone_elses_to_the_trainer() -> None:
-    """SIGTERM from the worker's parent (the loader ending it, multiprocessing at exit) ends it, also when
-    the parent's own SIGTERM handler was inherited by the fork; a SIGTERM from another process (a
-    scheduler signalling the whole group) and SIGINT leave it running."""
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
+def test_a_loader_worker_ends_on_its_parents_sigterm_and_leaves_anyone_elses_to_the_trainer(start_method: str) -> None:
+    """SIGTERM from the process that started the worker (the loader ending it, multiprocessing at exit)
+    ends it, also when that process's own SIGTERM handler was inherited by the fork and when a forkserver
+    is the worker's parent; a SIGTERM from another process (a scheduler signalling the whole group) and
+    SIGINT leave it running."""
     import multiprocessing
     import subprocess
 
     previous = signal.signal(signal.SIGTERM, lambda *_: None)  # the training process's handler, passed on by the fork
     try:
-        context = multiprocessing.get_context("fork")
+        context = multiprocessing.get_context(start_method)
         ready = context.Event()
         worker = context.Process(target=_loader_worker, args=(ready,), daemon=True)
         worker.start()
@@ -291,3 +293,18 @@ def test_a_loader_worker_ends_on_its_parents_sigterm_and_leaves_anyone_elses_to_
     worker.terminate()  # SIGTERM from the parent
     worker.join(10)
     assert worker.exitcode == -signal.SIGTERM
+
+
+def test_a_signal_in_an_epochs_last_step_stops_before_its_knn_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stop comes ahead of the epoch-end work a scheduler's grace period may not cover (the kNN
+    evaluation); the checkpoint then holds the whole epoch."""
+    from crosslevel.training import KNNMonitor
+
+    evaluated: list[int] = []
+    original = KNNMonitor.on_train_epoch_end
+    monkeypatch.setattr(KNNMonitor, "on_train_epoch_end", lambda self, trainer, module: (evaluated.append(trainer.current_epoch), original(self, trainer, module))[1])
+    signal_at_step(monkeypatch, step=2)  # the last step of epoch 0
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_config(tmp_path, "stopped", "eval_every=1"))
+    saved = checkpoint_of(tmp_path / "stopped")
+    assert evaluated == [] and saved["global_step"] == 2 and saved["crosslevel_resume"]["epoch"] == 1

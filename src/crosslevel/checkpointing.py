@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.strategies.launchers.launcher import _Launcher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -31,6 +30,7 @@ from .distributed import largest_over_ranks
 from .errors import CrossLevelError, TrainingInterrupted
 
 RESUME_KEY = "crosslevel_resume"
+LAUNCHER_PID_ENV = "CROSSLEVEL_LAUNCHER_PID"  # the process that called fit: local rank 0 of Lightning's ddp launcher
 # Config keys that decide the shapes of the saved tensors: a checkpoint only fits a model built with the same values.
 # What a checkpoint's weights and optimiser state fit (the optimiser: SGD's one parameter group, AdamW's two).
 MODEL_KEYS = ("backbone", "backbone_args", "width", "feature_dim", "normlinear", "mlp", "mlp_bn", "mlp_shared", "instance", "optimizer")
@@ -146,20 +146,7 @@ class LastCheckpoint(Checkpoint):
         """The checkpoint a failure can go back to ('' while none exists)."""
         return str(self.path) if self.path.is_file() else ""
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        environment = getattr(trainer.strategy, "cluster_environment", None)  # None: one device
-        launched_by_rank_zero = isinstance(environment, LightningEnvironment) and trainer.local_rank > 0
-        self._parent_watches = launched_by_rank_zero and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher)
-        if threading.current_thread() is threading.main_thread():  # over Lightning's handler, in every rank process
-            self._launcher = trainer.strategy.launcher
-            signal.signal(signal.SIGTERM, self._on_sigterm)
-            signal.signal(signal.SIGINT, self._on_sigint)
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._stop_if_signalled(trainer, pl_module)  # the previous step is complete; this one has not begun
-
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._stop_if_signalled(trainer, pl_module)  # after the epoch's last step, before its kNN evaluation
         if (trainer.current_epoch + 1) % self.every == 0:  # the same decision on every rank: saving is collective
             trainer.save_checkpoint(self.path, weights_only=False)
 
@@ -170,15 +157,35 @@ class LastCheckpoint(Checkpoint):
         if isinstance(exception, SIGTERMException) and not self._stopped:  # Lightning's own stop, at a step boundary
             trainer.save_checkpoint(self.path, weights_only=False)
 
-    def _stop_if_signalled(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _take_over_signals(self, trainer: pl.Trainer) -> None:
+        """In every rank process, before Lightning installs its SIGTERM handler: have it call ours instead."""
+        trainer._signal_connector._sigterm_notifier_fn = self._on_sigterm  # type: ignore[method-assign]
+        self._launcher = trainer.strategy.launcher
+        launched_by = os.environ.get(LAUNCHER_PID_ENV)  # set by the process that called fit, inherited by the ranks it starts
+        self._parent_watches = isinstance(self._launcher, _SubprocessScriptLauncher) and launched_by == str(os.getppid())
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+            signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _stop_if_signalled(self, trainer: pl.Trainer, pl_module: pl.LightningModule, before_batch: bool) -> None:
         """At a step boundary: when a signal reached any rank, every rank saves and stops here (checkpoint
         written, then ``SIGTERMException`` with exit code 128 + signal, which a ddp_fork / ddp_spawn rank
         process exits with; Lightning does not call ``on_exception`` there)."""
-        received = largest_over_ranks(self.received or 0, pl_module.device)  # the same answer on every rank
-        if received:
-            self.received, self._stopped = self.received or received, True
-            trainer.save_checkpoint(self.path, weights_only=False)
-            raise SIGTERMException(128 + self.received)
+        received = largest_over_ranks(self.received or (signal.SIGTERM if trainer.received_sigterm else 0), pl_module.device)
+        if not received:
+            return
+        self.received, self._stopped = self.received or received, True
+        if before_batch:  # the next batch is fetched, not started: save the loop as it was after the last step
+            progress = trainer.fit_loop.epoch_loop.batch_progress
+            progress.current.ready, progress.total.ready = progress.current.completed, progress.total.completed
+        trainer.save_checkpoint(self.path, weights_only=False)
+        raise SIGTERMException(128 + self.received)
+
+    @property
+    def at_step_boundaries(self) -> Callback:
+        """The callback that stops training on a signal; list it before callbacks with epoch-end work
+        (the kNN evaluation), which a stop skips. (This class, a ``Checkpoint``, runs after all others.)"""
+        return _StopAtStepBoundaries(self)
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.received = self.received or signum
@@ -223,6 +230,23 @@ class LastCheckpoint(Checkpoint):
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.received, self._launcher, self._passed_on, self._stopped, self._parent_watches = None, None, False, False, False
+
+
+class _StopAtStepBoundaries(Callback):
+    """:meth:`LastCheckpoint._stop_if_signalled` before each step and at each epoch's end, ahead of the
+    epoch-end callbacks listed after it."""
+
+    def __init__(self, owner: LastCheckpoint) -> None:
+        self.owner = owner
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.owner._take_over_signals(trainer)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self.owner._stop_if_signalled(trainer, pl_module, before_batch=True)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.owner._stop_if_signalled(trainer, pl_module, before_batch=False)
 
 
 def _let_the_parent_end_first(limit_s: float = 30.0) -> None:

@@ -246,7 +246,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"crosslevel: {stop}", file=sys.stderr)
         return stop.exit_code
     except KeyboardInterrupt:
-        print("crosslevel: interrupted", file=sys.stderr)
+        from .run_dir import launch_rank
+
+        if launch_rank() == 0:
+            print("crosslevel: interrupted", file=sys.stderr)
         return 130
 
 

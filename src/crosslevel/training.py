@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-from .checkpointing import AtomicCheckpointIO, LastCheckpoint, ResumeState
+from .checkpointing import LAUNCHER_PID_ENV, AtomicCheckpointIO, LastCheckpoint, ResumeState
 from .config import Config, check_groups, save_config, with_absolute_paths
 from .data.datamodule import ContrastiveDataModule, Data, load_data
 from .errors import CrossLevelError, warn
@@ -199,7 +199,7 @@ class StderrProgressBar(TQDMProgressBar):
     def on_train_start(self, trainer: pl.Trainer, *args: object) -> None:
         super().on_train_start(trainer, *args)
         done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-        if 0 < done < trainer.num_training_batches:  # resumed mid-epoch: Lightning starts no epoch (no on_train_epoch_start)
+        if trainer.fit_loop.restarted_mid_epoch:  # Lightning starts no epoch (no on_train_epoch_start)
             self.on_train_epoch_start(trainer)
             self.train_progress_bar.initial = self.train_progress_bar.n = done  # the bar goes on from the steps done
             self.train_progress_bar.refresh()
@@ -316,7 +316,7 @@ def train(cfg: Config, verbose: bool = False) -> tuple[Path, dict[str, float] | 
         datamodule = ContrastiveDataModule(cfg, data)
         monitor, timer, last = KNNMonitor(data, cfg), EpochTimer(cfg.batch_size), LastCheckpoint(checkpoint_of(run_dir), cfg.checkpoint_every)
         # the timer first, so that epoch times exclude checkpointing and the kNN evaluation
-        trainer = _trainer(cfg, run_dir, datamodule, [timer, last, ResumeState(datamodule.sampler, cfg.batch_size), monitor])
+        trainer = _trainer(cfg, run_dir, datamodule, [timer, last, last.at_step_boundaries, ResumeState(datamodule.sampler, cfg.batch_size), monitor])
         _check_fits(cfg, data, trainer)
         if rank_zero_only.rank == 0:  # written once every check has passed
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -409,6 +409,8 @@ def _fit(
     """``trainer.fit`` with the signal handlers of :class:`LastCheckpoint`; a failure before the first
     checkpoint leaves nothing unusable behind (the run directory is removed)."""
     os.environ[RUN_NAME_ENV] = run_dir.name  # inherited by the rank processes Lightning starts
+    launching = LAUNCHER_PID_ENV not in os.environ  # not a rank process started by another crosslevel process
+    os.environ.setdefault(LAUNCHER_PID_ENV, str(os.getpid()))
     try:
         with last.handling_signals(run_dir, trainer.strategy.launcher):
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
@@ -418,6 +420,8 @@ def _fit(
         raise
     finally:
         os.environ.pop(RUN_NAME_ENV, None)
+        if launching:
+            os.environ.pop(LAUNCHER_PID_ENV, None)
 
 
 def _write_summary(

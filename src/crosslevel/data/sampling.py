@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import threading
@@ -64,8 +65,8 @@ def leave_stops_to_the_trainer(worker_id: int) -> None:
     fails the loader, and the checkpoint with it).
 
     * SIGINT, which a terminal's Ctrl-C sends to the whole process group, is ignored.
-    * SIGTERM is blocked and read by a thread: sent by the worker's parent (the loader ending its
-      workers, or ``multiprocessing`` at exit) it ends the worker as before; sent by anyone else (a
+    * SIGTERM is blocked and read by a thread: sent by the process that started the worker (the loader
+      ending its workers, or ``multiprocessing`` at exit) it ends the worker as before; sent by anyone else (a
       scheduler signalling every process of a job, ``kill -TERM -PGID``) it is left to the parent,
       which receives it too.
     """
@@ -76,8 +77,9 @@ def leave_stops_to_the_trainer(worker_id: int) -> None:
 
 
 def _end_on_sigterm_from_parent() -> None:
-    """Wait for SIGTERMs; end the process on the first one whose sender is the parent."""
-    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != os.getppid():
+    """Wait for SIGTERMs; end the process on the first one sent by the process that started it."""
+    creators = {os.getppid(), getattr(multiprocessing.parent_process(), "pid", None)}  # under forkserver: not the parent
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid not in creators:
         pass
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # in this thread, with the default action
     os.kill(os.getpid(), signal.SIGTERM)  # killed by SIGTERM, as an unprotected worker would be
