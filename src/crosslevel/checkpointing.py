@@ -126,11 +126,12 @@ class LastCheckpoint(Checkpoint):
     and written when SIGINT (Ctrl-C) or SIGTERM (``kill``, a scheduler's time limit) stops training.
 
     A signal only records itself (and is passed on to the rank processes this process started); at each
-    step boundary the ranks decide together (one all-reduce under DDP) and all save and stop there.
-    Lightning's own SIGTERM handler is replaced while training: it calls a collective inside the
-    handler, which, when a signal reaches every rank (a process group, torchrun, a scheduler), pairs
-    with another rank's training collectives and hangs the run. A second Ctrl-C aborts without saving. Use :meth:`handling_signals` around
-    ``trainer.fit``; it raises :class:`TrainingInterrupted`.
+    step boundary the ranks decide together (one all-reduce under DDP) and all save and stop there, in
+    the callback :attr:`at_step_boundaries`, which goes into the trainer's callbacks too. Lightning's own
+    SIGTERM handler is replaced while training: it calls a collective inside the handler, which, when a
+    signal reaches every rank (a process group, torchrun, a scheduler), pairs with another rank's
+    training collectives and hangs the run. A second Ctrl-C aborts without saving. Use
+    :meth:`handling_signals` around ``trainer.fit``; it raises :class:`TrainingInterrupted`.
     """
 
     def __init__(self, path: Path, every: int = 1) -> None:

@@ -240,17 +240,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"crosslevel: error: {err.filename or 'a file'}: {err.strerror or err}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stop:
-        from .run_dir import launch_rank
-
-        if launch_rank() == 0:  # every rank of a torchrun / SLURM launch stopped; one says so
-            print(f"crosslevel: {stop}", file=sys.stderr)
+        _tell_once(f"crosslevel: {stop}")
         return stop.exit_code
     except KeyboardInterrupt:
-        from .run_dir import launch_rank
-
-        if launch_rank() == 0:
-            print("crosslevel: interrupted", file=sys.stderr)
+        _tell_once("crosslevel: interrupted")
         return 130
+
+
+def _tell_once(line: str) -> None:
+    """``line`` on stderr from rank 0 only: every rank of a torchrun / SLURM / ddp launch stopped alike."""
+    from .run_dir import launch_rank
+
+    if launch_rank() == 0:
+        print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

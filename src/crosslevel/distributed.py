@@ -57,6 +57,7 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _max_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The elementwise maximum of ``tensor`` over the ranks (a new tensor under DDP)."""
     if world_size() > 1:
         tensor = tensor.clone()
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
