@@ -127,7 +127,8 @@ class LastCheckpoint(Checkpoint):
 
     A signal only records itself (and is passed on to the rank processes this process started); at each
     step boundary the ranks decide together (one all-reduce under DDP) and all save and stop there, in
-    the callback :attr:`at_step_boundaries`, which goes into the trainer's callbacks too. Lightning's own
+    the callback :attr:`at_step_boundaries` (list it before callbacks with epoch-end work, the kNN
+    evaluation, which a stop skips; this class, a ``Checkpoint``, runs after all others). Lightning's own
     SIGTERM handler is replaced while training: it calls a collective inside the handler, which, when a
     signal reaches every rank (a process group, torchrun, a scheduler), pairs with another rank's
     training collectives and hangs the run. A second Ctrl-C aborts without saving. Use
@@ -139,8 +140,8 @@ class LastCheckpoint(Checkpoint):
         self.received: int | None = None  # the first stop signal of this process
         self._launcher: _Launcher | None = None  # what started the rank processes, if this process did
         self._passed_on = False
-        self._stopped = False  # this process saved and raised the stop itself
         self._parent_watches = False  # a rank process of Lightning's ``ddp`` launcher, watched by local rank 0
+        self.at_step_boundaries: Callback = _StopAtStepBoundaries(self)
 
     @property
     def last_model_path(self) -> str:
@@ -154,12 +155,9 @@ class LastCheckpoint(Checkpoint):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)  # the finished state (epoch counter advanced), to extend the run later
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException) and not self._stopped:  # Lightning's own stop, at a step boundary
-            trainer.save_checkpoint(self.path, weights_only=False)
-
     def _take_over_signals(self, trainer: pl.Trainer) -> None:
-        """In every rank process, before Lightning installs its SIGTERM handler: have it call ours instead."""
+        """In every rank process, before Lightning installs its SIGTERM handler: have it call ours instead
+        (so Lightning never sets its own stop flag)."""
         trainer._signal_connector._sigterm_notifier_fn = self._on_sigterm  # type: ignore[method-assign]
         self._launcher = trainer.strategy.launcher
         launched_by = os.environ.get(LAUNCHER_PID_ENV)  # set by the process that called fit, inherited by the ranks it starts
@@ -171,22 +169,16 @@ class LastCheckpoint(Checkpoint):
     def _stop_if_signalled(self, trainer: pl.Trainer, pl_module: pl.LightningModule, before_batch: bool) -> None:
         """At a step boundary: when a signal reached any rank, every rank saves and stops here (checkpoint
         written, then ``SIGTERMException`` with exit code 128 + signal, which a ddp_fork / ddp_spawn rank
-        process exits with; Lightning does not call ``on_exception`` there)."""
-        received = largest_over_ranks(self.received or (signal.SIGTERM if trainer.received_sigterm else 0), pl_module.device)
+        process exits with)."""
+        received = largest_over_ranks(self.received or 0, pl_module.device)  # the same answer on every rank
         if not received:
             return
-        self.received, self._stopped = self.received or received, True
+        self.received = self.received or received
         if before_batch:  # the next batch is fetched, not started: save the loop as it was after the last step
             progress = trainer.fit_loop.epoch_loop.batch_progress
             progress.current.ready, progress.total.ready = progress.current.completed, progress.total.completed
         trainer.save_checkpoint(self.path, weights_only=False)
         raise SIGTERMException(128 + self.received)
-
-    @property
-    def at_step_boundaries(self) -> Callback:
-        """The callback that stops training on a signal; list it before callbacks with epoch-end work
-        (the kNN evaluation), which a stop skips. (This class, a ``Checkpoint``, runs after all others.)"""
-        return _StopAtStepBoundaries(self)
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.received = self.received or signum
@@ -197,7 +189,6 @@ class LastCheckpoint(Checkpoint):
     def _on_sigint(self, signum: int, frame: object) -> None:
         if self.received is not None:  # second Ctrl-C: stop now, without a checkpoint
             raise KeyboardInterrupt
-        self.received = signum
         self._on_sigterm(signum, frame)
 
     @contextmanager
@@ -230,7 +221,7 @@ class LastCheckpoint(Checkpoint):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self.received, self._launcher, self._passed_on, self._stopped, self._parent_watches = None, None, False, False, False
+            self.received, self._launcher, self._passed_on, self._parent_watches = None, None, False, False
 
 
 class _StopAtStepBoundaries(Callback):

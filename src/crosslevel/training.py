@@ -198,9 +198,9 @@ class StderrProgressBar(TQDMProgressBar):
 
     def on_train_start(self, trainer: pl.Trainer, *args: object) -> None:
         super().on_train_start(trainer, *args)
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         if trainer.fit_loop.restarted_mid_epoch:  # Lightning starts no epoch (no on_train_epoch_start)
             self.on_train_epoch_start(trainer)
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
             self.train_progress_bar.initial = self.train_progress_bar.n = done  # the bar goes on from the steps done
             self.train_progress_bar.refresh()
 
