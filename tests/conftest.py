@@ -112,17 +112,21 @@ def fit_two_steps(cfg, module, data):
     return trainer
 
 
-def signal_a_training_run(command: list[str], run_dir: Path, send: Callable[[subprocess.Popen], None], **popen: Any) -> tuple[int, str]:
+def signal_a_training_run(
+    command: list[str], run_dir: Path, send: Callable[[subprocess.Popen], None], ready: Callable[[subprocess.Popen], bool] | None = None,
+    **popen: Any,
+) -> tuple[int, str]:
     """Start ``command`` (a training run writing ``run_dir``) in a session of its own, wait until it trains
-    (its first log flush), call ``send(process)`` (a signal to it or to its group) and return (exit code,
-    stderr) once it has ended; its whole process group (loader workers too) must end within 5 s of it.
-    Whatever happens, nothing of the group outlives the test."""
+    (its first log flush; or until ``ready(process)``), call ``send(process)`` (a signal to it or to its
+    group) and return (exit code, stderr) once it has ended; its whole process group (loader workers too)
+    must end within 5 s of it. Whatever happens, nothing of the group outlives the test."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"}, **popen)  # fmt: skip
+    ready = ready or (lambda _: bool(list(run_dir.glob("logs/version_0/metrics.csv"))))  # the stop handlers are in place
     try:
         deadline = time.monotonic() + 300
-        while not list(run_dir.glob("logs/version_0/metrics.csv")) and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)  # training has begun: the stop handlers are in place
+        while not ready(process) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert process.poll() is None, process.communicate()[1]
         send(process)
         _, err = process.communicate(timeout=120)
@@ -134,6 +138,16 @@ def signal_a_training_run(command: list[str], run_dir: Path, send: Callable[[sub
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def children_of(pid: int) -> list[str]:
+    """The command lines of the processes whose parent is ``pid`` (Linux ``/proc``)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return found
 
 
 def _group_alive(group: int) -> bool:

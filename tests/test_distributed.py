@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import signal_a_training_run
+from conftest import children_of, signal_a_training_run
 from ddp_helpers import assert_ranks_match, run_on_ranks
 from torch.nn.parallel import DistributedDataParallel
 
@@ -257,3 +257,19 @@ def test_two_process_runs_stop_with_one_checkpoint_on_a_signal(tmp_path: Path, s
     assert err.count(f"crosslevel: stopped by {signal_name}; resumable checkpoint") == 1, err
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] > 0 and read_run(run).status == "interrupted"
+
+
+@pytest.mark.parametrize("to_group", [True, False])
+def test_a_ddp_spawn_run_signalled_while_it_starts_its_ranks_stops(tmp_path: Path, to_group: bool) -> None:
+    """SIGTERM while the parent of a ddp_spawn launch is still starting the rank processes (it writes the
+    pickled trainer to each, and one killed unread would leave it waiting forever): the run ends, exit 143,
+    one stop line; no rank trained, so there is nothing to resume and no run directory is left."""
+    run = tmp_path / "runs" / "two"
+    command = [sys.executable, "-m", "crosslevel", "train", "--config", "digits-cld", "width=8", "epochs=500", "devices=2",
+               "strategy=ddp_spawn", "workers=0", "progress=false", f"out={tmp_path / 'runs'}", "name=two"]  # fmt: skip
+    spawning = lambda process: any("spawn_main" in line for line in children_of(process.pid))  # noqa: E731
+    send = (lambda p: os.killpg(p.pid, signal.SIGTERM)) if to_group else (lambda p: p.send_signal(signal.SIGTERM))
+    code, err = signal_a_training_run(command, run, send, ready=spawning)
+    assert code == 143, err
+    assert err.count("crosslevel: stopped by SIGTERM before training began: nothing to resume") == 1, err
+    assert not run.exists()

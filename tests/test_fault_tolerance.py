@@ -297,6 +297,35 @@ def test_a_loader_worker_ends_on_its_parents_sigterm_and_leaves_anyone_elses_to_
     assert worker.exitcode == -signal.SIGTERM
 
 
+class _BlockedSignals(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor(sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+
+
+def test_loader_workers_are_born_with_the_stop_signals_blocked_and_a_signal_meanwhile_waits() -> None:
+    """A process killed by a signal before it has read what to run leaves a spawn starter waiting forever,
+    so ResumableLoader starts its workers with SIGINT/SIGTERM blocked (``worker_init_fn`` takes over in
+    each); a signal to this process meanwhile reaches its handler afterwards, not lost."""
+    from crosslevel.data.sampling import ResumableLoader, stops_blocked
+
+    loader = ResumableLoader(_BlockedSignals(), batch_size=None, num_workers=1, multiprocessing_context="fork")
+    assert [set(mask.tolist()) for mask in loader] == [{signal.SIGINT, signal.SIGTERM}] * 2
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # restored here
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _: received.append(signum))
+    try:
+        with stops_blocked():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+            assert received == []
+        assert received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_a_signal_in_an_epochs_last_step_stops_before_its_knn_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The stop comes ahead of the epoch-end work a scheduler's grace period may not cover (the kNN
     evaluation); the checkpoint then holds the whole epoch."""

@@ -4,6 +4,7 @@ checkpoint fits the model it is loaded into."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
 import signal
@@ -19,13 +20,13 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher, _SubprocessScriptLauncher
 from lightning.pytorch.strategies.launchers.launcher import _Launcher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.multiprocessing import ProcessExitedException
 
 from .config import FIELDS, Config
-from .data.sampling import ResumableSampler
+from .data.sampling import STOP_SIGNALS, ResumableSampler
 from .distributed import largest_over_ranks
 from .errors import CrossLevelError, TrainingInterrupted
 
@@ -140,6 +141,7 @@ class LastCheckpoint(Checkpoint):
         self.received: int | None = None  # the first stop signal of this process
         self._launcher: _Launcher | None = None  # what started the rank processes, if this process did
         self._passed_on = False
+        self._children_before: set[multiprocessing.process.BaseProcess] = set()  # this process's, before fit
         self._parent_watches = False  # a rank process of Lightning's ``ddp`` launcher, watched by local rank 0
         self.at_step_boundaries: Callback = _StopAtStepBoundaries(self)
 
@@ -159,7 +161,8 @@ class LastCheckpoint(Checkpoint):
         """In every rank process, before Lightning installs its SIGTERM handler: have it call ours instead
         (so Lightning never sets its own stop flag)."""
         trainer._signal_connector._sigterm_notifier_fn = self._on_sigterm  # type: ignore[method-assign]
-        self._launcher = trainer.strategy.launcher
+        launcher = trainer.strategy.launcher  # a ddp_fork / ddp_spawn rank holds a copy of its parent's: it starts nothing
+        self._launcher = None if isinstance(launcher, _MultiProcessingLauncher) else launcher
         launched_by = os.environ.get(LAUNCHER_PID_ENV)  # set by the process that called fit, inherited by the ranks it starts
         self._parent_watches = isinstance(self._launcher, _SubprocessScriptLauncher) and launched_by == str(os.getppid())
         if threading.current_thread() is threading.main_thread():
@@ -182,9 +185,15 @@ class LastCheckpoint(Checkpoint):
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.received = self.received or signum
-        if self._launcher is not None and not self._passed_on:  # the rank processes this one started (none elsewhere)
-            self._passed_on = True
-            self._launcher.kill(signal.SIGTERM)
+        if self._launcher is None or self._passed_on:  # the rank processes this one started (none elsewhere)
+            return
+        self._passed_on = True
+        if isinstance(self._launcher, _MultiProcessingLauncher) and not self._launcher.procs:
+            for rank_process in set(multiprocessing.active_children()) - self._children_before:
+                rank_process.kill()  # a ddp_fork / ddp_spawn parent still starting the ranks (seconds each for spawn):
+                rank_process.join()  # they wait in the rendezvous, nothing trained; one killed unread would leave
+            raise SIGTERMException(128 + signum)  # a spawn parent waiting forever
+        self._launcher.kill(signal.SIGTERM)
 
     def _on_sigint(self, signum: int, frame: object) -> None:
         if self.received is not None:  # second Ctrl-C: stop now, without a checkpoint
@@ -198,8 +207,8 @@ class LastCheckpoint(Checkpoint):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        self._launcher = launcher
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        self._launcher, self._children_before = launcher, set(multiprocessing.active_children())
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGINT, self._on_sigint)
         try:
@@ -210,9 +219,10 @@ class LastCheckpoint(Checkpoint):
                 _let_the_parent_end_first()
             raise TrainingInterrupted(signal.Signals(received).name, 128 + received, self.path, run_dir) from None
         except ProcessExitedException as exited:  # ddp_fork / ddp_spawn: this process waited for ranks that stopped
-            if exited.exit_code not in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            by = -exited.exit_code if exited.exit_code < 0 else exited.exit_code - 128  # killed still starting, or stopped
+            if by not in STOP_SIGNALS:
                 raise
-            received = self.received or exited.exit_code - 128  # Ctrl-C here reaches the ranks as SIGTERM
+            received = self.received or by  # Ctrl-C here reaches the ranks as SIGTERM
             raise TrainingInterrupted(signal.Signals(received).name, 128 + received, self.path, run_dir) from None
         except SystemExit:  # Lightning's answer to the KeyboardInterrupt of a second Ctrl-C is exit(1)
             if self.received is None:
@@ -222,6 +232,7 @@ class LastCheckpoint(Checkpoint):
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.received, self._launcher, self._passed_on, self._parent_watches = None, None, False, False
+            self._children_before = set()
 
 
 class _StopAtStepBoundaries(Callback):

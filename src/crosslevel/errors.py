@@ -3,6 +3,7 @@ warning category of crosslevel's own warnings (:func:`warn`)."""
 
 import shlex
 import warnings
+from pathlib import Path
 
 
 class CrossLevelError(Exception):
@@ -24,10 +25,14 @@ class MissingSplit(CrossLevelError):
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped on a signal after writing a resumable checkpoint; the CLI exits with ``exit_code``."""
+    """Training stopped on a signal after writing a resumable checkpoint (none when the signal ended the rank
+    processes of a ddp_spawn launch while they started); the CLI exits with ``exit_code``."""
 
     def __init__(self, signal_name: str, exit_code: int, checkpoint: object, run_dir: object) -> None:
         self.signal_name, self.exit_code, self.checkpoint, self.run_dir = signal_name, exit_code, checkpoint, run_dir
+        if not Path(str(checkpoint)).is_file():
+            super().__init__(f"stopped by {signal_name} before training began: nothing to resume")
+            return
         super().__init__(
             f"stopped by {signal_name}; resumable checkpoint: {checkpoint}\n"
             f"continue with: crosslevel train resume={shlex.quote(str(run_dir))}"

@@ -7,11 +7,14 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..distributed import rank, world_size
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 class ResumableSampler(Sampler[int]):
@@ -70,9 +73,9 @@ def leave_stops_to_the_trainer(worker_id: int) -> None:
       scheduler signalling every process of a job, ``kill -TERM -PGID``) it is left to the parent,
       which receives it too.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # (one pending since the worker started is discarded)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the training process's handler, which a fork passes on
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here on inherit the mask
+    signal.pthread_sigmask(signal.SIG_SETMASK, {signal.SIGTERM})  # threads started from here on inherit the mask
     threading.Thread(target=_end_on_sigterm_from_parent, name="sigterm-from-parent", daemon=True).start()
 
 
@@ -85,11 +88,31 @@ def _end_on_sigterm_from_parent() -> None:
     os.kill(os.getpid(), signal.SIGTERM)  # killed by SIGTERM, as an unprotected worker would be
 
 
+@contextmanager
+def stops_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM blocked in this thread (pending until unblocked) for the duration, and in the
+    processes and threads it starts meanwhile, which inherit the mask. A process started by ``spawn`` or
+    ``forkserver`` that a signal kills before it has read what to run leaves its starter waiting forever;
+    one born with them blocked lets them wait until its own handling is in place."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 class ResumableLoader(DataLoader):
     """A DataLoader over a :class:`ResumableSampler`; its ``state_dict`` / ``load_state_dict`` tell
     Lightning that it resumes mid-epoch. The position itself (epoch, images consumed) needs the
     trainer's progress, so :class:`~crosslevel.checkpointing.ResumeState` saves and restores it
     through the sampler; Lightning's share of the loader state is empty."""
+
+    def __iter__(self) -> Iterator:
+        """The loader's iterator; its workers start with the stop signals blocked (:func:`stops_blocked`:
+        :func:`leave_stops_to_the_trainer` takes over in each), and one received by this process
+        meanwhile is handled once they have started."""
+        with stops_blocked():
+            return super().__iter__()
 
     def state_dict(self) -> dict[str, object]:
         return {}
