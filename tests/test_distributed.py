@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -257,6 +258,18 @@ def test_two_process_runs_stop_with_one_checkpoint_on_a_signal(tmp_path: Path, s
     assert err.count(f"crosslevel: stopped by {signal_name}; resumable checkpoint") == 1, err
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] > 0 and read_run(run).status == "interrupted"
+
+
+def test_a_two_process_run_with_its_progress_bar_ends(tmp_path: Path) -> None:
+    """The progress bar (shown by rank 0 alone) reads the epoch's metrics, reduced over the ranks: read on
+    one rank only, those collectives paired with another rank's checkpoint barrier and the run hung at
+    its first epoch's end (tests elsewhere train with progress=false)."""
+    command = [sys.executable, "-m", "crosslevel", "train", "--config", "digits-cld", "width=8", "epochs=2", "warmup_epochs=0",
+               "devices=2", "workers=0", f"out={tmp_path}", "name=bar"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "Epoch 2/2: 100%" in done.stderr and "images_per_s=" in done.stderr
+    assert json.loads((tmp_path / "bar" / "summary.json").read_text())["epochs"] == 2
 
 
 @pytest.mark.parametrize("to_group", [True, False])

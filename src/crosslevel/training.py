@@ -214,6 +214,14 @@ class StderrProgressBar(TQDMProgressBar):
         if self._train_progress_bar is not None:
             self._train_progress_bar.close()
 
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The epoch's bar with its metrics (speed, kNN). The metrics are read on every rank, the bars of the
+        other ranks being hidden: reading them first reduces the ``sync_dist`` ones over the ranks, collectives
+        that rank 0's bar alone would start, pairing with another rank's next ones (its checkpoint's barrier),
+        and hanging every run of several processes at its first epoch's end."""
+        self.get_metrics(trainer, pl_module)
+        super().on_train_epoch_end(trainer, pl_module)
+
 
 @contextmanager
 def lightning_output(verbose: bool) -> Iterator[None]:
