@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import io
 import json
@@ -294,26 +295,28 @@ def measure(args: argparse.Namespace) -> dict:
         return time.perf_counter() + share * (end - time.perf_counter())
 
     row("a_pil_data_path", lambda: {"images_per_s": data_path_rate(data_module(pil_cfg, data, cuda), device, seconds(0.2))})
-    gpu_module = data_module(gpu_cfg, data, cuda)
-    if gpu_module.views is None:
-        row("b_gpu_decode_data_path", dict, "decode=gpu fell back to PIL (see the warning above)")
-        return result
     note = "" if cuda else CUDA_ONLY
-    row("agreement_torchvision", lambda: decode_agreement(gpu_module, device), note)
-    row("b_gpu_decode_data_path", lambda: {
-        "images_per_s": data_path_rate(gpu_module, device, seconds(0.25)),
-        "bytes_only_images_per_s": data_path_rate(gpu_module, device, seconds(0.1), make_views=False),
-        **gpu_decode_parts(gpu_module, device),
-    }, note)  # fmt: skip
+    gpu_module = functools.cache(lambda: data_module(gpu_cfg, data, cuda))  # built in the first row that needs it:
+    hw_cfg = config(args.folder, args, "gpu", "nvimgcodec")  # a failure to build is that row's, not the whole measure's
+    hw_module = functools.cache(lambda: data_module(hw_cfg, data, cuda))
+    row("agreement_torchvision", lambda: decode_agreement(gpu_module(), device) if gpu_module().views is not None else {}, note)
+    gpu_decodes = "FAILED" not in result["rows"]["agreement_torchvision"].get("note", "") and gpu_module().views is not None
+    if not gpu_decodes:
+        row("b_gpu_decode_data_path", dict, "decode=gpu fell back to PIL (see the warning above), or failed (the row above)")
+    else:
+        row("b_gpu_decode_data_path", lambda: {
+            "images_per_s": data_path_rate(gpu_module(), device, seconds(0.25)),
+            "bytes_only_images_per_s": data_path_rate(gpu_module(), device, seconds(0.1), make_views=False),
+            **gpu_decode_parts(gpu_module(), device),
+        }, note)  # fmt: skip
     hardware = cuda and importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.nvimgcodec") is not None
-    hw_cfg = config(args.folder, args, "gpu", "nvimgcodec")
     if hardware:  # gpu_decoder=nvimgcodec: the hardware JPEG decoder (nvImageCodec needs a CUDA driver)
-        hw_module = data_module(hw_cfg, data, cuda)
-        row("agreement_nvimgcodec", lambda: decode_agreement(hw_module, device))
-        row("b2_nvimgcodec_data_path", lambda: {"images_per_s": data_path_rate(hw_module, device, seconds(0.2)), **gpu_decode_parts(hw_module, device)})
+        row("agreement_nvimgcodec", lambda: decode_agreement(hw_module(), device))
+        row("b2_nvimgcodec_data_path", lambda: {"images_per_s": data_path_rate(hw_module(), device, seconds(0.2)), **gpu_decode_parts(hw_module(), device)})
     row("c_step_fed_by_pil", lambda: {"images_per_s": step_rate(pil_cfg, data, data_module(pil_cfg, data, cuda), args, deadline(0.3))})
-    row("d_step_fed_by_gpu_decode",
-        lambda: {"images_per_s": step_rate(gpu_cfg, data, data_module(gpu_cfg, data, cuda), args, deadline(0.4 if hardware else 0.5))}, note)  # fmt: skip
+    if gpu_decodes:
+        row("d_step_fed_by_gpu_decode",
+            lambda: {"images_per_s": step_rate(gpu_cfg, data, data_module(gpu_cfg, data, cuda), args, deadline(0.4 if hardware else 0.5))}, note)  # fmt: skip
     if hardware:
         row("d2_step_fed_by_nvimgcodec", lambda: {"images_per_s": step_rate(hw_cfg, data, data_module(hw_cfg, data, cuda), args, deadline(0.5))})
     memory_cfg = dataclasses.replace(pil_cfg, augment_device="device", in_memory=True)

@@ -126,6 +126,13 @@ class DeviceProbe(pl.Callback):
         self.timings: dict[str, float | str] = {}
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        try:
+            self._probe(trainer, pl_module)
+        except Exception as err:  # noqa: BLE001 - a failing probe must not cost the method its step timing
+            traceback.print_exc()
+            self.timings["probe_error"] = f"{type(err).__name__}: {err}"
+
+    def _probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         cfg, device = self.cfg, pl_module.device
         self.timings["measured_on"] = str(device)
         # each call a step of its own: replays the graphs the training step recorded instead of recording new ones
@@ -434,14 +441,26 @@ def main(argv: list[str] | None = None) -> int:
                 failed[method] = f"{type(err).__name__}: {err}"
             if args.json:
                 write_json(args.json, result())
+    def check(name: str, record: Callable[[], object]) -> None:  # an after-round check: a failure recorded, the JSON kept current
+        try:
+            record()
+        except Exception as err:  # noqa: BLE001 - one failing check must not cost the others (or the rows) their results
+            traceback.print_exc()
+            failed[f"check {name}"] = f"{type(err).__name__}: {err}"
+        if args.json:
+            write_json(args.json, result())
+
     reference = configs.get("cld") or next(iter(configs.values()), None)
     if reference is not None and args.pipeline_batches > 0:
-        pipeline["cpu_views_ms_per_batch"] = cpu_pipeline_ms(reference, data, args.pipeline_batches)
-        pipeline["cpu_views_workers"] = args.workers
+        check("cpu views", lambda: pipeline.update(
+            cpu_views_ms_per_batch=cpu_pipeline_ms(reference, data, args.pipeline_batches), cpu_views_workers=args.workers))
     if args.check_sync and reference is not None:
-        pipeline["sync_check"] = check_no_sync(reference, device)
+        check("views, k-means and CLD sync", lambda: pipeline.update(sync_check=check_no_sync(reference, device)))
         if args.cuda_graphs:
-            pipeline["step_sync_check"] = {method: check_step_sync(cfg, data) for method, cfg in configs.items()}
+            step_sync: dict[str, str] = {}
+            pipeline["step_sync_check"] = step_sync  # type: ignore[assignment]
+            for method, cfg in configs.items():
+                check(f"whole-step sync {method}", lambda method=method, cfg=cfg: step_sync.update({method: check_step_sync(cfg, data)}))
     final = result()
     if args.json:
         write_json(args.json, final)
