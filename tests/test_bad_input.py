@@ -97,6 +97,14 @@ def test_corrupt_images_stop_by_default(tmp_path: Path, capsys) -> None:
     )  # fmt: skip
 
 
+def test_a_corrupt_image_decoded_in_a_loader_worker_is_one_line_without_the_workers_traceback(tmp_path: Path, capsys) -> None:
+    root = write_folder(tmp_path / "data")
+    corrupt(root)
+    args = ["train", *FOLDER, f"data={root}", "in_memory=false", "image_size=8", "workers=1"]
+    err = fails(capsys, tmp_path / "runs", args, r"cannot decode image .*/train/c[01]/")
+    assert "Traceback" not in err and "DataLoader worker" not in err, err
+
+
 def test_corrupt_images_skipped_on_request_and_counted(tmp_path: Path, capsys) -> None:
     root = write_folder(tmp_path / "data")
     corrupt(root)

@@ -71,6 +71,7 @@ def test_train_with_normalised_cuts_grouping(tmp_path: Path, capsys: pytest.Capt
         (["train", "num_groups=128"], "must be smaller than the per-device batch"),
         (["train", "--config", "cifar10-cld", "--data", "/no/such/path"], "data path does not exist: /no/such/path"),
         (["train", "--config", "cifar10-cld"], "needs a path"),
+        (["train", "--data", "/tmp/images"], "dataset=digits is built in and reads no path"),
         (["train", "resume=/no/run"], "no checkpoint to resume from"),
         (["eval", "knn", "/no/run"], "is not a run directory"),
         (["train", "augment=cifar"], "augment=cifar needs colour images"),

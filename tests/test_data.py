@@ -55,6 +55,18 @@ def test_image_folder(tmp_path) -> None:
     assert train.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
 
 
+def test_a_test_folder_with_fewer_classes_is_labelled_by_the_training_folders_names(tmp_path) -> None:
+    import shutil
+
+    root = write_image_folder(tmp_path, classes=3, per_class=2, size=8)
+    shutil.rmtree(root / "test" / "class0")  # test: class1, class2 only
+    test = load_split("folder", str(root), "test")
+    assert test.classes == ("class0", "class1", "class2") and test.labels.tolist() == [1, 1, 2, 2]
+    (root / "test" / "class1").rename(root / "test" / "horse")
+    with pytest.raises(CrossLevelError, match=r"test has classes that .*train lacks: horse"):
+        load_split("folder", str(root), "test")
+
+
 @pytest.mark.parametrize("first,other", [((4, 4), (6, 4)), ((6, 4), (4, 4)), ((6, 4), (6, 5))])
 def test_mixed_sizes_are_an_error_naming_two_files(tmp_path, first: tuple[int, int], other: tuple[int, int]) -> None:
     from PIL import Image

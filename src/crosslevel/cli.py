@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a reader that left shows here, not at the interpreter's exit
         return code
     except CrossLevelError as err:
-        print(f"crosslevel: error: {err}", file=sys.stderr)
+        print(f"crosslevel: error: {_own_message(err)}", file=sys.stderr)
         return 2
     except BrokenPipeError as err:
         if not _stdout_reader_left():  # another pipe than stdout (a socket, a FIFO): an error like any OSError
@@ -245,6 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _tell_once("crosslevel: interrupted")
         return 130
+
+
+def _own_message(err: CrossLevelError) -> str:
+    """The error's message; one raised in a DataLoader worker comes back with the worker's traceback in
+    front of it ("Caught CrossLevelError in DataLoader worker process 1. Original Traceback ..."): without it."""
+    text = str(err)
+    if "Original Traceback (most recent call last):" not in text:
+        return text
+    return text.rsplit(f"{type(err).__module__}.{type(err).__qualname__}: ", 1)[-1].strip()
 
 
 def _tell_once(line: str) -> None:

@@ -373,6 +373,11 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.dataset != "digits" and not cfg.data:
         raise CrossLevelError(f"dataset '{cfg.dataset}' needs a path: add --data PATH (or data=PATH)")
+    if cfg.dataset == "digits" and cfg.data:
+        raise CrossLevelError(
+            f"dataset=digits is built in and reads no path (got data={cfg.data}): name the kind of data there, "
+            "e.g. dataset=folder (class sub-folders), cifar10 or shards"
+        )
     if not re.fullmatch(r"auto|-1|[1-9]\d*|\d+,(\d+,?)*", cfg.devices):
         raise CrossLevelError(
             f"devices must be a count (1, 4), -1 or auto (all), or device indices like 0,1; got '{cfg.devices}'"

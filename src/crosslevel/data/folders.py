@@ -246,19 +246,33 @@ def load_folder_split(
         raise (MissingSplit if split in ("test", "val") else CrossLevelError)(f"no '{split}' folder in {path}")
     if not os.access(root, os.R_OK | os.X_OK):
         raise CrossLevelError(f"data folder is not readable: {root} (permission denied)")
+    class_dirs = _class_dirs(root, subset)
+    if class_dirs:
+        classes = tuple(d.name for d in class_dirs)
+        if root != path / "train" and has_splits:  # labels numbered as the training split's: matched by class name
+            classes = tuple(d.name for d in _class_dirs(path / "train", subset))
+            unknown = [d.name for d in class_dirs if d.name not in classes]
+            if unknown:
+                raise CrossLevelError(
+                    f"{root} has classes that {path / 'train'} lacks: {', '.join(unknown[:5])}"
+                    f"{' ...' if len(unknown) > 5 else ''} (the labels of both splits are their folder names)"
+                )
+        entries = [(f, classes.index(d.name)) for d in class_dirs for f in image_files(d)]
+    else:  # a flat folder of unlabelled images
+        entries = [(f, -1) for f in image_files(root, recursive=False)]
+        classes = ()
+    return _materialise(entries, classes, root, image_size, in_memory, bad_images)
+
+
+def _class_dirs(root: Path, subset: str) -> list[Path]:
+    """The class sub-folders of ``root`` in name order, those of ``subset`` only when one is named."""
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
     if subset:
         wanted = class_list(subset)
         class_dirs = [d for d in class_dirs if d.name in wanted]
         if len(class_dirs) < len(wanted):
             raise CrossLevelError(f"{root} has {len(class_dirs)} of the {len(wanted)} classes of subset '{subset}'")
-    if class_dirs:
-        entries = [(f, c) for c, d in enumerate(class_dirs) for f in image_files(d)]
-        classes = tuple(d.name for d in class_dirs)
-    else:  # a flat folder of unlabelled images
-        entries = [(f, -1) for f in image_files(root, recursive=False)]
-        classes = ()
-    return _materialise(entries, classes, root, image_size, in_memory, bad_images)
+    return class_dirs
 
 
 def load_list_split(
