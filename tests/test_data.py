@@ -55,6 +55,12 @@ def test_image_folder(tmp_path) -> None:
     assert train.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
 
 
+def test_a_subset_larger_than_the_data_warns_and_keeps_it_all(tmp_path) -> None:
+    train = load_split("folder", str(write_image_folder(tmp_path, classes=2, per_class=3, size=8)), "train")
+    with pytest.warns(UserWarning, match="train_subset=100 is more than the 6 images there are: all of them are used"):
+        assert train.subset(100, 0, "train_subset") is train
+
+
 def test_a_test_folder_with_fewer_classes_is_labelled_by_the_training_folders_names(tmp_path) -> None:
     import shutil
 

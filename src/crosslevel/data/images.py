@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from ..errors import CrossLevelError
+from ..errors import CrossLevelError, warn
 
 
 class Images(abc.ABC):
@@ -57,6 +57,8 @@ class Images(abc.ABC):
     def subset(self, size: int, seed: int, key: str = "subset") -> Images:
         """A seeded subset of ``size`` images, class-stratified when labelled (sorted indices); ``key``,
         the config key that asked for it, names it in the error when ``size`` is below the classes."""
+        if size > len(self):
+            warn(f"{key}={size} is more than the {len(self)} images there are: all of them are used")
         if size <= 0 or size >= len(self):
             return self
         if not self.labelled:
