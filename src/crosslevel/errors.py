@@ -25,8 +25,8 @@ class MissingSplit(CrossLevelError):
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped on a signal after writing a resumable checkpoint (none when the signal ended the rank
-    processes of a ddp_spawn launch while they started); the CLI exits with ``exit_code``."""
+    """Training stopped on a signal after writing a resumable checkpoint (none when it came while a ddp_fork /
+    ddp_spawn launch was starting its rank processes); the CLI exits with ``exit_code``."""
 
     def __init__(self, signal_name: str, exit_code: int, checkpoint: object, run_dir: object) -> None:
         self.signal_name, self.exit_code, self.checkpoint, self.run_dir = signal_name, exit_code, checkpoint, run_dir

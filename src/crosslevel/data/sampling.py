@@ -91,9 +91,9 @@ def _end_on_sigterm_from_parent() -> None:
 @contextmanager
 def stops_blocked() -> Iterator[None]:
     """SIGINT and SIGTERM blocked in this thread (pending until unblocked) for the duration, and in the
-    processes and threads it starts meanwhile, which inherit the mask. A process started by ``spawn`` or
-    ``forkserver`` that a signal kills before it has read what to run leaves its starter waiting forever;
-    one born with them blocked lets them wait until its own handling is in place."""
+    threads and forked processes it starts meanwhile, which inherit the mask: a signal that reaches a new
+    loader worker before its ``worker_init_fn`` waits for it instead of killing it (and failing the loader).
+    (``spawn`` and ``forkserver`` start their processes with no signal blocked.)"""
     before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
