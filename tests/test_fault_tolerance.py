@@ -328,7 +328,7 @@ def test_loader_workers_are_born_with_the_stop_signals_blocked_and_a_signal_mean
 
 def test_a_signal_in_an_epochs_last_step_stops_before_its_knn_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The stop comes ahead of the epoch-end work a scheduler's grace period may not cover (the kNN
-    evaluation); the checkpoint then holds the whole epoch."""
+    evaluation); the checkpoint then holds the whole epoch, and the log its row (losses, speed)."""
     from crosslevel.training import KNNMonitor
 
     evaluated: list[int] = []
@@ -339,3 +339,6 @@ def test_a_signal_in_an_epochs_last_step_stops_before_its_knn_evaluation(tmp_pat
         train(tiny_config(tmp_path, "stopped", "eval_every=1"))
     saved = checkpoint_of(tmp_path / "stopped")
     assert evaluated == [] and saved["global_step"] == 2 and saved["crosslevel_resume"]["epoch"] == 1
+    logged = list(csv.DictReader(open(next((tmp_path / "stopped").glob("logs/version_0/metrics.csv")), newline="")))
+    epoch_rows = [row for row in logged if row.get("loss_epoch")]  # the epoch's row, which a resume cannot redo
+    assert len(epoch_rows) == 1 and epoch_rows[0]["epoch"] == "0" and epoch_rows[0]["images_per_s"] and not epoch_rows[0].get("knn_top1")

@@ -180,6 +180,8 @@ class LastCheckpoint(Checkpoint):
         if before_batch:  # the next batch is fetched, not started: save the loop as it was after the last step
             progress = trainer.fit_loop.epoch_loop.batch_progress
             progress.current.ready, progress.total.ready = progress.current.completed, progress.total.completed
+        else:  # the epoch is over (the checkpoint holds it whole): its row of metrics.csv, which a resume cannot redo
+            _log_the_epoch(trainer, pl_module)
         trainer.save_checkpoint(self.path, weights_only=False)
         raise SIGTERMException(128 + self.received)
 
@@ -250,6 +252,19 @@ class _StopAtStepBoundaries(Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.owner._stop_if_signalled(trainer, pl_module, before_batch=False)
+
+
+def _log_the_epoch(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    """What Lightning does after the epoch-end hooks, here for an epoch that stops at its end: the module's
+    epoch means logged (reduced over the ranks: every rank stops here) and the epoch's metrics written."""
+    pl_module.on_train_epoch_end()
+    trainer._logger_connector.on_epoch_end()
+    epoch_loop = trainer.fit_loop.epoch_loop
+    epoch_loop._batches_that_stepped -= 1  # as Lightning logs an epoch's metrics: at the epoch's last step
+    trainer._logger_connector.update_train_epoch_metrics()
+    epoch_loop._batches_that_stepped += 1
+    for logger in trainer.loggers:
+        logger.save()
 
 
 def _let_the_parent_end_first(limit_s: float = 30.0) -> None:
