@@ -28,7 +28,12 @@ def test_wandb_writes_an_offline_run_in_the_run_directory(tmp_path: Path, monkey
     run_dir = tiny_run(tmp_path, "wandb")
     runs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
-    assert "WARNING" not in capfd.readouterr().err  # e.g. W&B's on the anonymous= Lightning passes
+    captured = capfd.readouterr()
+    assert "WARNING" not in captured.err  # e.g. W&B's on the anonymous= Lightning passes
+    import wandb
+
+    assert wandb.run is None  # finished with the training: its closing lines on stderr, not at exit on stdout
+    assert "You can sync this run" in captured.err and "wandb" not in captured.out
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow is not installed (pip install 'crosslevel[mlflow]')")

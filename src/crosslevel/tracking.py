@@ -4,7 +4,9 @@ still writes the metrics that ``metrics.csv`` joins, and the trackers get the sa
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 
 from lightning.pytorch.loggers import Logger
@@ -35,6 +37,16 @@ def wandb_logger(run_dir: Path) -> Logger:
     if logger._wandb_init.get("anonymous", "") is None:  # Lightning passes anonymous=None, which W&B >= 0.31 warns has no effect
         del logger._wandb_init["anonymous"]
     return logger
+
+
+def finish_wandb(loggers: list[Logger]) -> None:
+    """End the W&B run of ``loggers`` (if any) now, its closing lines ("You can sync this run ...") on
+    stderr: at the interpreter's exit W&B prints them on stdout, which holds the results alone."""
+    if any(type(logger).__name__ == "WandbLogger" for logger in loggers):
+        import wandb
+
+        with contextlib.redirect_stdout(sys.stderr):
+            wandb.finish()
 
 
 def mlflow_logger(run_dir: Path) -> Logger:

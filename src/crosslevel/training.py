@@ -35,6 +35,7 @@ from .run_dir import (
     CONFIG_FILE, LOG_DIR, RUN_NAME_ENV, SUMMARY_FILE, TENSORBOARD_DIR, DataInfo, check_new_run, checkpoint_of,
     discard_unsaved, epochs_trained, merge_metrics, read_checkpoint, restore, run_dir_of, save_data_info,
 )  # fmt: skip
+from .tracking import finish_wandb
 
 
 def build_module(cfg: Config, data: Data) -> ContrastiveModule:
@@ -427,6 +428,7 @@ def _fit(
             discard_unsaved(run_dir)
         raise
     finally:
+        finish_wandb(trainer.loggers)
         os.environ.pop(RUN_NAME_ENV, None)
         if launching:
             os.environ.pop(LAUNCHER_PID_ENV, None)
