@@ -223,6 +223,8 @@ def test_a_run_stopped_after_its_last_epoch_before_its_knn_is_finished_by_a_resu
     assert knn == whole and summary["knn"] == whole and summary["epochs"] == 2
     assert summary["knn_best"] == {"epoch": 2, "top1": whole["top1"], "top5": whole["top5"]}
     assert read_run(run_dir).status == "finished"
+    rows = {row["epoch"]: row for row in csv.DictReader(open(run_dir / "metrics.csv", newline="")) if not row.get("loss_step")}
+    assert float(rows["2"]["knn_top1"]) == pytest.approx(whole["top1"]) and rows["2"]["loss_epoch"]  # in the epoch's row
 
 
 def test_times_add_up_over_a_mid_epoch_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

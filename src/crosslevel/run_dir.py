@@ -167,6 +167,33 @@ def merge_metrics(run_dir: Path) -> Path | None:
     return target
 
 
+def log_after_training(run_dir: Path, epoch: int, values: dict[str, float]) -> None:
+    """Add ``values`` (a kNN evaluated outside the training loop, for a run resumed only to finish) to the
+    row of ``epoch`` (counted from 1) in the latest attempt's CSV log that has one, or as a row of that
+    epoch at the end of the latest log; :func:`merge_metrics` then joins it as any other."""
+    parts = sorted((run_dir / LOG_DIR).glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    if not parts:
+        return
+    cells = {key: str(value) for key, value in values.items()}
+    target, rows = parts[-1], list(csv.DictReader(open(parts[-1], newline="")))
+    for part in reversed(parts):
+        logged = list(csv.DictReader(open(part, newline="")))
+        row = next((r for r in reversed(logged) if r.get("epoch") == str(epoch - 1) and not r.get("loss_step")), None)
+        if row is not None:
+            row.update(cells)
+            target, rows = part, logged
+            break
+    else:
+        rows.append({"epoch": str(epoch - 1), "step": rows[-1]["step"] if rows else "0", **cells})
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    partial = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    with open(partial, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(partial, target)
+
+
 def current_metrics(run_dir: Path) -> Path | None:
     """``run_dir/metrics.csv`` as the logs stand now: joined again (:func:`merge_metrics`) when an attempt's
     log is newer than it -- a run still training, or one stopped before the end of training joined them

@@ -33,7 +33,7 @@ from .methods import ContrastiveModule
 from .paths import read_json_object
 from .run_dir import (
     CONFIG_FILE, LOG_DIR, RUN_NAME_ENV, SUMMARY_FILE, TENSORBOARD_DIR, DataInfo, check_new_run, checkpoint_of,
-    discard_unsaved, epochs_trained, merge_metrics, read_checkpoint, restore, run_dir_of, save_data_info,
+    discard_unsaved, epochs_trained, log_after_training, merge_metrics, read_checkpoint, restore, run_dir_of, save_data_info,
 )  # fmt: skip
 from .tracking import finish_wandb
 
@@ -337,6 +337,7 @@ def train(cfg: Config, verbose: bool = False) -> tuple[Path, dict[str, float] | 
         knn = {key: float(trainer.callback_metrics[f"knn_{key}"]) for key in ("top1", "top5")}
     if knn is None and trained_before >= cfg.epochs and data.test is not None and trainer.is_global_zero:
         knn = monitor.evaluate_last_epoch(module.to(trainer.strategy.root_device), trained_before)  # stopped before evaluating
+        log_after_training(run_dir, trained_before, {"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
     if cudagraph_skips:
         warn(f"cuda_graphs=true: Inductor ran {len(cudagraph_skips)} compiled part(s) without CUDA graphs, kernel by kernel "
              f"(first: {cudagraph_skips[0]}); summary.json lists them (cudagraph_skips)")  # fmt: skip
