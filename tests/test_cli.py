@@ -180,11 +180,14 @@ def test_runs_table_and_show(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     broken, done, stopped = (line.split() for line in lines)
     assert done[1:5] == ["digits-cld", "cld", "digits", "1/1"] and done[-1] == "finished" and done[5].endswith("%")
     assert stopped[2:5] == ["cldm", "digits", "1/3"] and stopped[-1] == "interrupted"
+    assert stopped[5] == done[5] and stopped[6] == done[6]  # no summary: the kNN its logs hold
     assert broken[4] == "0/3" and broken[-1] == "failed"
 
     code, out, _ = run_cli(capsys, "show", str(tmp_path / "done"))
     assert code == 0 and "status: finished (1/1 epochs)" in out
     assert "width = 8" in out and "epochs = 1" in out and "knn:" in out and "batch_size = 64" in out
+    code, out, _ = run_cli(capsys, "show", str(tmp_path / "stopped"))
+    assert code == 0 and "results: none yet (no summary.json)" in out and "kNN logged at epoch 1: top-1 " in out
     assert run_cli(capsys, "runs", str(tmp_path / "nowhere"))[0] == 2
 
 

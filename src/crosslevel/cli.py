@@ -100,16 +100,20 @@ NUMERIC_RUN_COLUMNS = {"epochs", "knn_top1", "best_top1", "train_s"}  # sorted l
 
 
 def _run_row(run: RunInfo) -> dict[str, object]:
-    """One line of ``crosslevel runs``, with raw values (``epochs``: the epochs done) to sort by."""
+    """One line of ``crosslevel runs``, with raw values (``epochs``: the epochs done) to sort by; the kNN of a
+    run without a summary's (still training, stopped) is the latest its logs hold."""
+    from .run_dir import logged_knn
+
     cfg, summary = run.cfg, run.summary
+    logged = logged_knn(run.path) if not summary.get("knn") else []
     return {
         "name": run.path.name,
         "preset": cfg.preset or None,
         "method": run.method,
         "data": f"{cfg.dataset}:{Path(cfg.data).name}" if cfg.data else cfg.dataset,
         "epochs": run.epochs_done,
-        "knn_top1": (summary.get("knn") or {}).get("top1"),
-        "best_top1": (summary.get("knn_best") or {}).get("top1"),
+        "knn_top1": (summary.get("knn") or {}).get("top1", logged[-1]["top1"] if logged else None),
+        "best_top1": (summary.get("knn_best") or {}).get("top1", max(row["top1"] for row in logged) if logged else None),
         "train_s": summary.get("train_seconds"),
         "status": run.status,
     }
@@ -145,6 +149,11 @@ def _show(args: argparse.Namespace) -> int:
     print("results (summary.json):" if run.summary else "results: none yet (no summary.json)")
     for key, value in run.summary.items():
         print(f"  {key}: {fmt(value, key.startswith('knn'))}")
+    if not run.summary.get("knn"):
+        from .run_dir import logged_knn
+
+        for row in logged_knn(run.path):
+            print(f"  kNN logged at epoch {row['epoch']}: top-1 {row['top1']:.2f}%  top-5 {row['top5']:.2f}%")
     return 0
 
 

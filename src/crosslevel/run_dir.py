@@ -194,6 +194,17 @@ def log_after_training(run_dir: Path, epoch: int, values: dict[str, float]) -> N
     os.replace(partial, target)
 
 
+def logged_knn(run_dir: Path) -> list[dict[str, float]]:
+    """The kNN results the run's logs hold so far (a run still training, or stopped before its summary):
+    ``{"epoch", "top1", "top5"}`` per evaluated epoch (counted from 1), in epoch order."""
+    path = current_metrics(run_dir)
+    rows = list(csv.DictReader(open(path, newline=""))) if path is not None else []
+    return [
+        {"epoch": int(float(row["epoch"])), "top1": float(row["knn_top1"]), "top5": float(row.get("knn_top5") or "nan")}
+        for row in rows if row.get("knn_top1") and row.get("epoch")
+    ]  # fmt: skip
+
+
 def current_metrics(run_dir: Path) -> Path | None:
     """``run_dir/metrics.csv`` as the logs stand now: joined again (:func:`merge_metrics`) when an attempt's
     log is newer than it -- a run still training, or one stopped before the end of training joined them
