@@ -520,8 +520,9 @@ PATH_KEYS = ("data", "train_list", "test_list", "class_subset")  # class_subset 
 
 
 def with_absolute_paths(cfg: Config) -> Config:
-    """``cfg`` with its file and folder paths absolute, so that the saved run works from any folder."""
-    paths = {key: getattr(cfg, key) for key in PATH_KEYS}
+    """``cfg`` with its file and folder paths absolute (the data's and ``out``), so that the saved run works
+    from any folder and says where it is."""
+    paths = {key: getattr(cfg, key) for key in (*PATH_KEYS, "out")}
     return dataclasses.replace(
         cfg, **{key: os.path.abspath(Path(value).expanduser()) for key, value in paths.items() if value and value != "imagenet100" and not is_url(value)}
     )

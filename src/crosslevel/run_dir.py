@@ -117,7 +117,7 @@ def resolve_resume(cfg: Config, overrides: list[str], preset: str | None = None)
     preset: ``preset`` (one the command named explicitly) other than the run's is an error that
     names what it would have changed."""
     assert cfg.resume is not None
-    target = Path(cfg.resume).expanduser()
+    target = Path(cfg.resume).expanduser().absolute()  # saved and printed as a new run's are
     checkpoint = checkpoint_of(target) if target.is_dir() else target
     if not checkpoint.is_file():
         raise CrossLevelError(f"no checkpoint to resume from at {checkpoint}")
