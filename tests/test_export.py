@@ -26,7 +26,8 @@ from crosslevel.run_dir import DataInfo, open_run, save_data_info
 
 def make_run(run_dir: Path, preset: str, overrides: list[str], num_train: int = 16, in_channels: int = 3, side: int = 32) -> ContrastiveModule:
     """A run directory holding an untrained module's checkpoint and a data.json (export needs no training)."""
-    cfg = apply_overrides(load_preset(preset), ["data=unused", *overrides])
+    base = load_preset(preset)
+    cfg = apply_overrides(base, [*([] if base.dataset == "digits" else ["data=unused"]), *overrides])  # digits reads no path
     module = ContrastiveModule(cfg, num_train=num_train, in_channels=in_channels).eval()
     (run_dir / "checkpoints").mkdir(parents=True)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, run_dir / "checkpoints" / "last.ckpt")

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import signal
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -308,9 +309,9 @@ class _BlockedSignals(torch.utils.data.Dataset):
 
 
 def test_loader_workers_are_born_with_the_stop_signals_blocked_and_a_signal_meanwhile_waits() -> None:
-    """A process killed by a signal before it has read what to run leaves a spawn starter waiting forever,
-    so ResumableLoader starts its workers with SIGINT/SIGTERM blocked (``worker_init_fn`` takes over in
-    each); a signal to this process meanwhile reaches its handler afterwards, not lost."""
+    """ResumableLoader starts its workers with SIGINT/SIGTERM blocked (``worker_init_fn`` takes over in
+    each: a signal that reaches a worker first waits for it instead of killing it); a signal to the
+    starting thread meanwhile reaches its handler afterwards, not lost."""
     from crosslevel.data.sampling import ResumableLoader, stops_blocked
 
     loader = ResumableLoader(_BlockedSignals(), batch_size=None, num_workers=1, multiprocessing_context="fork")
@@ -320,8 +321,8 @@ def test_loader_workers_are_born_with_the_stop_signals_blocked_and_a_signal_mean
     previous = signal.signal(signal.SIGTERM, lambda signum, _: received.append(signum))
     try:
         with stops_blocked():
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.1)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)  # to this thread (a signal to the
+            time.sleep(0.1)  # process may reach another thread, which does not block it, and its handler here)
             assert received == []
         assert received == [signal.SIGTERM]
     finally:

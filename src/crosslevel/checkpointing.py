@@ -219,13 +219,13 @@ class LastCheckpoint(Checkpoint):
             received = self.received or signal.SIGTERM
             if self._parent_watches:
                 _let_the_parent_end_first()
-            raise TrainingInterrupted(signal.Signals(received).name, 128 + received, self.path, run_dir) from None
+            raise TrainingInterrupted(signal.Signals(received).name, 128 + received, self.last_model_path or None, run_dir) from None
         except ProcessExitedException as exited:  # ddp_fork / ddp_spawn: this process waited for ranks that stopped
             by = -exited.exit_code if exited.exit_code < 0 else exited.exit_code - 128  # killed still starting, or stopped
             if by not in STOP_SIGNALS:
                 raise
             received = self.received or by  # Ctrl-C here reaches the ranks as SIGTERM
-            raise TrainingInterrupted(signal.Signals(received).name, 128 + received, self.path, run_dir) from None
+            raise TrainingInterrupted(signal.Signals(received).name, 128 + received, self.last_model_path or None, run_dir) from None
         except SystemExit:  # Lightning's answer to the KeyboardInterrupt of a second Ctrl-C is exit(1)
             if self.received is None:
                 raise

@@ -3,7 +3,6 @@ warning category of crosslevel's own warnings (:func:`warn`)."""
 
 import shlex
 import warnings
-from pathlib import Path
 
 
 class CrossLevelError(Exception):
@@ -25,12 +24,12 @@ class MissingSplit(CrossLevelError):
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped on a signal after writing a resumable checkpoint (none when it came while a ddp_fork /
-    ddp_spawn launch was starting its rank processes); the CLI exits with ``exit_code``."""
+    """Training stopped on a signal after writing a resumable checkpoint (``checkpoint`` None: it came while a
+    ddp_fork / ddp_spawn launch was starting its rank processes, nothing trained); the CLI exits with ``exit_code``."""
 
     def __init__(self, signal_name: str, exit_code: int, checkpoint: object, run_dir: object) -> None:
         self.signal_name, self.exit_code, self.checkpoint, self.run_dir = signal_name, exit_code, checkpoint, run_dir
-        if not Path(str(checkpoint)).is_file():
+        if checkpoint is None:
             super().__init__(f"stopped by {signal_name} before training began: nothing to resume")
             return
         super().__init__(

@@ -108,9 +108,8 @@ class ResumableLoader(DataLoader):
     through the sampler; Lightning's share of the loader state is empty."""
 
     def __iter__(self) -> Iterator:
-        """The loader's iterator; its workers start with the stop signals blocked (:func:`stops_blocked`:
-        :func:`leave_stops_to_the_trainer` takes over in each), and one received by this process
-        meanwhile is handled once they have started."""
+        """The loader's iterator; its (forked) workers start with the stop signals blocked
+        (:func:`stops_blocked`; :func:`leave_stops_to_the_trainer` takes over in each)."""
         with stops_blocked():
             return super().__iter__()
 
