@@ -272,6 +272,15 @@ def test_a_two_process_run_with_its_progress_bar_ends(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "bar" / "summary.json").read_text())["epochs"] == 2
 
 
+def test_ddp_spawn_rank_processes_keep_lightnings_output_hidden(tmp_path: Path) -> None:
+    """The ranks of ddp_spawn are fresh interpreters: Lightning's lines ("Initializing distributed ...") and
+    warnings are hidden there too, as in the launching process (``--verbose`` shows them)."""
+    command = [sys.executable, "-m", "crosslevel", "train", "--config", "digits-cld", "width=8", "epochs=1", "warmup_epochs=0",
+               "devices=2", "strategy=ddp_spawn", "workers=0", "progress=false", f"out={tmp_path}", "name=quiet"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
 @pytest.mark.parametrize("to_group", [True, False])
 def test_a_ddp_spawn_run_signalled_while_it_starts_its_ranks_stops(tmp_path: Path, to_group: bool) -> None:
     """SIGTERM while the parent of a ddp_spawn launch is still starting the rank processes (it writes the

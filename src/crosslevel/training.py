@@ -234,20 +234,39 @@ def lightning_output(verbose: bool) -> Iterator[None]:
     if verbose:
         yield
         return
-    quieter = {"lightning.pytorch": logging.WARNING, "lightning.fabric": logging.WARNING, "torch.multiprocessing.spawn": logging.ERROR}
-    loggers = {logging.getLogger(name): level for name, level in quieter.items()}
-    levels = {logger: logger.level for logger in loggers}
+    levels = {logging.getLogger(name): logging.getLogger(name).level for name in QUIETER}
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", module=r"lightning(\.|$)")
-        warnings.filterwarnings("ignore", category=PossibleUserWarning)
-        warnings.filterwarnings("ignore", category=LightningDeprecationWarning)
-        for logger, level in loggers.items():
-            logger.setLevel(level)
+        _quiet_lightning()
         try:
             yield
         finally:
             for logger, level in levels.items():
                 logger.setLevel(level)
+
+
+QUIETER = {"lightning.pytorch": logging.WARNING, "lightning.fabric": logging.WARNING, "torch.multiprocessing.spawn": logging.ERROR}
+
+
+def _quiet_lightning() -> None:
+    """Lightning's informational lines and its warnings hidden (the loggers' levels in :data:`QUIETER`)."""
+    warnings.filterwarnings("ignore", module=r"lightning(\.|$)")
+    warnings.filterwarnings("ignore", category=PossibleUserWarning)
+    warnings.filterwarnings("ignore", category=LightningDeprecationWarning)
+    for name, level in QUIETER.items():
+        logging.getLogger(name).setLevel(level)
+
+
+class QuietSpawnedRanks(Callback):
+    """:func:`lightning_output`'s quiet in the rank processes of ``ddp_spawn``, fresh interpreters that the
+    context in the launching process does not reach: applied as this callback is unpickled there, with
+    the trainer, before Lightning says anything ("Initializing distributed ...")."""
+
+    def __init__(self) -> None:
+        self.in_ranks = True  # some state: pickle calls __setstate__ only for an object that has some
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        _quiet_lightning()
 
 
 class _CudagraphSkips(logging.Handler):
@@ -325,7 +344,8 @@ def train(cfg: Config, verbose: bool = False) -> tuple[Path, dict[str, float] | 
         datamodule = ContrastiveDataModule(cfg, data)
         monitor, timer, last = KNNMonitor(data, cfg), EpochTimer(cfg.batch_size), LastCheckpoint(checkpoint_of(run_dir), cfg.checkpoint_every)
         # the timer first, so that epoch times exclude checkpointing and the kNN evaluation
-        trainer = _trainer(cfg, run_dir, datamodule, [timer, last, last.at_step_boundaries, ResumeState(datamodule.sampler, cfg.batch_size), monitor])
+        callbacks = [timer, last, last.at_step_boundaries, ResumeState(datamodule.sampler, cfg.batch_size), monitor]
+        trainer = _trainer(cfg, run_dir, datamodule, callbacks + ([] if verbose else [QuietSpawnedRanks()]))
         _check_fits(cfg, data, trainer)
         if rank_zero_only.rank == 0:  # written once every check has passed
             run_dir.mkdir(parents=True, exist_ok=True)
