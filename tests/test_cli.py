@@ -191,6 +191,14 @@ def test_runs_table_and_show(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert run_cli(capsys, "runs", str(tmp_path / "nowhere"))[0] == 2
 
 
+def test_a_digits_run_saved_with_the_data_path_it_ignored_still_resumes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Before a data path for dataset=digits was an error, such a run saved it (unused)."""
+    assert run_cli(capsys, "train", *FAST, "epochs=1", f"out={tmp_path}", "name=old")[0] == 0
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    (tmp_path / "old" / "config.json").write_text(json.dumps({**config, "data": "/some/ignored/path"}))
+    assert run_cli(capsys, "train", f"resume={tmp_path / 'old'}", "epochs=2")[0] == 0
+
+
 def test_resume_keeps_the_saved_config_and_refuses_another_preset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert run_cli(capsys, "train", *FAST, "epochs=1", f"out={tmp_path}", "name=run")[0] == 0
     run = tmp_path / "run"

@@ -55,6 +55,18 @@ def test_image_folder(tmp_path) -> None:
     assert train.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
 
 
+def test_a_labelled_test_folder_beside_a_flat_training_folder_keeps_its_own_labels(tmp_path) -> None:
+    import shutil
+
+    root = write_image_folder(tmp_path, classes=2, per_class=2, size=8)
+    for image in (root / "train").glob("*/*.png"):  # train: unlabelled images, no class folders
+        image.rename(root / "train" / f"{image.parent.name}-{image.name}")
+    for folder in ("class0", "class1"):
+        shutil.rmtree(root / "train" / folder)
+    test = load_split("folder", str(root), "test")
+    assert test.classes == ("class0", "class1") and test.labels.tolist() == [0, 0, 1, 1]
+
+
 def test_a_subset_larger_than_the_data_warns_and_keeps_it_all(tmp_path) -> None:
     train = load_split("folder", str(write_image_folder(tmp_path, classes=2, per_class=3, size=8)), "train")
     with pytest.warns(UserWarning, match="train_subset=100 is more than the 6 images there are: all of them are used"):

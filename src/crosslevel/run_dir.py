@@ -125,6 +125,8 @@ def resolve_resume(cfg: Config, overrides: list[str], preset: str | None = None)
     if not (run_dir / CONFIG_FILE).is_file():
         raise CrossLevelError(f"{checkpoint} is not inside a run directory (no {CONFIG_FILE} in {run_dir})")
     saved = load_config(run_dir / CONFIG_FILE)
+    if saved.dataset == "digits":  # a run from before a data path for digits was an error saved the one it ignored
+        saved = dataclasses.replace(saved, data=None)
     if preset is not None and preset != saved.preset:
         named = load_preset(preset)
         ignored = [key for key in dataclasses.asdict(saved) if key not in UNTRAINED_KEYS and getattr(named, key) != getattr(saved, key)]
@@ -138,22 +140,8 @@ def resolve_resume(cfg: Config, overrides: list[str], preset: str | None = None)
 
 
 def merge_metrics(run_dir: Path) -> Path | None:
-    """Join the CSV logs of every attempt (``logs/version_*/metrics.csv``) into ``run_dir/metrics.csv``,
-    with epochs counted from 1 as everywhere else (a row's ``epoch`` is the epoch it belongs to: the
-    last of an N-epoch run is N); the logs keep Lightning's count from 0. An attempt resumed from a
-    checkpoint older than where the one before it stopped (a failure between checkpoints) trains some
-    steps again: the earlier rows it redoes give way (:func:`_redone`), so every epoch has one row."""
-    parts = sorted((run_dir / LOG_DIR).glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
-    rows: list[dict[str, str]] = []
-    for part in parts:
-        later = list(csv.DictReader(open(part, newline="")))
-        steps, epochs = ([int(r[key]) for r in later if r.get(key)] for key in ("step", "epoch"))
-        if steps and epochs:
-            rows = [row for row in rows if not _redone(row, min(steps), min(epochs))]
-        rows += later
-    for row in rows:
-        if row.get("epoch"):
-            row["epoch"] = str(int(row["epoch"]) + 1)
+    """Write :func:`joined_metrics` to ``run_dir/metrics.csv`` (None, and nothing written, without rows)."""
+    rows = joined_metrics(run_dir)
     if not rows:
         return None
     keys = sorted({key for row in rows for key in row})
@@ -165,6 +153,26 @@ def merge_metrics(run_dir: Path) -> Path | None:
         writer.writerows(rows)
     os.replace(partial, target)  # a reader sees the old join or the new one, never half of one
     return target
+
+
+def joined_metrics(run_dir: Path) -> list[dict[str, str]]:
+    """The CSV logs of every attempt (``logs/version_*/metrics.csv``) joined, with epochs counted from 1 as
+    everywhere else (a row's ``epoch`` is the epoch it belongs to: the last of an N-epoch run is N); the
+    logs keep Lightning's count from 0. An attempt resumed from a checkpoint older than where the one
+    before it stopped (a failure between checkpoints) trains some steps again: the earlier rows it redoes
+    give way (:func:`_redone`), so every epoch has one row."""
+    parts = sorted((run_dir / LOG_DIR).glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    rows: list[dict[str, str]] = []
+    for part in parts:
+        later = list(csv.DictReader(open(part, newline="")))
+        steps, epochs = ([int(r[key]) for r in later if r.get(key)] for key in ("step", "epoch"))
+        if steps and epochs:
+            rows = [row for row in rows if not _redone(row, min(steps), min(epochs))]
+        rows += later
+    for row in rows:
+        if row.get("epoch"):
+            row["epoch"] = str(int(row["epoch"]) + 1)
+    return rows
 
 
 def log_after_training(run_dir: Path, epoch: int, values: dict[str, float]) -> None:
@@ -197,8 +205,9 @@ def log_after_training(run_dir: Path, epoch: int, values: dict[str, float]) -> N
 def logged_knn(run_dir: Path) -> list[dict[str, float]]:
     """The kNN results the run's logs hold so far (a run still training, or stopped before its summary):
     ``{"epoch", "top1", "top5"}`` per evaluated epoch (counted from 1), in epoch order."""
-    path = current_metrics(run_dir)
-    rows = list(csv.DictReader(open(path, newline=""))) if path is not None else []
+    rows = joined_metrics(run_dir)  # read only: `runs` and `show` write nothing
+    if not rows and (run_dir / METRICS_FILE).is_file():
+        rows = list(csv.DictReader(open(run_dir / METRICS_FILE, newline="")))
     return [
         {"epoch": int(float(row["epoch"])), "top1": float(row["knn_top1"]), "top5": float(row.get("knn_top5") or "nan")}
         for row in rows if row.get("knn_top1") and row.get("epoch")

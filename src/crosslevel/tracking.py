@@ -39,14 +39,15 @@ def wandb_logger(run_dir: Path) -> Logger:
     return logger
 
 
-def finish_wandb(loggers: list[Logger]) -> None:
-    """End the W&B run of ``loggers`` (if any) now, its closing lines ("You can sync this run ...") on
-    stderr: at the interpreter's exit W&B prints them on stdout, which holds the results alone."""
+def finish_wandb(loggers: list[Logger], exit_code: int) -> None:
+    """End the W&B run of ``loggers`` (if any) now, with the command's ``exit_code`` (0: finished; a stop's
+    or a failure's otherwise), its closing lines ("You can sync this run ...") on stderr: at the
+    interpreter's exit W&B prints them on stdout, which holds the results alone."""
     if any(type(logger).__name__ == "WandbLogger" for logger in loggers):
         import wandb
 
         with contextlib.redirect_stdout(sys.stderr):
-            wandb.finish()
+            wandb.finish(exit_code=exit_code)
 
 
 def mlflow_logger(run_dir: Path) -> Logger:

@@ -444,12 +444,14 @@ def _fit(
     try:
         with last.handling_signals(run_dir, trainer.strategy.launcher):
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-    except BaseException:
+    except BaseException as err:
+        finish_wandb(trainer.loggers, getattr(err, "exit_code", 1))  # a stop (its exit code) or a failure
         if trainer.is_global_zero and not last.path.is_file():  # nothing to resume
             discard_unsaved(run_dir)
         raise
+    else:
+        finish_wandb(trainer.loggers, 0)
     finally:
-        finish_wandb(trainer.loggers)
         os.environ.pop(RUN_NAME_ENV, None)
         if launching:
             os.environ.pop(LAUNCHER_PID_ENV, None)

@@ -249,8 +249,9 @@ def load_folder_split(
     class_dirs = _class_dirs(root, subset)
     if class_dirs:
         classes = tuple(d.name for d in class_dirs)
-        if root != path / "train" and has_splits:  # labels numbered as the training split's: matched by class name
-            classes = tuple(d.name for d in _class_dirs(path / "train", subset))
+        trained = _class_dirs(path / "train", subset) if root != path / "train" and has_splits else []
+        if trained:  # labels numbered as the labelled training split's: matched by class name
+            classes = tuple(d.name for d in trained)
             unknown = [d.name for d in class_dirs if d.name not in classes]
             if unknown:
                 raise CrossLevelError(

@@ -107,11 +107,12 @@ class ResumableLoader(DataLoader):
     trainer's progress, so :class:`~crosslevel.checkpointing.ResumeState` saves and restores it
     through the sampler; Lightning's share of the loader state is empty."""
 
-    def __iter__(self) -> Iterator:
-        """The loader's iterator; its (forked) workers start with the stop signals blocked
-        (:func:`stops_blocked`; :func:`leave_stops_to_the_trainer` takes over in each)."""
+    def _get_iterator(self) -> Iterator:
+        """A new iterator, which starts the worker processes (once, with persistent workers); the (forked)
+        workers start with the stop signals blocked (:func:`stops_blocked`; :func:`leave_stops_to_the_trainer`
+        takes over in each). An epoch of persistent workers does not block them (its reset waits on the workers)."""
         with stops_blocked():
-            return super().__iter__()
+            return super()._get_iterator()
 
     def state_dict(self) -> dict[str, object]:
         return {}
