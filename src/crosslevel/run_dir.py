@@ -144,15 +144,24 @@ def merge_metrics(run_dir: Path) -> Path | None:
     rows = joined_metrics(run_dir)
     if not rows:
         return None
-    keys = sorted({key for row in rows for key in row})
     target = run_dir / METRICS_FILE
+    _write_rows(target, rows, sorted({key for row in rows for key in row}))
+    return target
+
+
+def _attempt_logs(run_dir: Path) -> list[Path]:
+    """Each training attempt's CSV log (``logs/version_*/metrics.csv``), oldest first."""
+    return sorted((run_dir / LOG_DIR).glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+
+
+def _write_rows(target: Path, rows: list[dict[str, str]], keys: list[str]) -> None:
+    """``rows`` as the CSV file ``target``, replaced at once: a reader sees the old file or the new one, never half of one."""
     partial = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     with open(partial, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(partial, target)  # a reader sees the old join or the new one, never half of one
-    return target
+    os.replace(partial, target)
 
 
 def joined_metrics(run_dir: Path) -> list[dict[str, str]]:
@@ -161,9 +170,8 @@ def joined_metrics(run_dir: Path) -> list[dict[str, str]]:
     logs keep Lightning's count from 0. An attempt resumed from a checkpoint older than where the one
     before it stopped (a failure between checkpoints) trains some steps again: the earlier rows it redoes
     give way (:func:`_redone`), so every epoch has one row."""
-    parts = sorted((run_dir / LOG_DIR).glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
     rows: list[dict[str, str]] = []
-    for part in parts:
+    for part in _attempt_logs(run_dir):
         later = list(csv.DictReader(open(part, newline="")))
         steps, epochs = ([int(r[key]) for r in later if r.get(key)] for key in ("step", "epoch"))
         if steps and epochs:
@@ -179,27 +187,19 @@ def log_after_training(run_dir: Path, epoch: int, values: dict[str, float]) -> N
     """Add ``values`` (a kNN evaluated outside the training loop, for a run resumed only to finish) to the
     row of ``epoch`` (counted from 1) in the latest attempt's CSV log that has one, or as a row of that
     epoch at the end of the latest log; :func:`merge_metrics` then joins it as any other."""
-    parts = sorted((run_dir / LOG_DIR).glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    parts = _attempt_logs(run_dir)
     if not parts:
         return
     cells = {key: str(value) for key, value in values.items()}
-    target, rows = parts[-1], list(csv.DictReader(open(parts[-1], newline="")))
-    for part in reversed(parts):
-        logged = list(csv.DictReader(open(part, newline="")))
-        row = next((r for r in reversed(logged) if r.get("epoch") == str(epoch - 1) and not r.get("loss_step")), None)
-        if row is not None:
-            row.update(cells)
-            target, rows = part, logged
-            break
+    logs = {part: list(csv.DictReader(open(part, newline=""))) for part in parts}
+    found = ((part, row) for part in reversed(parts) for row in reversed(logs[part]) if row.get("epoch") == str(epoch - 1) and not row.get("loss_step"))
+    target, row = next(found, (parts[-1], None))
+    if row is not None:
+        row.update(cells)
     else:
-        rows.append({"epoch": str(epoch - 1), "step": rows[-1]["step"] if rows else "0", **cells})
-    keys = list(dict.fromkeys(key for row in rows for key in row))
-    partial = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    with open(partial, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(partial, target)
+        last = logs[target]
+        last.append({"epoch": str(epoch - 1), "step": last[-1]["step"] if last else "0", **cells})
+    _write_rows(target, logs[target], list(dict.fromkeys(key for logged in logs[target] for key in logged)))
 
 
 def logged_knn(run_dir: Path) -> list[dict[str, float]]:
